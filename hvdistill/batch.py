@@ -1,0 +1,48 @@
+"""The typed training batch: what augmentation + collate hand to the distiller and the losses.
+
+Points are offset-batched (one flat tensor, `point_batch` gives the sample of each point);
+voxels are built once in collate (`hvdistill/data/collate.py`), the only place that decides
+the sparse-tensor layout. Images of all samples and cameras are stacked on one axis of length
+`batch_size * num_cameras` (image index = sample * num_cameras + camera). Every geometric
+quantity needed to relate the two views after augmentation travels with the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass
+class Batch:
+    # ---- LiDAR side (augmented LiDAR frame) ----
+    points: torch.Tensor  # (P, 4) float32: x, y, z (augmented), intensity
+    point_batch: torch.Tensor  # (P,) int64 sample index of each point
+    voxel_coords: torch.Tensor  # (V, 4) int32: batch, z, y, x (spconv's index order)
+    voxel_features: torch.Tensor  # (V, C_in) float32 (intensity of the kept point)
+    point_to_voxel: torch.Tensor  # (P,) int64 voxel of each point
+    spatial_shape: list[int]  # [Z, Y, X] voxel grid size
+    # ---- image side ----
+    images: torch.Tensor  # (B * n_cam, 3, H, W) float32, normalised, augmented crops
+    superpixels: torch.Tensor  # (B * n_cam, H, W) int64, ids unique across the batch, -1 none
+    intrinsics: torch.Tensor  # (B * n_cam, 3, 3) float64, of the original stored image
+    camera_to_lidar: torch.Tensor  # (B * n_cam, 4, 4) float64, camera -> un-augmented LiDAR
+    image_aug: torch.Tensor  # (B * n_cam, 3, 3) float64 stored-image px -> crop px (u=col, v=row)
+    lidar_aug: torch.Tensor  # (B, 4, 4) float64 un-augmented -> augmented LiDAR frame
+    # ---- point <-> pixel pairs (after augmentation) ----
+    pair_point: torch.Tensor  # (Q,) int64 index into points
+    pair_image: torch.Tensor  # (Q,) int64 index into images
+    pair_uv: torch.Tensor  # (Q, 2) float32 (u=col, v=row) in crop pixels
+    pair_depth: torch.Tensor  # (Q,) float32 camera depth in metres
+    batch_size: int
+    num_cameras: int
+    labels: torch.Tensor | None = None  # (P,) int64 per-point class (fine-tuning), 0 = ignore
+
+    def to(self, device: torch.device | str) -> "Batch":
+        """Copy every tensor to `device` (geometry stays float64)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.to(device) if isinstance(v, torch.Tensor) else v
+        return Batch(**out)

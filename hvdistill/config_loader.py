@@ -1,0 +1,188 @@
+"""Loading machinery for the typed config: YAML diffs, dotted overrides, type checks.
+
+Works on any tree of dataclasses. Values are parsed with `yaml.safe_load` (so `1e-3`, `true`,
+`[1, 2]` read naturally), checked against the field's annotation, and coerced only where it
+loses nothing (int -> float). Every problem is returned as one line that names the key and the
+fix; callers raise them together in a `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """All problems of a config at once, one per line, each naming its key and fix."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} config problem(s):\n{lines}")
+
+
+_MISSING = object()
+
+
+def _hints(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _suggest(name: str, options: list[str], prefix: str) -> str:
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    if close:
+        return f"did you mean '{prefix}{close[0]}'?"
+    return f"valid keys here: {', '.join(sorted(options))}"
+
+
+def coerce(value: Any, tp: Any, key: str) -> tuple[Any, str | None]:
+    """Return (value converted to `tp`, None) or (None, problem message)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value, None
+    if origin is typing.Literal:
+        if value in args:
+            return value, None
+        return None, f"{key}: {value!r} is not one of {list(args)}; set {key}=<one of those>"
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            out, err = coerce(value, arg, key)
+            if err is None:
+                return out, None
+        return None, f"{key}: {value!r} does not match {_type_name(tp)}"
+    if tp is type(None):
+        return (None, None) if value is None else (None, f"{key}: expected null")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            return None, f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}"
+        obj = tp()
+        problems = merge_mapping(obj, value, f"{key}.")
+        return (obj, None) if not problems else (None, "; ".join(problems))
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return None, f"{key}: expected a list, got {value!r}; write e.g. {key}=[1,2]"
+        inner = args[0] if args else Any
+        out, errs = [], []
+        for i, item in enumerate(value):
+            v, err = coerce(item, inner, f"{key}[{i}]")
+            (errs.append(err) if err else out.append(v))
+        return (out, None) if not errs else (None, "; ".join(errs))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value, None
+        return None, f"{key}: expected true/false, got {value!r}"
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value, None
+        return None, f"{key}: expected an integer, got {value!r}"
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value), None
+        return None, f"{key}: expected a number, got {value!r}"
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value), None
+        return None, f"{key}: expected a string, got {value!r}"
+    return None, f"{key}: unsupported type {_type_name(tp)}"
+
+
+def merge_mapping(obj: Any, mapping: dict, prefix: str = "") -> list[str]:
+    """Merge a nested dict into dataclass `obj` in place; return every problem found."""
+    problems: list[str] = []
+    hints = _hints(obj)
+    names = [f.name for f in dataclasses.fields(obj)]
+    for name, value in mapping.items():
+        key = f"{prefix}{name}"
+        if name not in names:
+            problems.append(f"{key}: unknown key; {_suggest(str(name), names, prefix)}")
+            continue
+        tp = hints[name]
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            problems += merge_mapping(current, value, f"{key}.")
+            continue
+        out, err = coerce(value, tp, key)
+        if err:
+            problems.append(err)
+        else:
+            setattr(obj, name, out)
+    return problems
+
+
+def load_yaml_diff(cfg: Any, path: str) -> list[str]:
+    """Merge the YAML file at `path` into `cfg`; return problems (file errors included)."""
+    p = Path(path)
+    if not p.is_file():
+        return [f"config file {path}: not found; give a path to a YAML file such as configs/demo.yaml"]
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        return [f"config file {path}: not valid YAML ({exc}); fix the syntax at the line shown"]
+    if not isinstance(data, dict):
+        return [f"config file {path}: the top level must be a mapping of sections"]
+    return merge_mapping(cfg, data)
+
+
+def _resolve_parent(cfg: Any, parts: list[str], key: str) -> tuple[Any, str | None]:
+    obj = cfg
+    walked = ""
+    for part in parts[:-1]:
+        if not dataclasses.is_dataclass(obj):
+            return None, f"{key}: '{walked.rstrip('.')}' is not a section; it has no sub-keys"
+        names = [f.name for f in dataclasses.fields(obj)]
+        if part not in names:
+            return None, f"{key}: unknown key '{walked}{part}'; {_suggest(part, names, walked)}"
+        obj = getattr(obj, part)
+        walked += f"{part}."
+    if not dataclasses.is_dataclass(obj):
+        return None, f"{key}: '{walked.rstrip('.')}' is not a section; it has no sub-keys"
+    return obj, None
+
+
+def apply_overrides(cfg: Any, overrides: list[str]) -> list[str]:
+    """Apply `a.b.c=value` strings in order; return every problem found."""
+    problems: list[str] = []
+    for item in overrides:
+        if "=" not in item:
+            problems.append(f"override '{item}': expected key.sub=value, e.g. optim.lr=0.1")
+            continue
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = key.split(".")
+        parent, err = _resolve_parent(cfg, parts, key)
+        if err:
+            problems.append(err)
+            continue
+        problems += merge_mapping(parent, {parts[-1]: value}, key[: -len(parts[-1])])
+    return problems
+
+
+def flatten_dataclass(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Flat `{"section.key": value}`; lists of dataclasses are indexed `a.0.b`."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(flatten_dataclass(value, f"{key}."))
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            for i, item in enumerate(value):
+                out.update(flatten_dataclass(item, f"{key}.{i}."))
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,1 @@
+"""lidar package."""
