@@ -24,7 +24,7 @@ class Batch:
     point_to_voxel: torch.Tensor  # (P,) int64 voxel of each point
     spatial_shape: list[int]  # [Z, Y, X] voxel grid size
     # ---- image side ----
-    images: torch.Tensor  # (B * n_cam, 3, H, W) float32, normalised, augmented crops
+    images: torch.Tensor  # (B * n_cam, 3, H, W) float32 RGB in [0, 1], augmented crops
     superpixels: torch.Tensor  # (B * n_cam, H, W) int64, ids unique across the batch, -1 none
     intrinsics: torch.Tensor  # (B * n_cam, 3, 3) float64, of the original stored image
     camera_to_lidar: torch.Tensor  # (B * n_cam, 4, 4) float64, camera -> un-augmented LiDAR

@@ -66,6 +66,7 @@ class DataConfig:
     jpeg_quality: int = 90
     superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
     shard_size_mb: float = 256.0
+    shard_task_samples: int = 256  # samples per Ray sharding task; longer chunks are split
     max_bad_fraction: float = 0.01  # sharding fails past this fraction of bad samples
     shuffle_buffer: int = 256
     resampled: bool = True  # sample shards with replacement, fixed epoch length per rank
@@ -132,6 +133,7 @@ class AugmentConfig:
     flip_x_p: float = 0.5
     flip_y_p: float = 0.5
     drop_cuboids: bool = True
+    drop_cuboid_max_fraction: float = 0.2  # cuboid side up to this fraction of the cloud extent
     min_pairs_per_camera: int = 1024
     crop_area: list[float] = field(default_factory=lambda: [0.3, 1.0])
     crop_aspect: list[float] = field(default_factory=lambda: [14.0 / 9.0, 17.0 / 9.0])

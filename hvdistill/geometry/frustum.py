@@ -59,7 +59,7 @@ def lift_to_lidar(
     pts = uvd.reshape(n, -1, 3).double()  # (N, P, 3)
     ones = torch.ones_like(pts[..., :1])
     pix_aug = torch.cat([pts[..., :2], ones], dim=-1)  # (N, P, 3)
-    undo = torch.linalg.inv(image_aug.double()) @ torch.linalg.inv(intrinsics.double())  # (N, 3, 3)
+    undo = torch.linalg.inv(intrinsics.double()) @ torch.linalg.inv(image_aug.double())  # (N, 3, 3)
     rays = pix_aug @ undo.transpose(1, 2)  # (N, P, 3) camera rays with z = 1
     cam = rays * pts[..., 2:3]  # (N, P, 3) camera frame at the given depth
     to_lidar = lidar_aug.double() @ camera_to_lidar.double()  # (N, 4, 4)

@@ -33,9 +33,10 @@ def voxelize(points_xyz: np.ndarray, voxel_size: float, point_range: list[float]
     xyz = np.asarray(points_xyz)[:, :3].astype(np.float64)
     lo = np.asarray(point_range[:3], dtype=np.float64)
     shape = grid_shape(point_range, voxel_size)
+    finite = np.all(np.isfinite(xyz), axis=1)
+    xyz = np.where(finite[:, None], xyz, lo - voxel_size)  # non-finite points fall outside
     idx = np.floor((xyz - lo) / voxel_size).astype(np.int64)  # (N, 3)
-    in_range = np.all((idx >= 0) & (idx < np.asarray(shape)), axis=1)
-    in_range &= np.all(np.isfinite(xyz), axis=1)
+    in_range = finite & np.all((idx >= 0) & (idx < np.asarray(shape)), axis=1)
     point_index = np.flatnonzero(in_range)
     idx = idx[point_index]
     linear = (idx[:, 0] * shape[1] + idx[:, 1]) * shape[2] + idx[:, 2]

@@ -1,0 +1,83 @@
+"""Collate augmented samples into one `Batch`: the one place that builds the voxel layout.
+
+Each sample's augmented cloud is voxelised (hvdistill/geometry/voxel.py; points outside the
+crop are dropped and pairs re-indexed), voxel coordinates are written in spconv's
+(batch, z, y, x) order with spatial shape [Z, Y, X], points are offset-batched, images of all
+samples and cameras are stacked (image index = sample * n_cam + camera), and superpixel ids
+are made unique across the batch so pooling can use them directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from hvdistill.batch import Batch
+from hvdistill.config import GeometryConfig
+from hvdistill.data.augment import AugmentedSample
+from hvdistill.geometry.voxel import voxelize
+
+
+def _unique_superpixels(sp: np.ndarray, offset: int) -> tuple[np.ndarray, int]:
+    """Shift non-negative ids of one image by `offset`; return (ids, next offset)."""
+    valid = sp >= 0
+    out = np.where(valid, sp + offset, -1)
+    top = int(sp[valid].max()) + 1 if valid.any() else 0
+    return out, offset + top
+
+
+def collate(samples: list[AugmentedSample], geo: GeometryConfig) -> Batch:
+    """Stack `samples` into a Batch (see hvdistill/batch.py for every field's shape)."""
+    n_cam = samples[0].images.shape[0]
+    pts, pbatch, coords, feats, p2v, labels = [], [], [], [], [], []
+    pair_point, pair_image, pair_uv, pair_depth, sps = [], [], [], [], []
+    point_offset = voxel_offset = sp_offset = 0
+    spatial_shape = None
+    for b, s in enumerate(samples):
+        vox = voxelize(s.points, geo.voxel_size, geo.point_range)
+        spatial_shape = [vox.spatial_shape[2], vox.spatial_shape[1], vox.spatial_shape[0]]  # Z, Y, X
+        kept_pts = s.points[vox.point_index]  # (P_b, 4) in-range points
+        pts.append(kept_pts)
+        pbatch.append(np.full(len(kept_pts), b, dtype=np.int64))
+        c = vox.coords  # (V_b, 3) ix, iy, iz
+        coords.append(np.stack([np.full(len(c), b), c[:, 2], c[:, 1], c[:, 0]], 1).astype(np.int32))
+        feats.append(s.points[vox.kept, 3:4])
+        p2v.append(vox.inverse + voxel_offset)
+        if s.labels is not None:
+            labels.append(s.labels[vox.point_index].astype(np.int64))
+        new_index = np.full(len(s.points), -1, dtype=np.int64)
+        new_index[vox.point_index] = np.arange(len(vox.point_index))
+        pp = s.pairs
+        mapped = new_index[pp[:, 0].astype(np.int64)]
+        ok = mapped >= 0
+        pair_point.append(mapped[ok] + point_offset)
+        pair_image.append(pp[ok, 1].astype(np.int64) + b * n_cam)
+        pair_uv.append(pp[ok][:, [3, 2]].astype(np.float32))
+        pair_depth.append(pp[ok, 4].astype(np.float32))
+        for i in range(n_cam):
+            sp, sp_offset = _unique_superpixels(s.superpixels[i], sp_offset)
+            sps.append(sp)
+        point_offset += len(kept_pts)
+        voxel_offset += len(c)
+    cat = lambda xs: torch.from_numpy(np.concatenate(xs, 0))  # noqa: E731
+    return Batch(
+        points=cat(pts).float(),
+        point_batch=cat(pbatch),
+        voxel_coords=cat(coords),
+        voxel_features=cat(feats).float(),
+        point_to_voxel=cat(p2v),
+        spatial_shape=spatial_shape,
+        images=torch.from_numpy(np.concatenate([s.images for s in samples], 0)).float(),
+        superpixels=torch.from_numpy(np.stack(sps)),
+        intrinsics=torch.from_numpy(np.concatenate([s.intrinsics for s in samples], 0)),
+        camera_to_lidar=torch.from_numpy(np.concatenate([s.camera_to_lidar for s in samples], 0)),
+        image_aug=torch.from_numpy(np.concatenate([s.image_aug for s in samples], 0)),
+        lidar_aug=torch.from_numpy(np.stack([s.lidar_aug for s in samples])),
+        pair_point=cat(pair_point),
+        pair_image=cat(pair_image),
+        pair_uv=cat(pair_uv),
+        pair_depth=cat(pair_depth),
+        batch_size=len(samples),
+        num_cameras=n_cam,
+        labels=cat(labels) if len(labels) == len(samples) else None,
+    )

@@ -1,0 +1,31 @@
+"""The interface every raw dataset source implements (nuScenes, SemanticKITTI).
+
+Sharding splits a source into chunks (nuScenes scenes, SemanticKITTI sequences), converts
+each chunk in a Ray task, and reads samples by key; the same keys are the WebDataset keys of
+the shards (nuScenes sample token; SemanticKITTI "SEQ_FRAME").
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from hvdistill.data.sample import Sample
+
+
+class DataSource(Protocol):
+    name: str  # "nuscenes" | "semantickitti"
+    version: str  # nuScenes table version, "semantickitti" otherwise
+    camera_names: list[str]  # camera order of Sample.cameras (and of pairs' camera index)
+    label_map_name: str  # e.g. "nuscenes-lidarseg-16", "semantickitti-19"
+
+    def chunks(self) -> list[str]:
+        """Chunk ids of the configured split, in a deterministic order."""
+        ...
+
+    def keys(self, chunk: str) -> list[str]:
+        """Sample keys of one chunk, in temporal order."""
+        ...
+
+    def read(self, key: str) -> Sample:
+        """The full-resolution sample (no pairs, no superpixels); raises SampleReadError."""
+        ...

@@ -1,0 +1,85 @@
+"""Config: defaults are the published recipe; every kind of mistake names the key and the fix."""
+
+import pytest
+import yaml
+
+from hvdistill.config import Config, ConfigError, flatten, load_config
+
+DEMO = "configs/demo.yaml"
+
+
+def problems_of(path=None, overrides=()):
+    with pytest.raises(ConfigError) as err:
+        load_config(path, list(overrides))
+    return err.value.problems, str(err.value)
+
+
+def test_defaults_are_the_published_recipe():
+    cfg = Config()
+    assert cfg.optim.lr == 0.5 and cfg.optim.momentum == 0.9 and cfg.optim.dampening == 0.1
+    assert cfg.optim.weight_decay == 1e-4 and cfg.train.epochs == 50 and cfg.train.global_batch == 16
+    assert (cfg.loss.temperature, cfg.loss.weight_ipv, cfg.loss.weight_depth, cfg.loss.weight_bev) == (0.07, 1.0, 60.0, 0.25)
+    assert cfg.geometry.voxel_size == 0.1 and cfg.geometry.bev_size == 256 and cfg.geometry.depth_bins == 118
+    assert cfg.data.superpixels.n_segments == 150 and cfg.model.lidar.encoder_blocks == [2, 3, 4, 6]
+
+
+def test_every_shipped_config_loads():
+    for path in ("configs/demo.yaml", "configs/tiny.yaml", "configs/paper.yaml"):
+        overrides = ["model.image.random_init=true"] if path == "configs/tiny.yaml" else []
+        load_config(path, overrides)
+
+
+def test_override_is_type_checked_and_applied():
+    cfg = load_config(DEMO, ["optim.lr=0.1", "train.epochs=3", "augment.scale_range=[0.8, 1.2]"])
+    assert cfg.optim.lr == 0.1 and cfg.train.epochs == 3 and cfg.augment.scale_range == [0.8, 1.2]
+    cfg = load_config(DEMO, ["optim.lr=1"])  # int -> float loses nothing
+    assert isinstance(cfg.optim.lr, float)
+
+
+def test_unknown_keys_get_the_nearest_valid_name():
+    problems, _ = problems_of(DEMO, ["optim.lrr=0.1", "trian.epochs=2", "model.lidar.plane=[1]"])
+    assert any("optim.lrr" in p and "optim.lr" in p.split("mean")[1] for p in problems)
+    assert any("trian" in p and "'train'" in p for p in problems)
+    assert any("model.lidar.planes" in p for p in problems)
+
+
+def test_all_problems_are_reported_at_once_with_fixes():
+    problems, message = problems_of(DEMO, ["train.epochs=abc", "model.image.arch=resnet99",
+                                           "augment.hflip_p=true", "optim.lr=[1]", "nokey"])
+    assert len(problems) == 5
+    assert "train.epochs" in message and "expected an integer" in message
+    assert "resnet99" in message and "resnet50" in message
+    assert "augment.hflip_p" in message and "key.sub=value" in message
+
+
+def test_semantic_problems_name_the_key_and_the_fix():
+    problems, message = problems_of(DEMO, ["model.image.random_init=false", "train.global_batch=3",
+                                           "augment.hflip_p=1.5", "geometry.crop_width=417",
+                                           "augment.scale_range=[1.1, 0.9]"])
+    assert "model.image.weights" in message and "random_init=true" in message
+    assert "train.global_batch" in message and "augment.hflip_p" in message
+    assert "geometry.crop_width" in message and "augment.scale_range" in message
+    assert len(problems) == 5
+
+
+def test_yaml_mistakes(tmp_path):
+    bad_type = tmp_path / "a.yaml"
+    bad_type.write_text(yaml.safe_dump({"optim": {"lr": "fast"}, "modell": {}}))
+    problems, _ = problems_of(str(bad_type))
+    assert any("optim.lr" in p for p in problems) and any("'model'" in p for p in problems)
+    broken = tmp_path / "b.yaml"
+    broken.write_text("optim: [unclosed")
+    assert "not valid YAML" in problems_of(str(broken))[1]
+    assert "not found" in problems_of(str(tmp_path / "missing.yaml"))[1]
+    sources = tmp_path / "c.yaml"
+    sources.write_text(yaml.safe_dump({"data": {"sources": [{"name": "waymo", "rooot": "x"}]},
+                                       "model": {"image": {"random_init": True}}}))
+    problems, _ = problems_of(str(sources))
+    assert any("data.sources[0].name" in p or "waymo" in p for p in problems)
+    assert any("rooot" in p and "root" in p for p in problems)
+
+
+def test_flatten_for_tracking_and_sweeps():
+    flat = flatten(load_config(DEMO))
+    assert flat["optim.lr"] == 0.5 and flat["data.sources.0.name"] == "nuscenes"
+    assert all(not isinstance(v, dict) for v in flat.values())
