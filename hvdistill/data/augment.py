@@ -110,7 +110,7 @@ def choose_crop(uv: np.ndarray, width: int, height: int, cfg: AugmentConfig, geo
         box = sample_crop_box(width, height, cfg, rng)
         m = image_augmentation_matrix(box, out)
         uv2, inside = _pairs_in_crop(uv, m, *out)
-        if inside.sum() > need or inside.mean(initial=0) > cfg.crop_min_kept_fraction or not len(uv):
+        if not len(uv) or inside.sum() > need or inside.mean() > cfg.crop_min_kept_fraction:
             break
     flip = bool(rng.random() < cfg.hflip_p)
     m = image_augmentation_matrix(box, out, flip=flip)

@@ -1,0 +1,88 @@
+"""The distiller: 3D student + frozen 2D teacher + trainable heads and depth lift.
+
+`Distiller.forward(batch)` returns the features the hybrid-view loss consumes, as a
+`LossInputs` (hvdistill/losses/total.py), never a loss: the loss owns the cross-rank gather
+and this module stays single-device with no collective calls. `parameter_groups()` lists the
+trainable parameters by component for the optimiser; the frozen teacher backbone is in none.
+
+Data flow for a batch of B samples with n_cam cameras (N = B * n_cam images):
+  voxels -> student -> per-voxel IPV features (V, 64) and LiDAR BEV cells (K, 64)
+  crops  -> teacher -> 1/4-resolution head map (N, 64, 56, 104) and IPV map (N, 64, 224, 416)
+  head map + camera geometry -> depth net -> depth logits (N, D, 56, 104) -> lift -> image BEV
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hvdistill.batch import Batch
+from hvdistill.config import Config
+from hvdistill.losses.pooling import pair_superpixel_ids
+from hvdistill.losses.total import LossInputs
+from hvdistill.models.depth.lift import BEVLift, build_depth_lift
+from hvdistill.models.image.teacher import ImageTeacher, build_image_teacher
+from hvdistill.models.lidar.student import LidarStudent, build_lidar_model
+
+
+@dataclass
+class ParameterGroup:
+    name: str
+    params: list[nn.Parameter]
+
+
+class Distiller(nn.Module):
+    """Composes student, teacher and depth lift; see the module docstring."""
+
+    def __init__(self, student: LidarStudent, teacher: ImageTeacher, lift: BEVLift | None):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        self.lift = lift  # None when both depth and BEV terms are off
+
+    def forward(self, batch: Batch) -> LossInputs:
+        lidar = self.student(batch.voxel_coords, batch.voxel_features, batch.spatial_shape, batch.batch_size)
+        pair_voxel = batch.point_to_voxel[batch.pair_point]  # (Q,)
+        image = self.teacher(batch.images)  # head (N, 64, Hf, Wf), ipv (N, 64, H, W)
+        inputs = LossInputs(
+            pair_point_features=lidar.ipv[pair_voxel],  # (Q, 64)
+            pair_superpixel=pair_superpixel_ids(batch.superpixels, batch.pair_image, batch.pair_uv),  # (Q,)
+            image_features=image.ipv,
+            superpixels=batch.superpixels,
+            pair_image=batch.pair_image,
+            pair_uv=batch.pair_uv,
+            pair_depth=batch.pair_depth,
+            lidar_bev_features=lidar.bev,  # (K, 64)
+            lidar_bev_indices=lidar.bev_indices,  # (K, 3)
+        )
+        if self.lift is not None:
+            image_batch = torch.arange(batch.images.shape[0], device=batch.images.device) // batch.num_cameras
+            lifted = self.lift(image.head, batch.intrinsics, batch.camera_to_lidar, batch.image_aug,
+                               batch.lidar_aug[image_batch], image_batch, batch.batch_size)
+            inputs.depth_logits = lifted.depth_logits  # (N, D, Hf, Wf)
+            inputs.image_bev = lifted.bev  # (B * S * S, 64)
+        return inputs
+
+    def parameter_groups(self) -> list[ParameterGroup]:
+        """Trainable parameters by component (the frozen teacher backbone is excluded)."""
+        groups = [
+            ParameterGroup("student", [p for p in self.student.parameters() if p.requires_grad]),
+            ParameterGroup("image_head", [p for p in self.teacher.head.parameters() if p.requires_grad]),
+        ]
+        if self.lift is not None:
+            groups.append(ParameterGroup("depth_lift", [p for p in self.lift.parameters() if p.requires_grad]))
+        return groups
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        return list(self.teacher.backbone.parameters())
+
+
+def build_distiller(cfg: Config, device: torch.device | str = "cpu") -> Distiller:
+    """Student, teacher (weights from cfg.model.image) and lift for `device`."""
+    student = build_lidar_model(cfg.model, cfg.geometry, device)
+    teacher = build_image_teacher(cfg.model, cfg.precision).to(device)
+    needs_lift = cfg.loss.weight_depth != 0 or cfg.loss.weight_bev != 0
+    lift = build_depth_lift(cfg.model, cfg.geometry, cfg.precision).to(device) if needs_lift else None
+    return Distiller(student, teacher, lift)
