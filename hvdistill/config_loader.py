@@ -135,15 +135,22 @@ def load_yaml_diff(cfg: Any, path: str) -> list[str]:
 
 
 def _resolve_parent(cfg: Any, parts: list[str], key: str) -> tuple[Any, str | None]:
+    """Walk `parts[:-1]` from `cfg`; list items are addressed by index (`data.sources.0.root`)."""
     obj = cfg
     walked = ""
     for part in parts[:-1]:
-        if not dataclasses.is_dataclass(obj):
+        if isinstance(obj, list) and dataclasses.is_dataclass(obj[0] if obj else None):
+            if not part.isdigit() or int(part) >= len(obj):
+                return None, (f"{key}: '{walked}{part}' is not an index of the {len(obj)} item(s) "
+                              f"of '{walked.rstrip('.')}'; use 0..{len(obj) - 1}")
+            obj = obj[int(part)]
+        elif not dataclasses.is_dataclass(obj):
             return None, f"{key}: '{walked.rstrip('.')}' is not a section; it has no sub-keys"
-        names = [f.name for f in dataclasses.fields(obj)]
-        if part not in names:
-            return None, f"{key}: unknown key '{walked}{part}'; {_suggest(part, names, walked)}"
-        obj = getattr(obj, part)
+        else:
+            names = [f.name for f in dataclasses.fields(obj)]
+            if part not in names:
+                return None, f"{key}: unknown key '{walked}{part}'; {_suggest(part, names, walked)}"
+            obj = getattr(obj, part)
         walked += f"{part}."
     if not dataclasses.is_dataclass(obj):
         return None, f"{key}: '{walked.rstrip('.')}' is not a section; it has no sub-keys"

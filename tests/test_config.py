@@ -83,3 +83,10 @@ def test_flatten_for_tracking_and_sweeps():
     flat = flatten(load_config(DEMO))
     assert flat["optim.lr"] == 0.5 and flat["data.sources.0.name"] == "nuscenes"
     assert all(not isinstance(v, dict) for v in flat.values())
+
+
+def test_list_items_are_addressed_by_index_like_flatten():
+    cfg = load_config(DEMO, ["data.sources.0.root=/data/x", "data.sources.0.weight=2"])
+    assert cfg.data.sources[0].root == "/data/x" and cfg.data.sources[0].weight == 2.0
+    problems, _ = problems_of(DEMO, ["data.sources.3.root=/x", "data.sources.0.rot=/x"])
+    assert any("0..0" in p for p in problems) and any("data.sources.0.root" in p for p in problems)
