@@ -94,6 +94,11 @@ class SynthConfig:
     frame_interval_s: float = 0.5  # keyframes at 2 Hz like nuScenes
     camera_delay_s: float = 0.02  # cameras fire after the LiDAR; the ego moves in between
     ego_speed_mps: float = 8.0
+    camera_stagger_s: float = 0.005  # each camera fires this much after the previous one
+    object_density: float = 1.0  # scales how densely objects are placed along the road
+    lidar_intensity_noise: float = 0.05  # relative noise of the LiDAR intensity
+    image_noise_std: float = 3.0  # Gaussian pixel noise of the rendered images (0-255 scale)
+    jpeg_quality: int = 90  # quality of the written camera JPEGs (nuScenes layout)
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,6 +162,7 @@ class LidarModelConfig:
     decoder_blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
     bev_head: Literal["strided", "column"] = "strided"
     bev_head_stride: int = 4  # strided sparse convs: 0.1 m voxels -> 0.4 m BEV cells
+    bev_pool: Literal["max", "mean"] = "max"  # z-collapse of each (batch, x, y) BEV column
     sparse_dtype: Literal["float32", "float16"] = "float32"  # spconv has no bf16
 
 
@@ -183,6 +189,8 @@ class DepthModelConfig:
     camera_param_dim: int = 27
     residual_blocks: int = 3
     aspp: bool = True
+    aspp_dilations: list[int] = field(default_factory=lambda: [1, 6, 12, 18])
+    aspp_dropout: float = 0.5
 
 
 @dataclass
@@ -209,6 +217,8 @@ class LossConfig:
     depth_target_pool: int = 4  # min non-zero depth in each 4x4 patch
     bev_start_epoch: int = 0  # two-stage schedule: BEV loss joins at this epoch
     max_bev_anchors: int = 0  # subsample BEV anchors per sample; 0 = all
+    depth_reduction: Literal["cells_x_bins", "cells"] = "cells_x_bins"  # see docs/models.md
+    renormalize_pooled: bool = True  # L2-normalise superpoint/superpixel means (SLidR: false)
 
 
 @dataclass
@@ -357,6 +367,9 @@ def semantic_problems(cfg: Config) -> list[str]:
         p.append("loss.temperature: must be > 0")
     if cfg.loss.tile_size < 0 or cfg.loss.queue_size < 0:
         p.append("loss.tile_size / loss.queue_size: must be >= 0 (0 turns them off)")
+    if cfg.loss.depth_target_pool != g.feature_stride:
+        p.append(f"loss.depth_target_pool: {cfg.loss.depth_target_pool} must equal "
+                 f"geometry.feature_stride={g.feature_stride} (targets live on the depth grid)")
     t = cfg.train
     if t.micro_batch <= 0 or t.global_batch <= 0 or t.global_batch % t.micro_batch:
         p.append(f"train.global_batch: {t.global_batch} must be a positive multiple of "

@@ -1,1 +1,7 @@
-"""losses package."""
+"""The pretraining losses: superpixel pooling, InfoNCE with large negative pools (cross-rank
+keys, a key queue, key tiling), the LiDAR-supervised depth loss, the BEV loss, and the
+weighted total (`HybridViewLoss`)."""
+
+from hvdistill.losses.total import HybridViewLoss, LossInputs, LossTerms, build_hybrid_view_loss
+
+__all__ = ["HybridViewLoss", "LossInputs", "LossTerms", "build_hybrid_view_loss"]

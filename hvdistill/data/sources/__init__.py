@@ -1,1 +1,35 @@
-"""sources package."""
+"""Raw dataset sources (nuScenes through nuscenes-devkit, SemanticKITTI) behind one protocol.
+
+`build_source(cfg)` turns a `SourceConfig` into a `DataSource` (see base.py): chunks (scenes /
+sequences), keys (sample tokens / "SEQ_FRAME") and `read(key) -> Sample`, raising
+`SampleReadError` for a damaged sample and `DatasetLayoutError` for a root that cannot be opened.
+"""
+
+from __future__ import annotations
+
+from hvdistill.config import SourceConfig
+from hvdistill.data.errors import DatasetLayoutError
+from hvdistill.data.sources.base import DataSource
+
+
+def build_source(cfg: SourceConfig, cameras: list[str] | None = None) -> DataSource:
+    """The reader for `cfg.name` over `cfg.root`, restricted to `cfg.split` / `cfg.split_file`.
+
+    `cameras` selects and orders the cameras (nuScenes: a subset of the six; SemanticKITTI:
+    image_2 / image_3). Names a dataset does not have are dropped for SemanticKITTI, so the
+    nuScenes camera list of `DataConfig.cameras` can be passed to every source; nuScenes
+    rejects unknown names. None = the dataset's default cameras.
+    """
+    if cfg.name == "nuscenes":
+        from hvdistill.data.sources.nuscenes import NuScenesSource
+
+        return NuScenesSource(cfg.root, cfg.version, cfg.split, cfg.split_file, cameras)
+    if cfg.name == "semantickitti":
+        from hvdistill.data.sources.semantickitti import KITTI_CAMERAS, SemanticKITTISource
+
+        kitti = [c for c in cameras or [] if c in KITTI_CAMERAS] or None
+        return SemanticKITTISource(cfg.root, cfg.split, cfg.split_file, kitti)
+    raise DatasetLayoutError(f"unknown source '{cfg.name}'; use nuscenes or semantickitti")
+
+
+__all__ = ["DataSource", "build_source"]

@@ -15,6 +15,7 @@ from hvdistill.data.sample import Sample
 class DataSource(Protocol):
     name: str  # "nuscenes" | "semantickitti"
     version: str  # nuScenes table version, "semantickitti" otherwise
+    split: str  # configured split ("train" | "val"); with a split file, its list is the split
     camera_names: list[str]  # camera order of Sample.cameras (and of pairs' camera index)
     label_map_name: str  # e.g. "nuscenes-lidarseg-16", "semantickitti-19"
 

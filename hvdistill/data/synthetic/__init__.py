@@ -1,1 +1,18 @@
-"""synthetic package."""
+"""The synthetic LiDAR+camera driving world, written in the real nuScenes and SemanticKITTI formats.
+
+Files: classes.py (the one class table and its nuScenes / SemanticKITTI labels), world.py (road
+and world types), layout.py (`build_world`: where everything stands), primitives.py (analytic
+shapes and their ray intersections), sensors.py (LiDAR and camera rig, ray grids, culling),
+raycast.py (nearest hits), render.py (image shading and LiDAR intensity), frame.py
+(`generate_frame`), nuscenes_writer.py / nuscenes_tables.py (nuScenes layout),
+kitti_writer.py (SemanticKITTI layout), side_outputs.py (per-pixel class and depth maps),
+cli.py (`hvdistill synth`), pictures.py (the doc pictures).
+"""
+
+from hvdistill.data.synthetic.frame import Frame, generate_frame
+from hvdistill.data.synthetic.kitti_writer import write_semantickitti
+from hvdistill.data.synthetic.nuscenes_writer import write_nuscenes
+from hvdistill.data.synthetic.side_outputs import read_side_outputs, side_output_paths
+
+__all__ = ["Frame", "generate_frame", "write_nuscenes", "write_semantickitti", "read_side_outputs",
+           "side_output_paths"]

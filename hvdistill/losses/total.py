@@ -1,0 +1,122 @@
+"""The weighted HVDistill objective: total = w_ipv * IPV + w_depth * depth + w_bev * BEV.
+
+`HybridViewLoss` is the one loss module of pretraining. It owns the cross-rank gathering and
+the key queues (one per contrastive term, module buffers, so they are checkpointed), takes
+the distiller's named features in a `LossInputs`, and returns the named terms in `LossTerms`.
+Weights default to 1 / 60 / 0.25 (LossConfig). Two-stage schedule: before
+LossConfig.bev_start_epoch the BEV term is 0 and is not computed at all.
+
+Normalisation: every term is this rank's sum divided by the global count of its rows / cells
+(see hvdistill/losses/infonce.py). Summed over ranks the terms are the single-process losses
+of the concatenated batch; engines that average gradients over ranks must back-propagate
+`world_size() * total`. All ranks must call forward with the same epoch and the same set of
+inputs present (the terms are collectives).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hvdistill import dist
+from hvdistill.config import Config, GeometryConfig, LossConfig, ModelConfig
+from hvdistill.losses.bev import bev_loss
+from hvdistill.losses.depth import depth_loss, depth_targets
+from hvdistill.losses.infonce import build_infonce
+from hvdistill.losses.pooling import pool_superpixels
+
+
+@dataclass
+class LossInputs:
+    """What the distiller hands to the loss (C = ModelConfig.feature_dim)."""
+
+    pair_point_features: torch.Tensor  # (Q, C) 3D feature of each pair's point (its voxel's)
+    pair_superpixel: torch.Tensor  # (Q,) int64 superpixel id of each pair, -1 = none
+    image_features: torch.Tensor  # (N_img, C, H, W) 2D features at crop resolution
+    superpixels: torch.Tensor  # (N_img, H, W) int64 ids unique across the batch, -1 = none
+    depth_logits: torch.Tensor | None = None  # (N_img, D, H / 4, W / 4) before softmax
+    pair_image: torch.Tensor | None = None  # (Q,) int64 image of each pair
+    pair_uv: torch.Tensor | None = None  # (Q, 2) (u = column, v = row) crop pixels
+    pair_depth: torch.Tensor | None = None  # (Q,) camera depth in metres
+    lidar_bev_features: torch.Tensor | None = None  # (K, C) non-empty LiDAR BEV cells
+    lidar_bev_indices: torch.Tensor | None = None  # (K, 3) (sample, iy, ix) or (K,) flat
+    image_bev: torch.Tensor | None = None  # (B, C, S, S) or flat (B * S * S, C)
+
+
+@dataclass
+class LossTerms:
+    total: torch.Tensor  # weighted sum, what to back-propagate (times world_size if averaging)
+    ipv: torch.Tensor
+    depth: torch.Tensor
+    bev: torch.Tensor
+    num_superpixels: int = 0  # matched superpixels on this rank
+    num_depth_cells: int = 0  # valid depth cells on this rank
+    num_bev_anchors: int = 0  # BEV anchors on this rank (after subsampling)
+
+    def as_floats(self) -> dict[str, float]:
+        """Detached {"loss/total": ..., "loss/ipv": ...} of this rank's shares."""
+        names = ("total", "ipv", "depth", "bev")
+        return {f"loss/{k}": float(getattr(self, k).detach()) for k in names}
+
+
+class HybridViewLoss(nn.Module):
+    """IPV + depth + BEV with large negative pools; see the module docstring."""
+
+    def __init__(self, loss_cfg: LossConfig, geometry_cfg: GeometryConfig,
+                 feature_dim: int = ModelConfig.feature_dim, seed: int = 0) -> None:
+        super().__init__()
+        self.loss_cfg, self.geometry_cfg = loss_cfg, geometry_cfg
+        self.ipv_contrast = build_infonce(loss_cfg, feature_dim)
+        self.bev_contrast = build_infonce(loss_cfg, feature_dim)
+        self.generator = torch.Generator().manual_seed(seed + dist.rank())
+
+    def bev_active(self, epoch: int) -> bool:
+        """Whether the BEV term is computed at this epoch (two-stage schedule)."""
+        return self.loss_cfg.weight_bev != 0 and epoch >= self.loss_cfg.bev_start_epoch
+
+    def _ipv(self, x: LossInputs) -> tuple[torch.Tensor, int]:
+        pooled = pool_superpixels(x.pair_point_features, x.pair_superpixel, x.image_features,
+                                  x.superpixels, normalize=self.loss_cfg.renormalize_pooled)
+        result = self.ipv_contrast(pooled.superpoints, pooled.superpixels)
+        return result.loss, pooled.ids.numel()
+
+    def _depth(self, x: LossInputs) -> tuple[torch.Tensor, int]:
+        if x.pair_image is None or x.pair_uv is None or x.pair_depth is None:
+            raise ValueError("depth loss needs pair_image, pair_uv and pair_depth in LossInputs")
+        n_img, _, grid_h, grid_w = x.depth_logits.shape
+        targets = depth_targets(x.pair_image, x.pair_uv, x.pair_depth, n_img, grid_h, grid_w,
+                                self.loss_cfg.depth_target_pool)  # (N_img, Hf, Wf)
+        g = self.geometry_cfg
+        result = depth_loss(x.depth_logits, targets, g.depth_min, g.depth_max, g.depth_step,
+                            self.loss_cfg.depth_reduction)
+        return result.loss, result.num_cells
+
+    def _bev(self, x: LossInputs) -> tuple[torch.Tensor, int]:
+        if x.lidar_bev_features is None or x.lidar_bev_indices is None or x.image_bev is None:
+            raise ValueError("the BEV term is active (epoch >= loss.bev_start_epoch) but "
+                             "LossInputs lacks lidar_bev_features / lidar_bev_indices / image_bev")
+        result = bev_loss(x.lidar_bev_features, x.lidar_bev_indices, x.image_bev,
+                          self.bev_contrast, self.geometry_cfg.bev_size,
+                          self.loss_cfg.max_bev_anchors, self.generator)
+        return result.loss, result.num_anchors
+
+    def forward(self, inputs: LossInputs, epoch: int) -> LossTerms:
+        """The named terms and their weighted total at `epoch` (0-based)."""
+        cfg = self.loss_cfg
+        zero = inputs.pair_point_features.new_zeros((), dtype=torch.float32)
+        ipv, n_sp = self._ipv(inputs)
+        depth, n_cells = zero, 0
+        if cfg.weight_depth != 0 and inputs.depth_logits is not None:
+            depth, n_cells = self._depth(inputs)
+        bev, n_anchors = zero, 0
+        if self.bev_active(epoch):
+            bev, n_anchors = self._bev(inputs)
+        total = cfg.weight_ipv * ipv + cfg.weight_depth * depth + cfg.weight_bev * bev
+        return LossTerms(total, ipv, depth, bev, n_sp, n_cells, n_anchors)
+
+
+def build_hybrid_view_loss(cfg: Config) -> HybridViewLoss:
+    """The pretraining loss from the whole config."""
+    return HybridViewLoss(cfg.loss, cfg.geometry, cfg.model.feature_dim, cfg.train.seed)

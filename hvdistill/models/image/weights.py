@@ -1,0 +1,137 @@
+"""Loading self-supervised ResNet checkpoints from a local file into the teacher backbone.
+
+Formats (`fmt`):
+- "moco": MoCo v1/v2 training checkpoints, `{"state_dict": {"module.encoder_q.<key>": ...}}`;
+  the query encoder is kept, its fc/projection head, the key encoder and the queue are dropped.
+- "dino": DINO ResNet-50 backbone weights (plain torchvision keys, no fc), or a full DINO
+  training checkpoint (`{"teacher": {"backbone.<key>" | "module.backbone.<key>": ...}}`).
+- "torchvision": a plain torchvision state dict (its fc is dropped).
+- "auto": detect which of the three it is from the keys.
+
+Files are always read with `torch.load(path, map_location="cpu", weights_only=True)`: a
+checkpoint containing arbitrary pickled objects is refused, never executed. The outcome is a
+`LoadReport` naming the loaded, missing, unexpected, shape-mismatched and dropped keys; it is
+logged, and loading fails loudly when nothing matched.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("auto", "moco", "dino", "torchvision")
+MOCO_PREFIX = "module.encoder_q."
+DINO_PREFIXES = ("module.backbone.", "backbone.")
+HEAD_PREFIXES = ("fc.",)  # classification / projection heads the teacher never uses
+
+
+@dataclass
+class LoadReport:
+    """What happened to each key of a checkpoint loaded into a backbone."""
+
+    path: str
+    format: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # backbone keys absent from the file
+    unexpected: list[str] = field(default_factory=list)  # file keys the backbone lacks
+    mismatched: list[str] = field(default_factory=list)  # present in both, different shapes
+    dropped: list[str] = field(default_factory=list)  # heads / other encoders, ignored on purpose
+
+    def summary(self) -> str:
+        return (f"{self.path} ({self.format}): {len(self.loaded)} loaded, {len(self.missing)} missing, "
+                f"{len(self.unexpected)} unexpected, {len(self.mismatched)} shape-mismatched, "
+                f"{len(self.dropped)} dropped")
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """torch.load with weights_only=True; a file needing arbitrary unpickling is refused."""
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: refusing to load a checkpoint that needs arbitrary unpickling "
+                         f"(only tensors and plain containers are allowed): {e}") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
+    return obj
+
+
+def detect_format(obj: dict) -> str:
+    """"moco", "dino" or "torchvision" from the checkpoint's keys."""
+    sd = obj.get("state_dict")
+    if isinstance(sd, dict) and any(str(k).startswith(MOCO_PREFIX) for k in sd):
+        return "moco"
+    if isinstance(obj.get("teacher"), dict):
+        return "dino"
+    if any(str(k).startswith(HEAD_PREFIXES) for k in obj):
+        return "torchvision"
+    if any(str(k).startswith("conv1.") for k in obj):
+        return "dino"
+    raise ValueError("cannot detect the checkpoint format (no MoCo 'module.encoder_q.' keys, no "
+                     "DINO 'teacher', no torchvision 'conv1.' keys); set model.image.weights_format")
+
+
+def _strip(sd: dict, prefixes: tuple[str, ...], dropped: list[str]) -> dict[str, torch.Tensor]:
+    """Keys under one of `prefixes` with the prefix removed; the rest go to `dropped`."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        prefix = next((p for p in prefixes if key.startswith(p)), None)
+        if prefix is None:
+            dropped.append(key)
+        else:
+            out[key[len(prefix):]] = value
+    return out
+
+
+def extract_backbone_state(obj: dict, fmt: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(torchvision-named backbone tensors without heads, dropped original keys)."""
+    dropped: list[str] = []
+    if fmt == "moco":
+        sd = _strip(obj.get("state_dict", obj), (MOCO_PREFIX,), dropped)
+    elif fmt == "dino" and isinstance(obj.get("teacher"), dict):
+        sd = _strip(obj["teacher"], DINO_PREFIXES, dropped)
+    elif fmt in ("dino", "torchvision"):
+        sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        dropped += [k for k in obj if k not in sd]
+    else:
+        raise ValueError(f"weights format {fmt!r} is not one of {FORMATS}")
+    heads = [k for k in sd if k.startswith(HEAD_PREFIXES)]
+    dropped += heads
+    return {k: v for k, v in sd.items() if k not in heads}, dropped
+
+
+def load_teacher_weights(module: nn.Module, path: str | Path, fmt: str = "auto") -> LoadReport:
+    """Load a checkpoint into `module` (an ImageTeacher, via its `.backbone`, or a ResNet)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"weights format {fmt!r} is not one of {FORMATS}")
+    target = getattr(module, "backbone", module)
+    obj = read_checkpoint(path)
+    fmt = detect_format(obj) if fmt == "auto" else fmt
+    state, dropped = extract_backbone_state(obj, fmt)
+    own = target.state_dict()
+    report = LoadReport(path=str(path), format=fmt, dropped=sorted(dropped))
+    usable = {}
+    for key, value in state.items():
+        if key not in own:
+            report.unexpected.append(key)
+        elif own[key].shape != value.shape:
+            report.mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(own[key].shape)}")
+        else:
+            usable[key] = value
+    report.missing = sorted(k for k in own if k not in usable)
+    report.loaded = sorted(usable)
+    if not usable:
+        raise ValueError(f"{path}: no key matched the {type(target).__name__} backbone "
+                         f"(format {fmt}); {report.summary()}")
+    target.load_state_dict(usable, strict=False)
+    log.info(report.summary())
+    if report.missing or report.unexpected or report.mismatched:
+        log.warning("teacher weights incomplete: missing %s, unexpected %s, mismatched %s",
+                    report.missing, report.unexpected, report.mismatched)
+    return report

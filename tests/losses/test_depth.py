@@ -1,0 +1,88 @@
+"""Depth targets (min non-zero depth per patch) and the BCE depth loss, against references."""
+
+import math
+
+import pytest
+import torch
+
+from hvdistill.losses.depth import depth_loss, depth_targets
+
+N_IMG, H, W, POOL = 2, 16, 24, 4
+HF, WF = H // POOL, W // POOL
+D_MIN, D_MAX, D_STEP = 1.0, 9.0, 0.5  # 16 bins
+
+
+def _pairs(seed: int = 0, q: int = 150):
+    g = torch.Generator().manual_seed(seed)
+    pair_image = torch.randint(0, N_IMG, (q,), generator=g)
+    pair_uv = 1.0 + torch.rand(q, 2, generator=g) * torch.tensor([W - 2.0, H - 2.0])
+    pair_depth = 0.5 + 10.0 * torch.rand(q, generator=g)  # some below / beyond the bins
+    pair_depth[:10] = 0.0  # zero depths never count
+    return pair_image, pair_uv, pair_depth
+
+
+def _naive_targets(pair_image, pair_uv, pair_depth):
+    """BEVDepth's procedure: a full-resolution depth image (min per pixel), then patch min."""
+    full = torch.zeros(N_IMG, H, W)
+    for n, (u, v), d in zip(pair_image.tolist(), pair_uv.tolist(), pair_depth.tolist()):
+        r, c = int(round(v)), int(round(u))
+        if d > 0 and (full[n, r, c] == 0 or d < full[n, r, c]):
+            full[n, r, c] = d
+    out = torch.zeros(N_IMG, HF, WF)
+    for n in range(N_IMG):
+        for i in range(HF):
+            for j in range(WF):
+                patch = full[n, i * POOL:(i + 1) * POOL, j * POOL:(j + 1) * POOL]
+                nz = patch[patch > 0]
+                out[n, i, j] = nz.min() if nz.numel() else 0.0
+    return out
+
+
+def test_targets_equal_min_pooling_reference():
+    pairs = _pairs()
+    got = depth_targets(*pairs, N_IMG, HF, WF, POOL)
+    torch.testing.assert_close(got, _naive_targets(*pairs))
+    assert (got == 0).any() and (got > 0).any()
+
+
+def _naive_loss(logits, targets, per_bin):
+    prob = torch.softmax(logits.double(), dim=1)
+    total, cells = 0.0, 0
+    n_bins = logits.shape[1]
+    for n, i, j in (targets > 0).nonzero().tolist():
+        b = math.floor((targets[n, i, j].item() - D_MIN) / D_STEP)
+        if not 0 <= b < n_bins:
+            continue  # outside [depth_min, depth_max): not counted
+        cells += 1
+        for k in range(n_bins):
+            p = prob[n, k, i, j].item()
+            total -= math.log(p) if k == b else math.log(1.0 - p)
+    return total / (cells * (n_bins if per_bin else 1))
+
+
+@pytest.mark.parametrize("reduction", ["cells_x_bins", "cells"])
+def test_loss_equals_reference_and_ignores_invalid_cells(reduction):
+    pairs = _pairs(1)
+    targets = depth_targets(*pairs, N_IMG, HF, WF, POOL)
+    logits = torch.randn(N_IMG, 16, HF, WF, generator=torch.Generator().manual_seed(2))
+    logits.requires_grad_()
+    result = depth_loss(logits, targets, D_MIN, D_MAX, D_STEP, reduction)
+    ref = _naive_loss(logits.detach(), targets, reduction == "cells_x_bins")
+    assert abs(float(result.loss.detach()) - ref) < 1e-5
+    result.loss.backward()
+    bins = torch.floor((targets - D_MIN) / D_STEP)
+    invalid = (targets == 0) | (bins < 0) | (bins >= 16)
+    assert invalid.any() and (~invalid).sum() == result.num_cells
+    assert (logits.grad.permute(0, 2, 3, 1)[invalid] == 0).all()
+    assert (logits.grad.permute(0, 2, 3, 1)[~invalid].abs().sum(1) > 0).all()
+
+
+def test_loss_is_fp32_under_autocast_and_checks_bins():
+    targets = torch.full((1, 2, 2), 3.2)
+    logits = torch.randn(1, 16, 2, 2)
+    plain = depth_loss(logits, targets, D_MIN, D_MAX, D_STEP).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = depth_loss(logits, targets, D_MIN, D_MAX, D_STEP).loss
+    assert auto.dtype == torch.float32 and float(auto) == pytest.approx(float(plain), abs=1e-7)
+    with pytest.raises(ValueError, match="bins"):
+        depth_loss(torch.randn(1, 15, 2, 2), targets, D_MIN, D_MAX, D_STEP)

@@ -1,0 +1,58 @@
+"""The teacher: stride-4 features, frozen eval-mode backbone, normalised IPV output."""
+
+import torch
+import torch.nn.functional as F
+
+from hvdistill.models.image import ImageTeacher
+
+
+def make_teacher(dtype=torch.float32) -> ImageTeacher:
+    torch.manual_seed(0)
+    return ImageTeacher("resnet18", feature_dim=64, output_stride=4, mean=[0.485, 0.456, 0.406],
+                        std=[0.229, 0.224, 0.225], compute_dtype=dtype)
+
+
+def test_shapes_stride_and_normalisation():
+    teacher = make_teacher()
+    images = torch.rand(2, 3, 64, 96)
+    out = teacher(images)
+    assert out.backbone.shape == (2, 512, 16, 24)  # output stride 4
+    assert out.head.shape == (2, 64, 16, 24)
+    assert out.ipv.shape == (2, 64, 64, 96)
+    assert all(t.dtype == torch.float32 for t in out)
+    torch.testing.assert_close(out.ipv.norm(dim=1), torch.ones(2, 64, 96))
+    up = F.interpolate(out.head, size=(64, 96), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out.ipv, F.normalize(up, dim=1))
+
+
+def test_input_normalisation_happens_inside():
+    teacher = make_teacher()
+    images = torch.rand(1, 3, 32, 32)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = teacher.backbone.features((images - mean) / std)
+    torch.testing.assert_close(teacher(images).backbone, expected)
+
+
+def test_backbone_frozen_and_stays_in_eval_mode():
+    teacher = make_teacher()
+    teacher.train()
+    assert teacher.head.training
+    assert not any(m.training for m in teacher.backbone.modules())
+    before = teacher.backbone.bn1.running_mean.clone()
+    out = teacher(torch.rand(2, 3, 32, 32))
+    out.ipv.sum().backward()
+    assert torch.equal(teacher.backbone.bn1.running_mean, before)  # BN statistics untouched
+    assert all(p.grad is None and not p.requires_grad for p in teacher.backbone.parameters())
+    assert teacher.head.weight.grad is not None and teacher.head.weight.grad.abs().sum() > 0
+    assert [n for n, p in teacher.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
+
+
+def test_bf16_autocast_returns_float32_close_to_fp32():
+    images = torch.rand(1, 3, 32, 48)
+    ref = make_teacher(torch.float32)(images)
+    low = make_teacher(torch.bfloat16)(images)
+    assert low.ipv.dtype == torch.float32 and low.backbone.dtype == torch.float32
+    cos = (ref.ipv * low.ipv).sum(dim=1)  # both unit vectors per pixel
+    assert cos.mean() > 0.98

@@ -1,0 +1,126 @@
+"""Teacher checkpoints load from MoCo, DINO and torchvision files; pickles are refused."""
+
+import pathlib
+
+import pytest
+import torch
+
+from hvdistill.config import ImageModelConfig, ModelConfig, PrecisionConfig
+from hvdistill.models.image import ImageTeacher, build_image_teacher, load_teacher_weights, resnet18
+
+
+class Payload:
+    """Unpickling this would create a file; weights-only loading must refuse it."""
+
+    def __init__(self, marker: pathlib.Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def source_state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    model = resnet18()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # make buffers distinguishable from defaults
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+    return model.state_dict()
+
+
+def moco_checkpoint(state: dict[str, torch.Tensor]) -> dict:
+    sd = {f"module.encoder_q.{k}": v for k, v in state.items() if not k.startswith("fc.")}
+    sd["module.encoder_q.fc.0.weight"] = torch.randn(512, 512)  # MoCo-v2 MLP projection head
+    sd["module.encoder_q.fc.2.weight"] = torch.randn(128, 512)
+    sd["module.encoder_k.conv1.weight"] = torch.randn(64, 3, 7, 7)
+    return {"epoch": 800, "arch": "resnet18", "state_dict": sd}
+
+
+def assert_backbone_equals(teacher: ImageTeacher, state: dict[str, torch.Tensor], skip=()) -> None:
+    own = teacher.backbone.state_dict()
+    for key, value in own.items():
+        if key not in skip:
+            assert torch.equal(value, state[key]), key
+
+
+def test_moco_checkpoint_loads_and_drops_heads(tmp_path):
+    state = source_state()
+    path = tmp_path / "moco.pth"
+    torch.save(moco_checkpoint(state), path)
+    teacher = ImageTeacher("resnet18")
+    report = load_teacher_weights(teacher, path, "auto")
+    assert report.format == "moco"
+    assert report.missing == [] and report.unexpected == [] and report.mismatched == []
+    assert {"fc.0.weight", "fc.2.weight", "module.encoder_k.conv1.weight"} <= set(report.dropped)
+    assert len(report.loaded) == len(teacher.backbone.state_dict())
+    assert_backbone_equals(teacher, state)
+
+
+def test_missing_keys_are_reported(tmp_path):
+    state = source_state()
+    ckpt = moco_checkpoint(state)
+    removed = ["layer3.1.conv2.weight", "layer4.0.bn1.running_var"]
+    for key in removed:
+        del ckpt["state_dict"][f"module.encoder_q.{key}"]
+    ckpt["state_dict"]["module.encoder_q.layer9.weight"] = torch.zeros(1)
+    torch.save(ckpt, tmp_path / "partial.pth")
+    teacher = ImageTeacher("resnet18")
+    report = load_teacher_weights(teacher, tmp_path / "partial.pth", "moco")
+    assert report.missing == sorted(removed)
+    assert report.unexpected == ["layer9.weight"]
+    assert_backbone_equals(teacher, state, skip=removed)
+
+
+@pytest.mark.parametrize("fmt", ["dino", "torchvision"])
+def test_plain_state_dicts_load(tmp_path, fmt):
+    state = source_state()
+    if fmt == "dino":  # DINO's ResNet-50 release: torchvision keys without fc
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    torch.save(state, tmp_path / "plain.pth")
+    teacher = ImageTeacher("resnet18")
+    report = load_teacher_weights(teacher, tmp_path / "plain.pth", "auto")
+    assert report.format == fmt
+    assert report.missing == [] and report.unexpected == []
+    assert ("fc.weight" in report.dropped) == (fmt == "torchvision")
+    assert_backbone_equals(teacher, state)
+
+
+def test_full_dino_checkpoint_uses_the_teacher_backbone(tmp_path):
+    state = source_state()
+    teacher_sd = {f"backbone.{k}": v for k, v in state.items() if not k.startswith("fc.")}
+    teacher_sd["head.mlp.0.weight"] = torch.randn(8, 512)
+    torch.save({"teacher": teacher_sd, "student": {}, "epoch": 100}, tmp_path / "dino_full.pth")
+    teacher = ImageTeacher("resnet18")
+    report = load_teacher_weights(teacher, tmp_path / "dino_full.pth")
+    assert report.format == "dino" and report.missing == [] and "head.mlp.0.weight" in report.dropped
+    assert_backbone_equals(teacher, state)
+
+
+def test_pickled_objects_are_never_executed(tmp_path):
+    marker = tmp_path / "was_unpickled"
+    torch.save({"state_dict": {"x": Payload(marker)}}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="unpickling"):
+        load_teacher_weights(ImageTeacher("resnet18"), tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+def test_nothing_matching_is_an_error(tmp_path):
+    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match="no key matched"):
+        load_teacher_weights(ImageTeacher("resnet18"), tmp_path / "wrong.pth", "torchvision")
+
+
+def test_random_init_must_be_explicit(tmp_path):
+    precision = PrecisionConfig(image_dtype="float32")
+    with pytest.raises(ValueError, match="random_init"):
+        build_image_teacher(ModelConfig(image=ImageModelConfig(arch="resnet18")), precision)
+    teacher = build_image_teacher(ModelConfig(image=ImageModelConfig(arch="resnet18", random_init=True)),
+                                  precision)
+    assert teacher.load_report is None
+    state = source_state()
+    torch.save(state, tmp_path / "tv.pth")
+    cfg = ModelConfig(image=ImageModelConfig(arch="resnet18", weights=str(tmp_path / "tv.pth")))
+    teacher = build_image_teacher(cfg, precision)
+    assert teacher.load_report.format == "torchvision"
+    assert_backbone_equals(teacher, state)

@@ -1,0 +1,1 @@
+"""Tests of hvdistill.models.lidar (spconv on CPU with the Native algorithm)."""
