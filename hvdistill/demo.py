@@ -38,7 +38,7 @@ def _check(rc: int, what: str) -> None:
         raise SystemExit(f"hvdistill demo: {what} failed (exit {rc})")
 
 
-def run_data_stages(cfg: Config, out: Path, config_path: str, workers: int) -> Path:
+def run_data_stages(cfg: Config, out: Path, config_path: str, overrides: list[str], workers: int) -> Path:
     """Stages 1-4; returns the shard directory."""
     from hvdistill.data.sources.cli import main as inspect_main
     from hvdistill.data.synthetic.cli import main as synth_main
@@ -49,7 +49,8 @@ def run_data_stages(cfg: Config, out: Path, config_path: str, workers: int) -> P
     t = _stage(f"1. synthesise {cfg.synth.scenes} scenes x {cfg.synth.frames_per_scene} frames -> {root}")
     _check(synth_main(["--format", "nuscenes", "--config", config_path, "--scenes", str(cfg.synth.scenes),
                        "--frames-per-scene", str(cfg.synth.frames_per_scene), "--seed", str(cfg.synth.seed),
-                       "--version", src.version, "--out", str(root)]), "synth")
+                       "--width", str(cfg.synth.image_width), "--height", str(cfg.synth.image_height),
+                       "--version", src.version, "--out", str(root), "--no-progress"]), "synth")
     _done(t)
     t = _stage("2. read it back through nuscenes-devkit")
     for split in ("train", "val"):
@@ -60,7 +61,7 @@ def run_data_stages(cfg: Config, out: Path, config_path: str, workers: int) -> P
     for split in ("train", "val"):
         _check(shard_main(["--source", "nuscenes", "--root", str(root), "--version", src.version,
                            "--split", split, "--out", str(shards), "--workers", str(workers),
-                           "--config", config_path]), f"shard ({split})")
+                           "--config", config_path, *overrides]), f"shard ({split})")
     _done(t)
     t = _stage("4. verify the shards")
     _check(shard_main(["verify", str(shards)]), "shard verify")
@@ -129,13 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    overrides = [f"data.sources.0.root={out / 'synthetic-nuscenes'}"] + args.overrides
     try:
-        cfg = load_config(args.config, [f"data.sources.0.root={out / 'synthetic-nuscenes'}"] + args.overrides)
+        cfg = load_config(args.config, overrides)
     except ConfigError as exc:
         print(f"hvdistill demo: {exc}", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    shards = run_data_stages(cfg, out, args.config, args.workers)
+    shards = run_data_stages(cfg, out, args.config, overrides, args.workers)
     run_model_stage(cfg, shards, args.steps)
     print(f"\nhvdistill demo: all stages passed in {time.perf_counter() - start:.0f} s; outputs in {out}/")
     return 0
