@@ -64,6 +64,8 @@ class DataConfig:
     stored_image_width: int = 800  # images stored in shards at this width (crops need ~800x450)
     stored_image_height: int = 450
     jpeg_quality: int = 90
+    min_depth: float = 1.0  # pairs keep depth > min_depth (nuscenes-devkit's rule)
+    image_border: float = 1.0  # pairs keep border < u < W - border, border < v < H - border
     superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
     shard_size_mb: float = 256.0
     shard_task_samples: int = 256  # samples per Ray sharding task; longer chunks are split
@@ -113,8 +115,6 @@ class GeometryConfig:
     voxel_size: float = 0.1
     bev_resolution: float = 0.4
     bev_size: int = 256  # cells per side: 256 x 0.4 m = 102.4 m
-    min_depth: float = 1.0  # projection keeps depth > min_depth (nuscenes-devkit's rule)
-    image_border: float = 1.0  # keeps border < u < W - border, border < v < H - border
     crop_height: int = 224
     crop_width: int = 416
     feature_stride: int = 4  # image features at 1/4 resolution: 56 x 104
@@ -344,7 +344,25 @@ def semantic_problems(cfg: Config) -> list[str]:
         if getattr(g, key) % g.feature_stride:
             p.append(f"geometry.{key}: {getattr(g, key)} is not a multiple of "
                      f"geometry.feature_stride={g.feature_stride}")
+    bins = (g.depth_max - g.depth_min) / g.depth_step if g.depth_step > 0 else 0
+    if g.depth_step > 0 and abs(bins - round(bins)) > 1e-6:
+        p.append(f"geometry.depth_step: {g.depth_step} does not divide depth_max - depth_min = "
+                 f"{g.depth_max - g.depth_min}; choose a step that gives a whole number of bins")
+    if cfg.model.image.output_stride != g.feature_stride:
+        p.append(f"model.image.output_stride: {cfg.model.image.output_stride} must equal "
+                 f"geometry.feature_stride={g.feature_stride} (the depth lift works on that grid)")
     a = cfg.augment
+    if a.crop_max_tries < 1:
+        p.append(f"augment.crop_max_tries: {a.crop_max_tries} must be >= 1")
+    if not 0 < a.crop_area[0] <= a.crop_area[-1] <= 1:
+        p.append(f"augment.crop_area: {a.crop_area} must lie in (0, 1]")
+    if a.crop_aspect[0] <= 0:
+        p.append(f"augment.crop_aspect: {a.crop_aspect} must be positive")
+    d = cfg.data
+    if d.stored_image_width <= 0 or d.stored_image_height <= 0:
+        p.append("data.stored_image_width / data.stored_image_height: must be > 0")
+    if not 1 <= d.jpeg_quality <= 100:
+        p.append(f"data.jpeg_quality: {d.jpeg_quality} must be in 1..100")
     for key in ("flip_x_p", "flip_y_p", "hflip_p", "crop_min_kept_fraction"):
         _check_range(p, f"augment.{key}", getattr(a, key), 0.0, 1.0)
     for key in ("scale_range", "crop_area", "crop_aspect"):

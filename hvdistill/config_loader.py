@@ -89,6 +89,13 @@ def coerce(value: Any, tp: Any, key: str) -> tuple[Any, str | None]:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value), None
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                parsed = float(value)
+            except ValueError:
+                parsed = None
+            if parsed is not None and parsed == parsed and abs(parsed) != float("inf"):
+                return parsed, None
         return None, f"{key}: expected a number, got {value!r}"
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):

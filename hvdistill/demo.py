@@ -40,31 +40,29 @@ def _check(rc: int, what: str) -> None:
 
 def run_data_stages(cfg: Config, out: Path, config_path: str, overrides: list[str], workers: int) -> Path:
     """Stages 1-4; returns the shard directory."""
-    from hvdistill.data.sources.cli import main as inspect_main
-    from hvdistill.data.synthetic.cli import main as synth_main
-    from sharding.cli import main as shard_main
+    from hvdistill.cli import main as hvdistill
 
     src = cfg.data.sources[0]
     root, shards = Path(src.root), out / "shards"
     t = _stage(f"1. synthesise {cfg.synth.scenes} scenes x {cfg.synth.frames_per_scene} frames -> {root}")
-    _check(synth_main(["--format", "nuscenes", "--config", config_path, "--scenes", str(cfg.synth.scenes),
+    _check(hvdistill(["synth", "--format", "nuscenes", "--config", config_path, "--scenes", str(cfg.synth.scenes),
                        "--frames-per-scene", str(cfg.synth.frames_per_scene), "--seed", str(cfg.synth.seed),
                        "--width", str(cfg.synth.image_width), "--height", str(cfg.synth.image_height),
                        "--version", src.version, "--out", str(root), "--no-progress"]), "synth")
     _done(t)
     t = _stage("2. read it back through nuscenes-devkit")
     for split in ("train", "val"):
-        _check(inspect_main(["--source", "nuscenes", "--root", str(root), "--version", src.version,
+        _check(hvdistill(["inspect", "--source", "nuscenes", "--root", str(root), "--version", src.version,
                              "--split", split]), f"inspect ({split})")
     _done(t)
     t = _stage(f"3. shard with Ray ({workers} workers) -> {shards}")
     for split in ("train", "val"):
-        _check(shard_main(["--source", "nuscenes", "--root", str(root), "--version", src.version,
+        _check(hvdistill(["shard", "--source", "nuscenes", "--root", str(root), "--version", src.version,
                            "--split", split, "--out", str(shards), "--workers", str(workers),
                            "--config", config_path, *overrides]), f"shard ({split})")
     _done(t)
     t = _stage("4. verify the shards")
-    _check(shard_main(["verify", str(shards)]), "shard verify")
+    _check(hvdistill(["shard", "verify", str(shards)]), "shard verify")
     _done(t)
     return shards
 

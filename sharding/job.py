@@ -77,6 +77,8 @@ def convert_unit(source_cfg: SourceConfig, cfg: DataConfig, unit: Unit, out_dir:
                 writer.write(_read_prepared(source, key, cfg))
             except SampleReadError as e:
                 skipped.append({"key": key, "reason": e.reason, "path": e.path})
+            except Exception as e:  # noqa: BLE001 - an unforeseen failure of one sample is quarantined too
+                skipped.append({"key": key, "reason": f"prepare failed: {type(e).__name__}: {e}", "path": ""})
         shards = writer.close()
     except BaseException:
         writer.abort()

@@ -90,3 +90,22 @@ def test_list_items_are_addressed_by_index_like_flatten():
     assert cfg.data.sources[0].root == "/data/x" and cfg.data.sources[0].weight == 2.0
     problems, _ = problems_of(DEMO, ["data.sources.3.root=/x", "data.sources.0.rot=/x"])
     assert any("0..0" in p for p in problems) and any("data.sources.0.root" in p for p in problems)
+
+
+def test_scientific_notation_floats_in_overrides_and_yaml(tmp_path):
+    cfg = load_config(DEMO, ["optim.lr=1e-3", "optim.weight_decay=5E-5"])
+    assert cfg.optim.lr == 1e-3 and cfg.optim.weight_decay == 5e-5
+    f = tmp_path / "sci.yaml"
+    f.write_text("optim:\n  lr: 1e-4\n")
+    assert load_config(str(f), ["model.image.random_init=true"]).optim.lr == 1e-4
+    problems, _ = problems_of(DEMO, ["optim.lr=nan", "optim.lr=1e-3x"])
+    assert len(problems) == 2
+
+
+def test_grid_and_augmentation_consistency_checks():
+    problems, message = problems_of(DEMO, ["geometry.depth_step=0.7", "augment.crop_max_tries=0",
+                                           "model.image.output_stride=8", "augment.crop_area=[0.0, 1.0]",
+                                           "data.stored_image_width=0"])
+    for key in ("geometry.depth_step", "augment.crop_max_tries", "model.image.output_stride",
+                "augment.crop_area", "data.stored_image_width"):
+        assert key in message

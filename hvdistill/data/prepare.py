@@ -46,7 +46,8 @@ def compute_superpixels(image: np.ndarray, cfg: SuperpixelConfig) -> np.ndarray:
     return ids.astype(np.int16)
 
 
-def compute_pairs(sample: Sample, stored_sizes: list[tuple[int, int]]) -> np.ndarray:
+def compute_pairs(sample: Sample, stored_sizes: list[tuple[int, int]], min_depth: float = 1.0,
+                  border: float = 1.0) -> np.ndarray:
     """(M, 5) float32 point idx, camera idx, row v, col u (stored image), depth (m).
 
     Projection at each camera's full resolution with the devkit rule, then the whole-image
@@ -55,7 +56,7 @@ def compute_pairs(sample: Sample, stored_sizes: list[tuple[int, int]]) -> np.nda
     rows = []
     for i, cam in enumerate(sample.cameras):
         proj = project_points(sample.points[:, :3], sample.lidar_to_camera(i), cam.intrinsics,
-                              cam.size[0], cam.size[1])
+                              cam.size[0], cam.size[1], min_depth=min_depth, border=border)
         uv = transform_pixels(resize_matrix(cam.size, stored_sizes[i]), proj.uv)  # (M_i, 2)
         block = np.empty((len(proj.index), 5), dtype=np.float64)
         block[:, 0] = proj.index
@@ -82,7 +83,7 @@ def prepare_camera(cam: CameraFrame, size: tuple[int, int], cfg: DataConfig) -> 
 def prepare_sample(sample: Sample, cfg: DataConfig) -> Sample:
     """Full-resolution sample from a source -> the sample as shards store it."""
     sizes = [stored_size(c.size, cfg) for c in sample.cameras]
-    pairs = compute_pairs(sample, sizes)
+    pairs = compute_pairs(sample, sizes, cfg.min_depth, cfg.image_border)
     cameras = [prepare_camera(c, s, cfg) for c, s in zip(sample.cameras, sizes)]
     return dataclasses.replace(
         sample,

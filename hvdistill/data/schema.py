@@ -72,8 +72,9 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
 def encode_superpixels(ids: np.ndarray) -> bytes:
     """(H, W) int superpixel ids (-1 = none) -> 8- or 16-bit grey PNG; -1 stored as the max."""
     ids = np.asarray(ids)
-    if ids.size and int(ids.max()) >= np.iinfo(np.uint16).max:
-        raise SchemaError(f"superpixel id {int(ids.max())} does not fit in 16 bits")
+    if ids.size and int(ids.max()) > np.iinfo(np.int16).max:  # decoded as int16 (Sample)
+        raise SchemaError(f"superpixel id {int(ids.max())} exceeds {np.iinfo(np.int16).max}; "
+                          f"lower data.superpixels.n_segments")
     narrow = not ids.size or int(ids.max()) < np.iinfo(np.uint8).max
     dtype = np.uint8 if narrow else np.uint16
     stored = np.where(ids < 0, np.iinfo(dtype).max, ids).astype(dtype)

@@ -162,6 +162,10 @@ class ShardDataset(IterableDataset):
     def samples_per_rank(self) -> int:
         if self.cfg.epoch_samples > 0:
             return self.cfg.epoch_samples
+        if not self.counts:
+            raise ValueError("data.epoch_samples: the sample count of these shards is unknown (bare "
+                             ".tar paths carry no manifest); give the shard directory or its "
+                             "manifest.json, or set data.epoch_samples=<samples per rank per epoch>")
         return max(1, sum(self.counts.values()) // self.world_size)
 
     def _mixed(self, worker: int) -> Iterator[Sample]:

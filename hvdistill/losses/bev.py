@@ -9,6 +9,10 @@ of an anchor is the image BEV feature of the same sample and cell, read from eit
 both give the same keys. Negatives are the keys of the other anchors (and, with gathering,
 those of other ranks' anchors, and the queue), through the same InfoNCE as the IPV loss.
 Anchors are assumed to sit in distinct cells (one anchor per cell, as the BEV heads produce).
+With `image_occupied` (a (B * S * S,) or (B, S, S) bool mask of cells that at least one
+frustum point reached), anchors over cells the cameras never see are dropped first: their
+image key is a zero vector, which would be both a meaningless positive and a pile of identical
+negatives (with one camera, as in SemanticKITTI, that would be most anchors).
 
 Optional subsampling (LossConfig.max_bev_anchors > 0) keeps at most that many anchors per
 sample, chosen uniformly at random from a torch.Generator, hence reproducible.
@@ -71,9 +75,13 @@ def subsample_anchors(sample: torch.Tensor, max_per_sample: int,
 def bev_loss(lidar_features: torch.Tensor, lidar_indices: torch.Tensor,
              image_bev: torch.Tensor, contrast: InfoNCE, bev_size: int,
              max_anchors_per_sample: int = 0,
-             generator: torch.Generator | None = None) -> BEVLossResult:
+             generator: torch.Generator | None = None,
+             image_occupied: torch.Tensor | None = None) -> BEVLossResult:
     """InfoNCE of LiDAR BEV cells (K, C) against the image BEV features at the same cells."""
     flat = flat_cell_index(lidar_indices, bev_size)  # (K,)
+    if image_occupied is not None:
+        seen = image_occupied.reshape(-1)[flat]  # (K,) bool
+        flat, lidar_features = flat[seen], lidar_features[seen]
     if max_anchors_per_sample > 0:
         keep = subsample_anchors(flat // (bev_size * bev_size), max_anchors_per_sample, generator)
         flat, lidar_features = flat[keep], lidar_features[keep]

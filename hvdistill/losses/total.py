@@ -43,6 +43,7 @@ class LossInputs:
     lidar_bev_features: torch.Tensor | None = None  # (K, C) non-empty LiDAR BEV cells
     lidar_bev_indices: torch.Tensor | None = None  # (K, 3) (sample, iy, ix) or (K,) flat
     image_bev: torch.Tensor | None = None  # (B, C, S, S) or flat (B * S * S, C)
+    image_bev_occupied: torch.Tensor | None = None  # (B * S * S,) bool cells the lift reached
 
 
 @dataclass
@@ -70,7 +71,14 @@ class HybridViewLoss(nn.Module):
         self.loss_cfg, self.geometry_cfg = loss_cfg, geometry_cfg
         self.ipv_contrast = build_infonce(loss_cfg, feature_dim)
         self.bev_contrast = build_infonce(loss_cfg, feature_dim)
-        self.generator = torch.Generator().manual_seed(seed + dist.rank())
+        self.seed = seed
+        self.generator: torch.Generator | None = None  # seeded on first use, once ranks are known
+
+    def _generator(self) -> torch.Generator:
+        """BEV-anchor subsampling stream, seeded with seed + rank at first use."""
+        if self.generator is None:
+            self.generator = torch.Generator().manual_seed(self.seed + dist.rank())
+        return self.generator
 
     def bev_active(self, epoch: int) -> bool:
         """Whether the BEV term is computed at this epoch (two-stage schedule)."""
@@ -99,7 +107,7 @@ class HybridViewLoss(nn.Module):
                              "LossInputs lacks lidar_bev_features / lidar_bev_indices / image_bev")
         result = bev_loss(x.lidar_bev_features, x.lidar_bev_indices, x.image_bev,
                           self.bev_contrast, self.geometry_cfg.bev_size,
-                          self.loss_cfg.max_bev_anchors, self.generator)
+                          self.loss_cfg.max_bev_anchors, self._generator(), x.image_bev_occupied)
         return result.loss, result.num_anchors
 
     def forward(self, inputs: LossInputs, epoch: int) -> LossTerms:

@@ -63,6 +63,7 @@ class Distiller(nn.Module):
                                batch.lidar_aug[image_batch], image_batch, batch.batch_size)
             inputs.depth_logits = lifted.depth_logits  # (N, D, Hf, Wf)
             inputs.image_bev = lifted.bev  # (B * S * S, 64)
+            inputs.image_bev_occupied = lifted.occupied  # (B * S * S,) bool
         return inputs
 
     def parameter_groups(self) -> list[ParameterGroup]:

@@ -67,3 +67,21 @@ def test_subsampled_loss_only_contrasts_kept_anchors():
     expected = infonce_sum(lidar[keep], keys, torch.arange(len(keep)), TAU, 0, None, len(keep))
     assert got.num_anchors == len(keep) == 8
     torch.testing.assert_close(got.loss, expected)
+
+
+def test_anchors_over_cells_the_cameras_never_reached_are_dropped():
+    image_bev, indices = _case(5)
+    flat = flat_cell_index(indices, S)
+    occupied = torch.zeros(B * S * S, dtype=torch.bool)
+    occupied[flat[::2]] = True  # the lift reached every other anchor's cell
+    table = image_bev.permute(0, 2, 3, 1).reshape(B * S * S, C).clone()
+    table[~occupied] = 0.0  # what the lift leaves in cells no frustum point reached
+    lidar = F.normalize(torch.randn(len(indices), C, generator=torch.Generator().manual_seed(6)), dim=1)
+    contrast = InfoNCE(TAU, tile_size=0, gather=False, queue_size=0, dim=C)
+    result = bev_loss(lidar, indices, table, contrast, S, image_occupied=occupied)
+    assert result.num_anchors == len(flat[::2])
+    expected = infonce_sum(lidar[::2], table[flat[::2]], torch.arange(len(flat[::2])), TAU, 0, None,
+                           len(flat[::2]))
+    torch.testing.assert_close(result.loss, expected)
+    unmasked = bev_loss(lidar, indices, table, contrast, S)
+    assert unmasked.num_anchors == len(flat) and not torch.allclose(unmasked.loss, result.loss)

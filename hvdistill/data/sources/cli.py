@@ -5,7 +5,7 @@
 
 Reads up to N samples (0 = all) of the split and reports scenes/sequences, samples, points per
 sweep, cameras and image sizes, the label histogram by class name, and the point-to-pixel
-pairs per camera under the projection rules of `GeometryConfig`. Damaged samples are listed
+pairs per camera under the projection rules of `DataConfig`. Damaged samples are listed
 with the file and reason (SampleReadError) and make the exit status 1.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hvdistill.config import GeometryConfig, SourceConfig
+from hvdistill.config import DataConfig, SourceConfig
 from hvdistill.data.errors import DatasetLayoutError, SampleReadError
 from hvdistill.data.sample import Sample
 from hvdistill.data.sources import build_source
@@ -45,7 +45,7 @@ class InspectReport:
     errors: list[SampleReadError] = field(default_factory=list)
 
 
-def add_sample(report: InspectReport, sample: Sample, geometry: GeometryConfig) -> None:
+def add_sample(report: InspectReport, sample: Sample, data: DataConfig) -> None:
     """Fold one sample's points, cameras, pairs and labels into the report."""
     report.samples_read += 1
     report.points.append(len(sample.points))
@@ -53,7 +53,7 @@ def add_sample(report: InspectReport, sample: Sample, geometry: GeometryConfig) 
         width, height = cam.size
         report.image_sizes.setdefault(cam.name, Counter())[(width, height)] += 1
         proj = project_points(sample.points[:, :3], sample.lidar_to_camera(i), cam.intrinsics,
-                              width, height, min_depth=geometry.min_depth, border=geometry.image_border)
+                              width, height, min_depth=data.min_depth, border=data.image_border)
         report.pairs.setdefault(cam.name, []).append(len(proj.index))
     if sample.labels is not None and report.label_map:
         n_classes = len(class_names(report.label_map))
@@ -62,9 +62,9 @@ def add_sample(report: InspectReport, sample: Sample, geometry: GeometryConfig) 
 
 
 def inspect_source(source: DataSource, limit: int = 0,
-                   geometry: GeometryConfig | None = None) -> InspectReport:
+                   data: DataConfig | None = None) -> InspectReport:
     """Read up to `limit` samples (0 = all) of `source` in chunk/key order into a report."""
-    geometry = geometry or GeometryConfig()
+    data = data or DataConfig()
     chunks = source.chunks()
     keys = [key for chunk in chunks for key in source.keys(chunk)]
     report = InspectReport(source=source.name, version=source.version,
@@ -72,7 +72,7 @@ def inspect_source(source: DataSource, limit: int = 0,
                            chunks=chunks, samples_in_split=len(keys))
     for key in keys[:limit] if limit > 0 else keys:
         try:
-            add_sample(report, source.read(key), geometry)
+            add_sample(report, source.read(key), data)
         except SampleReadError as exc:
             report.errors.append(exc)
     return report
