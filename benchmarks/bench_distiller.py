@@ -6,7 +6,8 @@ collated; then for each config the distiller and the hybrid-view loss run forwar
 - Time: medians of `--repeats` steps after one warm-up step, per component: collate, student
   (spconv UNet + heads), teacher (frozen dilated ResNet, bf16 autocast), depth lift (bridge,
   depth net, BEV pooling), loss (pooling, InfoNCE, depth BCE, BEV InfoNCE), and the whole
-  backward pass.
+  backward pass; then, to split the backward pass, the student's and the lift's backward each
+  timed alone on a fresh forward of that component (gradient of the sum of its outputs).
 - Peak memory: each config runs in a fresh subprocess that reports the Linux resident-set
   high-water mark (VmHWM) reset right before the measured steps, minus the resident size then.
 
@@ -80,6 +81,12 @@ def step(model, loss_fn, sample, cfg, rng, times):
     terms = timed(times, "loss", loss_fn, inputs, 0)
     timed(times, "backward", terms.total.backward)
     model.zero_grad(set_to_none=True)
+    lidar = model.student(b.voxel_coords, b.voxel_features, b.spatial_shape, b.batch_size)
+    timed(times, "bwd student", (lidar.ipv.sum() + lidar.bev.sum()).backward)
+    head = image.head.detach().requires_grad_()
+    lifted = model.lift(head, b.intrinsics, b.camera_to_lidar, b.image_aug, b.lidar_aug[ib], ib, b.batch_size)
+    timed(times, "bwd lift", (lifted.depth_logits.sum() + lifted.bev.sum()).backward)
+    model.zero_grad(set_to_none=True)
     return len(b.voxel_coords), len(b.pair_point)
 
 
@@ -126,13 +133,14 @@ def main() -> None:
             print(f"{config}: failed\n{out.stderr[-3000:]}")
             continue
         rows.append(json.loads(lines[-1]))
-    comps = ["collate", "student", "teacher", "lift", "loss", "backward"]
-    print("| config | params (M) | voxels | pairs | " + " | ".join(comps) + " | step | peak MB |")
+    comps = ["collate", "student", "teacher", "lift", "loss", "backward", "bwd student", "bwd lift"]
+    print("| config | params (M) | voxels | pairs | " + " | ".join(comps) + " | step (fwd + bwd) | peak MB |")
     print("|---" * (len(comps) + 6) + "|")
     for r in rows:
         t = r["times"]
         print(f"| {r['config']} | {r['params_m']:.1f} | {r['voxels']} | {r['pairs']} | "
-              + " | ".join(f"{t[c]:.2f} s" for c in comps) + f" | {sum(t.values()):.2f} s | {r['peak_mb']:.0f} |")
+              + " | ".join(f"{t[c]:.2f} s" for c in comps)
+              + f" | {sum(t[c] for c in comps[:6]):.2f} s | {r['peak_mb']:.0f} |")
 
 
 if __name__ == "__main__":
