@@ -98,7 +98,6 @@ def wait_for_first_unit(out: Path, proc: subprocess.Popen, timeout: float = 180.
     raise AssertionError("no unit finished in time")
 
 
-@pytest.mark.slow  # ~30 s: a second driver process connects to the cluster and is killed
 def test_killed_job_resumes_to_the_uninterrupted_manifest(ray_address, nuscenes_root, tmp_path, capsys):
     per_sample = "data.shard_task_samples=1"  # one unit per sample: many points to be killed at
     reference = tmp_path / "reference"

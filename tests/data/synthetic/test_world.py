@@ -90,7 +90,6 @@ def test_every_class_appears_in_a_tiny_dataset():
     assert every <= seen_pixels, sorted(every - seen_pixels)
 
 
-@pytest.mark.slow
 def test_every_class_appears_in_a_default_size_dataset():
     cfg = SynthConfig()
     seen = set()
