@@ -5,6 +5,8 @@ directory, and submits one task per unfinished unit. A task reads each key with 
 applies `prepare_sample`, encodes it with the schema, writes size-bounded shards, and finally
 writes the unit's done-record. Bad samples (SampleReadError) are skipped and recorded; the job
 fails with a summary when more than DataConfig.max_bad_fraction of a source is bad.
+Tasks report every sample to a small progress actor, so the driver's bar (samples/s, shards
+written, skipped) moves live rather than once per finished unit.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from sharding.writer import ShardWriter
 
 _MB = 1 << 20
 _SUMMARY_REASONS = 10  # distinct skip reasons printed in a failure summary
+_PROGRESS_POLL_S = 0.5  # how often the driver refreshes the progress bar
 _sources: dict[str, Any] = {}  # per-process cache of built sources (one per worker)
 
 
@@ -63,8 +66,31 @@ def _read_prepared(source: Any, key: str, cfg: DataConfig) -> dict[str, Any]:
         raise SampleReadError(key, "", f"cannot encode: {e}") from e
 
 
-def convert_unit(source_cfg: SourceConfig, cfg: DataConfig, unit: Unit, out_dir: str) -> dict[str, Any]:
-    """Convert one unit into shards and write its done-record; returns that record."""
+class ProgressTracker:
+    """Per-unit progress reported by tasks after every sample (a Ray actor on the driver's
+    cluster); a retried unit overwrites its own entry, so totals never double count."""
+
+    def __init__(self) -> None:
+        self.units: dict[str, tuple[int, int, int]] = {}
+        self.final: set[str] = set()
+
+    def report(self, unit: str, samples: int, skipped: int, shards: int, final: bool = False) -> None:
+        if unit in self.final:  # a task's late report must not undo the driver's final one
+            return
+        self.units[unit] = (samples, skipped, shards)
+        if final:
+            self.final.add(unit)
+
+    def totals(self) -> tuple[int, int, int]:
+        """(samples done, samples skipped, shards finished) over all units."""
+        return tuple(sum(v[i] for v in self.units.values()) for i in range(3))  # type: ignore[return-value]
+
+
+def convert_unit(source_cfg: SourceConfig, cfg: DataConfig, unit: Unit, out_dir: str,
+                 progress: Any = None) -> dict[str, Any]:
+    """Convert one unit into shards and write its done-record; returns that record.
+
+    `progress` is an optional ProgressTracker actor handle told about every sample."""
     out = Path(out_dir)
     for stale in unit_files(out, unit.name):  # leftovers of a killed attempt
         stale.unlink()
@@ -72,7 +98,9 @@ def convert_unit(source_cfg: SourceConfig, cfg: DataConfig, unit: Unit, out_dir:
     writer = ShardWriter(out, unit.name, int(cfg.shard_size_mb * _MB))
     skipped = []
     try:
-        for key in unit.keys:
+        for done, key in enumerate(unit.keys, 1):
+            if progress is not None and done > 1:
+                progress.report.remote(unit.name, done - 1, len(skipped), len(writer.shards))
             try:
                 writer.write(_read_prepared(source, key, cfg))
             except SampleReadError as e:
@@ -122,21 +150,22 @@ def _run_tasks(pending: list[Unit], source_cfg: SourceConfig, cfg: DataConfig, o
                bar: tqdm, max_retries: int, max_in_flight: int) -> None:
     """Submit units (at most `max_in_flight` at once) and feed the bar as they complete."""
     task = ray.remote(num_cpus=1, max_retries=max_retries)(convert_unit)
+    tracker = ray.remote(num_cpus=0)(ProgressTracker).remote()
     source_ref, cfg_ref = ray.put(source_cfg), ray.put(cfg)
     queue, refs = list(reversed(pending)), {}
-    shards = skipped = 0
+    start = bar.n
     while queue or refs:
         while queue and len(refs) < max_in_flight:
             unit = queue.pop()
-            refs[task.remote(source_ref, cfg_ref, unit, str(out_dir))] = unit
-        ready, _ = ray.wait(list(refs), num_returns=1)
+            refs[task.remote(source_ref, cfg_ref, unit, str(out_dir), tracker)] = unit
+        ready, _ = ray.wait(list(refs), num_returns=1, timeout=_PROGRESS_POLL_S)
         for ref in ready:
-            refs.pop(ref)
-            record = ray.get(ref)
-            shards += len(record["shards"])
-            skipped += len(record["skipped"])
-            bar.update(record["keys"])
-            bar.set_postfix(shards=shards, skipped=skipped)
+            unit, record = refs.pop(ref), ray.get(ref)
+            tracker.report.remote(unit.name, record["keys"], len(record["skipped"]), len(record["shards"]), True)
+        samples, skipped, shards = ray.get(tracker.totals.remote())
+        bar.update(start + samples - bar.n)  # live: tasks report after every sample
+        bar.set_postfix(shards=shards, skipped=skipped)
+    ray.kill(tracker)
 
 
 def check_bad_fraction(manifest: dict[str, Any], dataset: str, split: str, max_bad: float) -> None:
