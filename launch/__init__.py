@@ -1,5 +1,4 @@
-"""Ray cluster entry points: Ray Train pretraining workers, `hvdistill submit`, Ray Tune sweeps.
+"""Ray cluster entry points, empty until distributed pretraining lands (Ray Train, submit, Tune).
 
-Empty until the distributed-pretraining stage lands (the README lists what exists); the
-package exists so the layout, packaging and layering rules are fixed from the start.
+The package exists now so the layout, packaging and layering rules are fixed from the start.
 """

@@ -1,1 +1,2 @@
-"""models package."""
+"""Models: the spconv LiDAR student, the frozen image teacher, the depth lift, and the
+distiller that composes them (single-device, no collectives)."""
