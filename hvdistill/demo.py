@@ -6,7 +6,8 @@ Stages, each through the same entry point a user would call:
   3. `hvdistill shard`    convert it into WebDataset shards with a local Ray cluster
   4. `hvdistill shard verify` and a streaming read of the shards
   5. augment + collate a batch and run the distiller and the hybrid-view loss, forward and
-     backward, for a few SGD steps (the pretraining loop with DeepSpeed and MLflow comes next)
+     backward, for a few SGD steps on the same samples (the loss falls; the pretraining loop
+     with DeepSpeed and MLflow comes next)
 Everything is written under `--out` (default demo-output/); the config is configs/demo.yaml
 plus any `key=value` overrides.
 """
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--out", default="demo-output")
     parser.add_argument("--workers", type=int, default=2, help="Ray workers for sharding")
-    parser.add_argument("--steps", type=int, default=2, help="distillation steps in stage 5")
+    parser.add_argument("--steps", type=int, default=8, help="distillation steps in stage 5")
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     args = parser.parse_args(argv)
     out = Path(args.out)
