@@ -71,7 +71,7 @@ def step(model, loss_fn, sample, cfg, rng, times):
     b = timed(times, "collate", lambda: collate([augment_sample(sample, cfg.augment, cfg.geometry, rng)], cfg.geometry))
     lidar = timed(times, "student", model.student, b.voxel_coords, b.voxel_features, b.spatial_shape, b.batch_size)
     image = timed(times, "teacher", model.teacher, b.images)
-    ib = torch.arange(b.images.shape[0]) // b.num_cameras
+    ib = b.image_sample
     lifted = timed(times, "lift", model.lift, image.head, b.intrinsics, b.camera_to_lidar, b.image_aug,
                    b.lidar_aug[ib], ib, b.batch_size)
     inputs = LossInputs(lidar.ipv[b.point_to_voxel[b.pair_point]],

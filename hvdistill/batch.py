@@ -2,8 +2,9 @@
 
 Points are offset-batched (one flat tensor, `point_batch` gives the sample of each point);
 voxels are built once in collate (`hvdistill/data/collate.py`), the only place that decides
-the sparse-tensor layout. Images of all samples and cameras are stacked on one axis of length
-`batch_size * num_cameras` (image index = sample * num_cameras + camera). Every geometric
+the sparse-tensor layout. Images of all samples and cameras are stacked on one axis, sample by sample; `image_sample`
+gives the sample of each image (samples may have different camera counts when datasets are
+mixed, e.g. 6 nuScenes cameras and 1 SemanticKITTI camera). Every geometric
 quantity needed to relate the two views after augmentation travels with the batch.
 """
 
@@ -24,11 +25,12 @@ class Batch:
     point_to_voxel: torch.Tensor  # (P,) int64 voxel of each point
     spatial_shape: list[int]  # [Z, Y, X] voxel grid size
     # ---- image side ----
-    images: torch.Tensor  # (B * n_cam, 3, H, W) float32 RGB in [0, 1], augmented crops
-    superpixels: torch.Tensor  # (B * n_cam, H, W) int64, ids unique across the batch, -1 none
-    intrinsics: torch.Tensor  # (B * n_cam, 3, 3) float64, of the original stored image
-    camera_to_lidar: torch.Tensor  # (B * n_cam, 4, 4) float64, camera -> un-augmented LiDAR
-    image_aug: torch.Tensor  # (B * n_cam, 3, 3) float64 stored-image px -> crop px (u=col, v=row)
+    images: torch.Tensor  # (N_img, 3, H, W) float32 RGB in [0, 1], augmented crops
+    image_sample: torch.Tensor  # (N_img,) int64 sample of each image
+    superpixels: torch.Tensor  # (N_img, H, W) int64, ids unique across the batch, -1 none
+    intrinsics: torch.Tensor  # (N_img, 3, 3) float64, of the original stored image
+    camera_to_lidar: torch.Tensor  # (N_img, 4, 4) float64, camera -> un-augmented LiDAR
+    image_aug: torch.Tensor  # (N_img, 3, 3) float64 stored-image px -> crop px (u=col, v=row)
     lidar_aug: torch.Tensor  # (B, 4, 4) float64 un-augmented -> augmented LiDAR frame
     # ---- point <-> pixel pairs (after augmentation) ----
     pair_point: torch.Tensor  # (Q,) int64 index into points
@@ -36,7 +38,7 @@ class Batch:
     pair_uv: torch.Tensor  # (Q, 2) float32 (u=col, v=row) in crop pixels
     pair_depth: torch.Tensor  # (Q,) float32 camera depth in metres
     batch_size: int
-    num_cameras: int
+    num_cameras: int  # cameras per sample (the largest count when samples differ)
     labels: torch.Tensor | None = None  # (P,) int64 per-point class (fine-tuning), 0 = ignore
 
     def to(self, device: torch.device | str) -> "Batch":

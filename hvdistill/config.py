@@ -70,6 +70,8 @@ class DataConfig:
     shard_size_mb: float = 256.0
     shard_task_samples: int = 256  # samples per Ray sharding task; longer chunks are split
     max_bad_fraction: float = 0.01  # sharding fails past this fraction of bad samples
+    shard_splits: list[str] = field(default_factory=lambda: ["train"])  # splits the reader streams
+    max_consecutive_bad: int = 100  # the reader stops after this many bad shards/samples in a row
     shuffle_buffer: int = 256
     resampled: bool = True  # sample shards with replacement, fixed epoch length per rank
     epoch_samples: int = 0  # samples per epoch per rank in resampled mode; 0 = dataset size
@@ -359,6 +361,9 @@ def semantic_problems(cfg: Config) -> list[str]:
     if a.crop_aspect[0] <= 0:
         p.append(f"augment.crop_aspect: {a.crop_aspect} must be positive")
     d = cfg.data
+    if not 1 <= d.superpixels.n_segments <= 30000:
+        p.append(f"data.superpixels.n_segments: {d.superpixels.n_segments} must be in 1..30000 "
+                 f"(ids are stored as int16)")
     if d.stored_image_width <= 0 or d.stored_image_height <= 0:
         p.append("data.stored_image_width / data.stored_image_height: must be > 0")
     if not 1 <= d.jpeg_quality <= 100:

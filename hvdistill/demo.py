@@ -91,7 +91,7 @@ def run_model_stage(cfg: Config, shards: Path, steps: int) -> dict[str, float]:
 
     t = _stage("5. stream the shards, augment + collate, distil (forward + backward)")
     samples, seen = read_batch(cfg, shards, cfg.train.micro_batch)
-    print(f"streamed {seen} samples from {shards}; batch of {len(samples)}: "
+    print(f"streamed {seen} samples ({'+'.join(cfg.data.shard_splits)}) from {shards}; batch of {len(samples)}: "
           f"{[s.key[:8] for s in samples]}")
     torch.manual_seed(cfg.train.seed)
     model = build_distiller(cfg)

@@ -12,6 +12,7 @@ at the end. Re-running the same command after a crash finishes only what is miss
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import os
 import sys
 from dataclasses import replace
@@ -58,7 +59,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[SourceConfig, Config]:
     if problems:
         raise ConfigError(problems)
     base = next((s for s in cfg.data.sources if s.name == args.source), SourceConfig(name=args.source))
-    source = replace(base, root=args.root, split=args.split,
+    source = replace(base, root=str(Path(args.root).resolve()), split=args.split,
                      version=args.version or base.version,
                      split_file=args.split_file if args.split_file is not None else base.split_file)
     return source, cfg
@@ -77,7 +78,7 @@ def shard(argv: list[str]) -> int:
 
     started = init_ray(args.ray_address, args.workers or os.cpu_count() or 1)
     try:
-        result = run_sharding(source_cfg, cfg.data, args.out, progress=not args.no_progress,
+        result = run_sharding(source_cfg, cfg.data, Path(args.out).resolve(), progress=not args.no_progress,
                               max_in_flight=args.workers or 0)
     except ShardingError as exc:
         print(f"hvdistill shard: FAILED\n{exc}", file=sys.stderr)

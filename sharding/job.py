@@ -102,11 +102,14 @@ def convert_unit(source_cfg: SourceConfig, cfg: DataConfig, unit: Unit, out_dir:
             if progress is not None and done > 1:
                 progress.report.remote(unit.name, done - 1, len(skipped), len(writer.shards))
             try:
-                writer.write(_read_prepared(source, key, cfg))
+                record = _read_prepared(source, key, cfg)
             except SampleReadError as e:
                 skipped.append({"key": key, "reason": e.reason, "path": e.path})
+                continue
             except Exception as e:  # noqa: BLE001 - an unforeseen failure of one sample is quarantined too
                 skipped.append({"key": key, "reason": f"prepare failed: {type(e).__name__}: {e}", "path": ""})
+                continue
+            writer.write(record)  # an I/O error here (disk full) fails the task, never a "bad sample"
         shards = writer.close()
     except BaseException:
         writer.abort()

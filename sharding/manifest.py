@@ -69,6 +69,8 @@ def sharding_config(cfg: DataConfig) -> dict[str, Any]:
         "stored_image_width": cfg.stored_image_width,
         "stored_image_height": cfg.stored_image_height,
         "jpeg_quality": cfg.jpeg_quality,
+        "min_depth": cfg.min_depth,
+        "image_border": cfg.image_border,
         "superpixels": asdict(cfg.superpixels),
         "shard_size_mb": cfg.shard_size_mb,
         "shard_task_samples": cfg.shard_task_samples,

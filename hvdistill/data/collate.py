@@ -4,7 +4,9 @@ Each sample's augmented cloud is voxelised (hvdistill/geometry/voxel.py; points 
 crop are dropped and pairs re-indexed), voxel coordinates are written in spconv's
 (batch, z, y, x) order with spatial shape [Z, Y, X], points are offset-batched, images of all
 samples and cameras are stacked (image index = sample * n_cam + camera), and superpixel ids
-are made unique across the batch so pooling can use them directly.
+are made unique across the batch so pooling can use them directly. Samples may carry
+different numbers of cameras (mixed datasets): image indices are running offsets, and
+`Batch.image_sample` names the sample of every image.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def _unique_superpixels(sp: np.ndarray, offset: int) -> tuple[np.ndarray, int]:
 
 def collate(samples: list[AugmentedSample], geo: GeometryConfig) -> Batch:
     """Stack `samples` into a Batch (see hvdistill/batch.py for every field's shape)."""
-    n_cam = samples[0].images.shape[0]
+    image_offset = 0
+    image_sample = []
     pts, pbatch, coords, feats, p2v, labels = [], [], [], [], [], []
     pair_point, pair_image, pair_uv, pair_depth, sps = [], [], [], [], []
     point_offset = voxel_offset = sp_offset = 0
@@ -51,12 +54,14 @@ def collate(samples: list[AugmentedSample], geo: GeometryConfig) -> Batch:
         mapped = new_index[pp[:, 0].astype(np.int64)]
         ok = mapped >= 0
         pair_point.append(mapped[ok] + point_offset)
-        pair_image.append(pp[ok, 1].astype(np.int64) + b * n_cam)
+        pair_image.append(pp[ok, 1].astype(np.int64) + image_offset)
         pair_uv.append(pp[ok][:, [3, 2]].astype(np.float32))
         pair_depth.append(pp[ok, 4].astype(np.float32))
-        for i in range(n_cam):
+        for i in range(s.images.shape[0]):
             sp, sp_offset = _unique_superpixels(s.superpixels[i], sp_offset)
             sps.append(sp)
+        image_sample.append(np.full(s.images.shape[0], b, dtype=np.int64))
+        image_offset += s.images.shape[0]
         point_offset += len(kept_pts)
         voxel_offset += len(c)
     cat = lambda xs: torch.from_numpy(np.concatenate(xs, 0))  # noqa: E731
@@ -68,6 +73,7 @@ def collate(samples: list[AugmentedSample], geo: GeometryConfig) -> Batch:
         point_to_voxel=cat(p2v),
         spatial_shape=spatial_shape,
         images=torch.from_numpy(np.concatenate([s.images for s in samples], 0)).float(),
+        image_sample=cat(image_sample),
         superpixels=torch.from_numpy(np.stack(sps)),
         intrinsics=torch.from_numpy(np.concatenate([s.intrinsics for s in samples], 0)),
         camera_to_lidar=torch.from_numpy(np.concatenate([s.camera_to_lidar for s in samples], 0)),
@@ -78,6 +84,6 @@ def collate(samples: list[AugmentedSample], geo: GeometryConfig) -> Batch:
         pair_uv=cat(pair_uv),
         pair_depth=cat(pair_depth),
         batch_size=len(samples),
-        num_cameras=n_cam,
+        num_cameras=max(s.images.shape[0] for s in samples),
         labels=cat(labels) if len(labels) == len(samples) else None,
     )

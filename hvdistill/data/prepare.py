@@ -43,6 +43,9 @@ def compute_superpixels(image: np.ndarray, cfg: SuperpixelConfig) -> np.ndarray:
     """(H, W, 3) uint8 -> (H, W) int16 SLIC ids starting at cfg.start_label."""
     ids = slic(image, n_segments=cfg.n_segments, compactness=cfg.compactness,
                sigma=cfg.sigma, start_label=cfg.start_label, channel_axis=-1)
+    if ids.size and int(ids.max()) > np.iinfo(np.int16).max:
+        raise ValueError(f"SLIC gave superpixel id {int(ids.max())} > {np.iinfo(np.int16).max}; "
+                         f"lower data.superpixels.n_segments")
     return ids.astype(np.int16)
 
 

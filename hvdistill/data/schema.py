@@ -186,7 +186,10 @@ def _json(record: dict[str, Any], member: str) -> dict[str, Any]:
 
 
 def _array(values: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
-    array = np.asarray(values, dtype=np.float64)
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as e:  # ragged or non-numeric lists
+        raise SchemaError(f"{what}: not a numeric {shape} array ({e})") from e
     if array.shape != shape or not np.all(np.isfinite(array)):
         raise SchemaError(f"{what}: expected finite {shape}, got {array.shape}")
     return array
@@ -225,7 +228,9 @@ def decode_sample(record: dict[str, Any]) -> Sample:
         lidar_to_ego = _array(calib["lidar_to_ego"], (4, 4), "lidar_to_ego")
         ego_to_global = _array(calib["ego_to_global"], (4, 4), "ego_to_global")
         key, dataset, timestamp = str(meta["key"]), str(meta["dataset"]), int(meta["timestamp"])
-    except (KeyError, TypeError, IndexError) as e:
+        if not isinstance(meta.get("meta", {}), dict):
+            raise TypeError("meta.json 'meta' must be an object")
+    except (KeyError, TypeError, IndexError, ValueError) as e:
         raise SchemaError(f"malformed calib/meta: {type(e).__name__}: {e}") from e
     if record.get("__key__", key) != key:
         raise SchemaError(f"tar key {record['__key__']!r} differs from meta.json key {key!r}")

@@ -58,7 +58,7 @@ class Distiller(nn.Module):
             lidar_bev_indices=lidar.bev_indices,  # (K, 3)
         )
         if self.lift is not None:
-            image_batch = torch.arange(batch.images.shape[0], device=batch.images.device) // batch.num_cameras
+            image_batch = batch.image_sample  # (N,)
             lifted = self.lift(image.head, batch.intrinsics, batch.camera_to_lidar, batch.image_aug,
                                batch.lidar_aug[image_batch], image_batch, batch.batch_size)
             inputs.depth_logits = lifted.depth_logits  # (N, D, Hf, Wf)

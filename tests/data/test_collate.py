@@ -38,7 +38,7 @@ def test_pairs_point_to_the_same_points_and_images():
     augs, b = make_batch()
     n0 = int((b.point_batch == 0).sum())
     for s, aug in enumerate(augs):
-        mine = (b.pair_image // 2) == s
+        mine = b.image_sample[b.pair_image] == s
         pts = b.points[b.pair_point[mine]]
         assert torch.all(b.point_batch[b.pair_point[mine]] == s)
         # each paired point exists (same coordinates) in the sample's augmented cloud
@@ -58,3 +58,22 @@ def test_superpixel_ids_are_unique_across_images():
 def test_labels_follow_points():
     _, b = make_batch()
     assert b.labels is not None and b.labels.shape == (len(b.points),)
+
+
+def test_samples_with_different_camera_counts_keep_pairs_on_their_images():
+    """A 2-camera sample, a 1-camera sample (as SemanticKITTI mixed with nuScenes), a 2-camera one."""
+    from dataclasses import replace
+
+    geo_aug = AugmentConfig()
+    one_cam = make_sample(1)
+    one_cam = replace(one_cam, cameras=one_cam.cameras[:1], pairs=one_cam.pairs[one_cam.pairs[:, 1] == 0])
+    augs = [augment_sample(s, geo_aug, GEO, np.random.default_rng(i))
+            for i, s in enumerate((make_sample(0), one_cam, make_sample(2)))]
+    b = collate(augs, GEO)
+    assert b.images.shape[0] == 5 and b.image_sample.tolist() == [0, 0, 1, 2, 2]
+    assert torch.equal(b.image_sample[b.pair_image], b.point_batch[b.pair_point])
+    for s, aug in enumerate(augs):  # each sample's pairs sit on its own images, in its camera order
+        first_image = int((b.image_sample == s).nonzero()[0])
+        mine = b.image_sample[b.pair_image] == s
+        cams = (b.pair_image[mine] - first_image).numpy()
+        assert len(cams) > 0 and set(cams.tolist()) <= set(aug.pairs[:, 1].astype(np.int64).tolist())

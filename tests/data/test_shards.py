@@ -36,8 +36,8 @@ def write_dataset(out: Path, dataset: str, n: int, per_shard: int) -> list[Sampl
         writer = ShardWriter(out, f"{dataset}-train-c{start:03d}-p000", max_bytes=1 << 30)
         for r in records[start:start + per_shard]:
             writer.write(r)
-        shards += [{**s.to_dict(), "dataset": dataset} for s in writer.close()]
-    manifest = {"shards": shards, "sources": [], "skipped": []}
+        shards += [{**s.to_dict(), "dataset": dataset, "split": "train"} for s in writer.close()]
+    manifest = {"schema": schema.SCHEMA_VERSION, "shards": shards, "sources": [], "skipped": []}
     (out / "manifest.json").write_text(json.dumps(manifest))
     return samples
 
@@ -136,3 +136,29 @@ def test_bad_samples_and_shards_are_counted_not_fatal(tmp_path):
     keys = sorted(s.key for s in ds)
     assert keys == ["extra_1"] + [s.key for s in samples[2:]]
     assert ds.metrics() == {"samples": 5, "bad_samples": 2, "bad_shards": 1}
+
+
+def test_reader_streams_only_the_configured_splits_and_checks_the_schema(tmp_path):
+    write_dataset(tmp_path, "nuscenes", 4, per_shard=2)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["shards"][0]["split"] = "val"  # a val shard in the same directory
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    train = [s.key for s in build_shard_dataset(DataConfig(resampled=False), rank=0, world_size=1,
+                                                shards=[str(tmp_path)])]
+    both = [s.key for s in build_shard_dataset(DataConfig(resampled=False, shard_splits=["train", "val"]),
+                                               rank=0, world_size=1, shards=[str(tmp_path)])]
+    assert len(train) == 2 and len(both) == 4
+    manifest["schema"] = 999
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(schema.SchemaError, match="re-shard"):
+        build_shard_dataset(DataConfig(), rank=0, world_size=1, shards=[str(tmp_path)])
+
+
+def test_resampled_reader_stops_when_nothing_decodes(tmp_path):
+    write_dataset(tmp_path, "nuscenes", 4, per_shard=2)
+    for tar in tmp_path.glob("*.tar"):
+        tar.write_bytes(b"not a tar at all" * 100)
+    ds = build_shard_dataset(DataConfig(resampled=True, epoch_samples=10, max_consecutive_bad=5),
+                             rank=0, world_size=1, shards=[str(tmp_path)])
+    with pytest.raises(RuntimeError, match="in a row"):
+        list(ds)

@@ -1,7 +1,8 @@
 """The lift: teacher head features -> depth distribution x context -> pooled image BEV features.
 
-`BEVLift.forward` takes the teacher head's 1/4-resolution map (N, feature_dim, Hf, Wf), where
-N = batch_size * num_cameras images, and per image the intrinsics of the stored image,
+`BEVLift.forward` takes the teacher head's 1/4-resolution map (N, feature_dim, Hf, Wf) of N
+images (all cameras of all samples; `image_batch` names each image's sample), and per image
+the intrinsics of the stored image,
 camera -> (un-augmented) LiDAR transform, image-augmentation matrix (stored px -> crop px),
 LiDAR augmentation (repeated for each camera of a sample) and sample index. It returns
 `LiftOutput`: the depth logits (N, D, Hf, Wf) float32 for the depth loss, and the image BEV
