@@ -8,9 +8,9 @@ view. Each sensor's rays form a 2D grid (beams x azimuths, rows x columns); `can
 returns, for a set of bounding spheres, the (ray, primitive) pairs whose rays can reach each
 sphere, so the ray caster tests only those.
 
-Pixel convention: pixel (row r, column c) covers u in [c, c + 1), v in [r, r + 1); its ray goes
-through the pixel centre (c + 0.5, r + 0.5). A projected point (u, v) lies in pixel
-(floor(v), floor(u)).
+Pixel convention (the project's, docs/geometry.md): integer coordinates are pixel centres, so
+pixel (row r, column c) covers u in [c - 0.5, c + 0.5), v in [r - 0.5, r + 0.5) and its ray
+goes through (c, r). A projected point (u, v) lies in pixel (floor(v + 0.5), floor(u + 0.5)).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def build_camera(name: str, width: int, height: int) -> Camera:
     sx, sy = width / 1600.0, height / 900.0
     k = np.array([[f * sx, 0.0, cx * sx], [0.0, f * sy, cy * sy], [0.0, 0.0, 1.0]])
     rotation = yaw_rotation(np.deg2rad(yaw)) @ CAMERA_BASE
-    u, v = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)  # (H, W) pixel centres
+    u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))  # (H, W) centres
     rays = np.stack([(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], np.ones_like(u)], axis=-1)
     return Camera(name, k, make_transform(rotation, translation), width, height,
                   rays.reshape(-1, 3).astype(np.float32))
@@ -147,10 +147,11 @@ def pixel_bounds(cam: Camera, pts: np.ndarray) -> tuple[np.ndarray, ...]:
     big = 1e9
     umin, umax = np.where(valid, u, big).min(1), np.where(valid, u, -big).max(1)
     vmin, vmax = np.where(valid, v, big).min(1), np.where(valid, v, -big).max(1)
-    c0 = np.ceil(np.clip(umin, -1, cam.width + 1) - 0.5).clip(0, cam.width).astype(np.int64)
-    c1 = (np.floor(np.clip(umax, -1, cam.width + 1) - 0.5) + 1).clip(0, cam.width).astype(np.int64)
-    r0 = np.ceil(np.clip(vmin, -1, cam.height + 1) - 0.5).clip(0, cam.height).astype(np.int64)
-    r1 = (np.floor(np.clip(vmax, -1, cam.height + 1) - 0.5) + 1).clip(0, cam.height).astype(np.int64)
+    # pixel c's ray passes through u = c (pixel centres at integers): keep umin <= c <= umax
+    c0 = np.ceil(np.clip(umin, -1, cam.width + 1)).clip(0, cam.width).astype(np.int64)
+    c1 = (np.floor(np.clip(umax, -1, cam.width + 1)) + 1).clip(0, cam.width).astype(np.int64)
+    r0 = np.ceil(np.clip(vmin, -1, cam.height + 1)).clip(0, cam.height).astype(np.int64)
+    r1 = (np.floor(np.clip(vmax, -1, cam.height + 1)) + 1).clip(0, cam.height).astype(np.int64)
     return r0, r1, c0, c1
 
 

@@ -79,7 +79,7 @@ def test_points_land_on_pixels_of_their_own_class(kitti_root):
                                   *cam.size)
             seq, frame = key.split("_")
             classes, depth = read_side_outputs(kitti_root, f"sequences/{seq}/image_2/{frame}.png")
-            rows, cols = np.floor(proj.uv[:, 1]).astype(int), np.floor(proj.uv[:, 0]).astype(int)
+            rows, cols = np.floor(proj.uv[:, 1] + 0.5).astype(int), np.floor(proj.uv[:, 0] + 0.5).astype(int)
             visible = np.abs(depth[rows, cols] - proj.depth) <= 0.05 * proj.depth
             labels = sample.labels[proj.index]
             assert visible.mean() >= 0.8 and len(proj.index) > 300

@@ -61,7 +61,7 @@ def test_points_project_onto_pixels_of_their_class(kitti):
         with np.errstate(divide="ignore", invalid="ignore"):
             u, v = uvw[:, 0] / z, uvw[:, 1] / z
         keep = (z > 1) & (u > 1) & (u < w - 1) & (v > 1) & (v < h - 1)
-        pix = classes[np.floor(v[keep]).astype(int), np.floor(u[keep]).astype(int)]
+        pix = classes[np.floor(v[keep] + 0.5).astype(int), np.floor(u[keep] + 0.5).astype(int)]
         agree += int((pix == sem[keep]).sum())
         total += int(keep.sum())
     assert total > 1000 and agree / total > 0.9, agree / total

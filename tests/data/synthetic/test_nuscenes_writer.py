@@ -75,7 +75,7 @@ def test_points_project_onto_pixels_of_their_class(nusc, channel):
                  @ _pose(nusc.get("ego_pose", lidar["ego_pose_token"])) @ _pose(cs_l))
         proj = project_points(pts[:, :3], chain, np.array(cs_c["camera_intrinsic"]), cam["width"], cam["height"])
         classes, depth = read_side_outputs(nusc.dataroot, cam["filename"])
-        rows, cols = np.floor(proj.uv[:, 1]).astype(int), np.floor(proj.uv[:, 0]).astype(int)
+        rows, cols = np.floor(proj.uv[:, 1] + 0.5).astype(int), np.floor(proj.uv[:, 0] + 0.5).astype(int)
         agree += int((classes[rows, cols] == labels[proj.index]).sum())
         total += len(proj.index)
         near = depth[rows, cols] > 0
