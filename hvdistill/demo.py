@@ -105,7 +105,7 @@ def run_model_stage(cfg: Config, shards: Path, steps: int) -> dict[str, float]:
     terms = {}
     for step in range(steps):
         batch = collate([augment_sample(s, cfg.augment, cfg.geometry, rng) for s in samples], cfg.geometry)
-        out = loss_fn(model(batch), epoch=0)
+        out = loss_fn(model(batch, with_bev=loss_fn.bev_active(0)), epoch=0)
         if not torch.isfinite(out.total):
             raise SystemExit(f"hvdistill demo: non-finite loss at step {step}: {out.as_floats()}")
         opt.zero_grad(set_to_none=True)

@@ -42,7 +42,10 @@ class Distiller(nn.Module):
         self.teacher = teacher
         self.lift = lift  # None when both depth and BEV terms are off
 
-    def forward(self, batch: Batch) -> LossInputs:
+    def forward(self, batch: Batch, with_bev: bool = True) -> LossInputs:
+        """Features for the loss; `with_bev=False` (BEV term inactive) skips the image lift's
+        frustum cells and pooling, so the BEV head and the lift's context branch get no gradient
+        on such steps (wrap with find_unused_parameters=True under DDP)."""
         lidar = self.student(batch.voxel_coords, batch.voxel_features, batch.spatial_shape, batch.batch_size)
         pair_voxel = batch.point_to_voxel[batch.pair_point]  # (Q,)
         image = self.teacher(batch.images)  # head (N, 64, Hf, Wf), ipv (N, 64, H, W)
@@ -60,7 +63,7 @@ class Distiller(nn.Module):
         if self.lift is not None:
             image_batch = batch.image_sample  # (N,)
             lifted = self.lift(image.head, batch.intrinsics, batch.camera_to_lidar, batch.image_aug,
-                               batch.lidar_aug[image_batch], image_batch, batch.batch_size)
+                               batch.lidar_aug[image_batch], image_batch, batch.batch_size, with_bev)
             inputs.depth_logits = lifted.depth_logits  # (N, D, Hf, Wf)
             inputs.image_bev = lifted.bev  # (B * S * S, 64)
             inputs.image_bev_occupied = lifted.occupied  # (B * S * S,) bool

@@ -46,3 +46,18 @@ def test_parameter_groups_cover_every_trainable_parameter_once():
     grouped = [id(p) for g in model.parameter_groups() for p in g.params]
     trainable = [id(p) for p in model.parameters() if p.requires_grad]
     assert sorted(grouped) == sorted(trainable) and len(set(grouped)) == len(grouped)
+
+
+def test_two_stage_first_stage_skips_the_bev_lift_and_still_trains():
+    torch.manual_seed(0)
+    cfg = load_config("configs/tiny.yaml", ["loss.bev_start_epoch=1"])
+    batch = tiny_batch(cfg)
+    model, loss_fn = build_distiller(cfg), build_hybrid_view_loss(cfg)
+    model.train()
+    assert not loss_fn.bev_active(0) and loss_fn.bev_active(1)
+    inputs = model(batch, with_bev=loss_fn.bev_active(0))
+    assert inputs.image_bev is None and inputs.depth_logits is not None
+    terms = loss_fn(inputs, epoch=0)
+    assert float(terms.bev) == 0.0 and terms.num_bev_anchors == 0 and torch.isfinite(terms.total)
+    terms.total.backward()
+    assert all(p.grad is not None for p in model.student.backbone.parameters() if p.requires_grad)

@@ -102,8 +102,9 @@ def prepare_pool_index(cells: torch.Tensor, num_cells: int) -> PoolIndex:
     Cheapest with the pixel-major int32 layout `ray_cells` returns (no transpose copy).
     One sort of the kept points by cell; the pixel-major layout needs none.
     """
-    if num_cells >= INT32_MAX:
-        raise ValueError(f"{num_cells} BEV cells exceed the int32 index range")
+    if num_cells >= INT32_MAX or cells.numel() >= INT32_MAX:
+        raise ValueError(f"{num_cells} BEV cells / {cells.numel()} frustum points exceed the int32 "
+                         f"index range; use fewer images per rank (train.micro_batch)")
     n, d, hf, wf = cells.shape
     key = cells.permute(0, 2, 3, 1).reshape(-1)  # (E,) pixel-major
     keep = key >= 0  # (E,)

@@ -102,12 +102,19 @@ class DepthNet(nn.Module):
         layers: list[nn.Module] = [BasicBlock(mid, mid) for _ in range(cfg.residual_blocks)]
         if cfg.aspp:
             layers.append(ASPP(mid, cfg.aspp_dilations, cfg.aspp_dropout))
-        layers += [nn.Conv2d(mid, mid, 3, padding=1), nn.Conv2d(mid, depth_bins, 1)]  # plain, not DCN
+        layers += [nn.Conv2d(mid, mid, 3, padding=1)]  # plain, not DCN
         self.depth_conv = nn.Sequential(*layers)
+        self.depth_out = nn.Conv2d(mid, depth_bins, 1)  # run in fp32 (see forward)
 
     def forward(self, x: torch.Tensor, camera_params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.training and x.shape[0] < 2:
+            raise ValueError("the depth net normalises camera parameters over the images of a step and "
+                             "needs >= 2 images per rank in training; with a 1-camera dataset (SemanticKITTI) "
+                             "use train.micro_batch >= 2")
         params = self.camera_bn(camera_params.float())  # (N, 27)
         x = self.reduce_conv(x)  # (N, mid, h, w)
         context = self.context_conv(self.context_se(x, self.context_mlp(params)[..., None, None]))
         depth = self.depth_conv(self.depth_se(x, self.depth_mlp(params)[..., None, None]))
+        with torch.autocast(device_type=x.device.type, enabled=False):  # logits stay fp32 under bf16
+            depth = self.depth_out(depth.float())
         return depth, context  # (N, D, h, w), (N, C, h, w)

@@ -32,8 +32,8 @@ from hvdistill.models.image.teacher import DTYPES, autocast_context
 @dataclass
 class LiftOutput:
     depth_logits: torch.Tensor  # (N, D, Hf, Wf) float32
-    bev: torch.Tensor  # (B * S * S, C) float32, L2-normalised per occupied cell
-    occupied: torch.Tensor  # (B * S * S,) bool, cells reached by at least one frustum point
+    bev: torch.Tensor | None  # (B * S * S, C) float32, L2-normalised per occupied cell; None if skipped
+    occupied: torch.Tensor | None  # (B * S * S,) bool, cells reached by at least one frustum point
     batch_size: int
     grid_size: int
 
@@ -66,7 +66,7 @@ class BEVLift(nn.Module):
 
     def forward(self, features: torch.Tensor, intrinsics: torch.Tensor, camera_to_lidar: torch.Tensor,
                 image_aug: torch.Tensor, lidar_aug: torch.Tensor, image_batch: torch.Tensor,
-                batch_size: int | None = None) -> LiftOutput:
+                batch_size: int | None = None, with_bev: bool = True) -> LiftOutput:
         """features (N, F, Hf, Wf); geometry (N, 3|4, 3|4); image_batch (N,) sample of each image."""
         d, hf, wf, _ = self.frustum.shape
         if tuple(features.shape[-2:]) != (hf, wf):
@@ -77,6 +77,8 @@ class BEVLift(nn.Module):
         with autocast_context(features.device.type, self.compute_dtype):
             logits, context = self.depth_net(self.bridge(features), params)
         logits, context = logits.float(), context.float()  # (N, D, Hf, Wf), (N, C, Hf, Wf)
+        if not with_bev:  # depth-only step (two-stage schedule): no frustum cells, no pooling
+            return LiftOutput(logits, None, None, b, self.grid_spec.size)
         depth = logits.softmax(dim=1)
         with torch.no_grad():
             offset = image_batch.to(torch.int64) * self.grid_spec.num_cells  # (N,)

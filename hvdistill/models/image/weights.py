@@ -16,6 +16,8 @@ logged, and loading fails loudly when nothing matched.
 
 from __future__ import annotations
 
+import argparse
+
 import logging
 import pickle
 from dataclasses import dataclass, field
@@ -53,7 +55,8 @@ class LoadReport:
 def read_checkpoint(path: str | Path) -> dict:
     """torch.load with weights_only=True; a file needing arbitrary unpickling is refused."""
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):  # DINO saves its args
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(f"{path}: refusing to load a checkpoint that needs arbitrary unpickling "
                          f"(only tensors and plain containers are allowed): {e}") from e

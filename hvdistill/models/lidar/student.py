@@ -100,6 +100,10 @@ def lidar_model_problems(cfg: LidarModelConfig, geometry: GeometryConfig,
             p.append(f"geometry.bev_size: {geometry.bev_size} cells do not cover the {nx} x {ny} "
                      f"voxel grid at stride {stride}; set geometry.bev_size="
                      f"{max(-(-nx // stride), -(-ny // stride))}")
+    nx, ny, _ = grid_shape(geometry.point_range, geometry.voxel_size)
+    if cfg.bev_head == "strided" and stride >= 1 and (nx % stride or ny % stride):
+        p.append(f"model.lidar.bev_head: 'strided' drops the last voxel rows of a {nx} x {ny} grid "
+                 f"not divisible by {stride}; adjust geometry.point_range or use model.lidar.bev_head=column")
     if cfg.bev_head == "strided" and stride >= 1 and stride & (stride - 1):
         p.append(f"model.lidar.bev_head: 'strided' needs a power-of-two stride, got {stride}; "
                  f"use model.lidar.bev_head=column")

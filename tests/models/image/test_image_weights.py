@@ -1,5 +1,6 @@
 """Teacher checkpoints load from MoCo, DINO and torchvision files; pickles are refused."""
 
+import argparse
 import pathlib
 
 import pytest
@@ -90,7 +91,8 @@ def test_full_dino_checkpoint_uses_the_teacher_backbone(tmp_path):
     state = source_state()
     teacher_sd = {f"backbone.{k}": v for k, v in state.items() if not k.startswith("fc.")}
     teacher_sd["head.mlp.0.weight"] = torch.randn(8, 512)
-    torch.save({"teacher": teacher_sd, "student": {}, "epoch": 100}, tmp_path / "dino_full.pth")
+    args = argparse.Namespace(arch="resnet50", out_dim=60000)  # as DINO's main_dino.py saves it
+    torch.save({"teacher": teacher_sd, "student": {}, "epoch": 100, "args": args}, tmp_path / "dino_full.pth")
     teacher = ImageTeacher("resnet18")
     report = load_teacher_weights(teacher, tmp_path / "dino_full.pth")
     assert report.format == "dino" and report.missing == [] and "head.mlp.0.weight" in report.dropped
