@@ -146,6 +146,7 @@ def source_record(source_cfg: SourceConfig, source: Any, cfg: DataConfig, units:
             "root": str(source_cfg.root), "split_file": source_cfg.split_file,
             "label_map": source.label_map_name, "camera_names": list(source.camera_names),
             "config": config, "config_hash": config_hash(config),
+            "keys_hash": config_hash({u.name: list(u.keys) for u in units}),  # the inputs themselves
             "units": [u.name for u in units]}
 
 

@@ -101,7 +101,7 @@ def check_source_record(out_dir: Path, record: dict[str, Any]) -> None:
     path = source_record_path(out_dir, record["dataset"], record["split"])
     if path.exists():
         old = read_json(path)
-        fields = ("config_hash", "root", "version", "units")
+        fields = ("config_hash", "root", "version", "units", "keys_hash", "label_map", "camera_names")
         changed = [f for f in fields if old.get(f) != record.get(f)]
         if changed:
             raise ValueError(
