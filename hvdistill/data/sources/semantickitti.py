@@ -114,6 +114,7 @@ class SemanticKITTISource:
         self.sequences_dir = find_sequences_dir(self.root)
         self._lookup = semantickitti_lookup()
         self._poses: dict[str, np.ndarray] = {}
+        self._times: dict[str, list[float]] = {}
         present = sorted(p.name for p in self.sequences_dir.iterdir() if (p / "velodyne").is_dir())
         if split_file:
             wanted = [n.zfill(2) for n in read_split_file(split_file)]
@@ -204,12 +205,17 @@ class SemanticKITTISource:
         return poses[frame] @ calib["Tr"]
 
     def _timestamp(self, seq_dir: Path, frame: int) -> int:
-        """Microseconds from times.txt (seconds per frame); 0 without it."""
+        """Microseconds from times.txt (seconds per frame, read once per sequence); 0 without it."""
         path = seq_dir / "times.txt"
         if not path.exists():
             return 0
-        lines = path.read_text().split()
-        try:
-            return int(round(float(lines[frame]) * 1e6))
-        except (IndexError, ValueError):
-            return 0
+        key = f"{seq_dir.name}_{frame:06d}"
+        if seq_dir.name not in self._times:
+            try:
+                self._times[seq_dir.name] = [float(t) for t in path.read_text().split()]
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                raise SampleReadError(key, path, f"cannot read times: {exc}") from None
+        times = self._times[seq_dir.name]
+        if frame >= len(times):
+            raise SampleReadError(key, path, f"no time for frame {frame} ({len(times)} lines)")
+        return int(round(times[frame] * 1e6))
