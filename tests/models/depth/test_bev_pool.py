@@ -86,3 +86,25 @@ def test_shape_mismatch_is_refused(rig):
     index = prepare_pool_index(fast, grid.num_cells)
     with pytest.raises(ValueError, match="do not match"):
         bev_pool(torch.rand(6, 117, 16, 24), torch.rand(6, 8, 16, 24), index)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pool_on_cuda_matches_the_cpu_reference(rig):
+    """The CSR products go to cuSPARSE on CUDA, which is stricter about duplicate and unsorted
+    column indices than the CPU kernels; this is the check to run on the first GPU machine."""
+    grid = BEVGrid(size=64, resolution=1.6)
+    fast, _ = geometry_cells(rig(2, CROP, 3), grid)
+    num_cells = 2 * grid.num_cells
+    gen = torch.Generator().manual_seed(1)
+    depth = torch.randn(12, 118, 16, 24, generator=gen).softmax(dim=1)
+    context = torch.randn(12, 8, 16, 24, generator=gen)
+    grad_out = torch.randn(num_cells, 8, generator=gen)
+    ref = naive_pool(depth.requires_grad_(), context.requires_grad_(), fast, num_cells)
+    rd, rc = torch.autograd.grad(ref, (depth, context), grad_out)
+    d_gpu = depth.detach().cuda().requires_grad_()
+    c_gpu = context.detach().cuda().requires_grad_()
+    out = bev_pool(d_gpu, c_gpu, prepare_pool_index(fast.cuda(), num_cells))
+    gd, gc = torch.autograd.grad(out, (d_gpu, c_gpu), grad_out.cuda())
+    for got, want in ((out, ref), (gd, rd), (gc, rc)):
+        torch.testing.assert_close(got.cpu(), want.detach(), rtol=0, atol=1e-4)
