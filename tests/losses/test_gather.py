@@ -1,4 +1,4 @@
-"""Two gloo processes equal one process on the concatenated batch (losses and gradients).
+"""Two or three gloo processes equal one process on the concatenated batch (losses and gradients).
 
 Each rank holds its own rows; the contrastive loss gathers keys with gradients, the depth loss
 sums its valid-cell count over ranks. The rule checked: the ranks' losses sum to the
@@ -8,6 +8,7 @@ the same rows.
 
 import os
 
+import pytest
 import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
@@ -18,13 +19,15 @@ from hvdistill.losses.infonce import contrast
 from tests.test_dist import free_port, init_gloo
 
 TAU = 0.07
-ROWS = [5, 9]  # anchors per rank (unequal)
-IMAGES = [2, 1]  # depth images per rank
+LAYOUTS = {  # anchors per rank (unequal; one rank with none) and depth images per rank
+    "two ranks": ([5, 9], [2, 1]),
+    "a rank without anchors": ([5, 0, 9], [2, 1, 1]),
+}
 DIM, BINS, GRID = 16, 8, (4, 5)
 VARIANTS = [(0, False), (4, False), (0, True), (4, True)]  # (tile_size, with queue)
 
 
-def _data():
+def _data(ROWS, IMAGES):
     g = torch.Generator().manual_seed(0)
     n = sum(ROWS)
     anchors = F.normalize(torch.randn(n, DIM, generator=g), dim=1)
@@ -47,9 +50,9 @@ def _contrast_grads(anchors, keys, tile, queue, gather=True):
     return loss.detach(), q.grad, k.grad
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, port: int, out_dir: str, ROWS: list[int], IMAGES: list[int]) -> None:
     init_gloo(rank, world, port)
-    anchors, keys, queue, logits, targets = _data()
+    anchors, keys, queue, logits, targets = _data(ROWS, IMAGES)
     rows = slice(sum(ROWS[:rank]), sum(ROWS[: rank + 1]))
     images = slice(sum(IMAGES[:rank]), sum(IMAGES[: rank + 1]))
     out = {}
@@ -66,11 +69,13 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     tdist.destroy_process_group()
 
 
-def test_two_ranks_equal_one_process(tmp_path):
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_ranks_equal_one_process(tmp_path, layout):
+    ROWS, IMAGES = LAYOUTS[layout]
     world = len(ROWS)
-    mp.spawn(_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), str(tmp_path), ROWS, IMAGES), nprocs=world, join=True)
     outs = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
-    anchors, keys, queue, logits, targets = _data()
+    anchors, keys, queue, logits, targets = _data(ROWS, IMAGES)
     for tile, with_queue in VARIANTS:
         tag = f"{tile}{with_queue}"
         loss, gq, gk = _contrast_grads(anchors, keys, tile, queue if with_queue else None)
@@ -80,7 +85,7 @@ def test_two_ranks_equal_one_process(tmp_path):
     # Without gathering each rank contrasts its own rows, still normalised by the global count.
     local = sum(F.cross_entropy(anchors[s] @ keys[s].t() / TAU, torch.arange(s.stop - s.start),
                                 reduction="sum")
-                for s in (slice(0, ROWS[0]), slice(ROWS[0], sum(ROWS)))) / sum(ROWS)
+                for s in (slice(sum(ROWS[:r]), sum(ROWS[:r + 1])) for r in range(world))) / sum(ROWS)
     torch.testing.assert_close(sum(o["local"] for o in outs), local, atol=1e-5, rtol=1e-5)
     lg = logits.clone().requires_grad_()
     single = _depth(lg, targets)
