@@ -99,6 +99,7 @@ class SynthConfig:
     frame_interval_s: float = 0.5  # keyframes at 2 Hz like nuScenes
     camera_delay_s: float = 0.02  # cameras fire after the LiDAR; the ego moves in between
     ego_speed_mps: float = 8.0
+    render_threads: int = 2  # cameras rendered in parallel threads (output independent of it)
     camera_stagger_s: float = 0.005  # each camera fires this much after the previous one
     object_density: float = 1.0  # scales how densely objects are placed along the road
     lidar_intensity_noise: float = 0.05  # relative noise of the LiDAR intensity

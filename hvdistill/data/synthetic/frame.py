@@ -9,6 +9,8 @@ metres, 0 where the ray hits nothing): the side outputs the writers can store.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -127,5 +129,11 @@ def generate_frame(cfg: SynthConfig, scene_index: int = 0, frame_index: int = 0,
     pts, cls, inst = sweep(world, rig.lidar, t, cfg, rng)
     times = camera_times_s if camera_times_s is not None else camera_times(cfg, t, len(rig.cameras))
     corners = corner_cache(world)
-    images = [render_camera(world, cam, tc, cfg, rng, corners) for cam, tc in zip(rig.cameras, times)]
+    cam_rngs = rng.spawn(len(rig.cameras))  # one stream per camera: same images in any thread order
+    jobs = list(zip(rig.cameras, times, cam_rngs))
+    if cfg.render_threads > 1:  # numpy releases the GIL in its array kernels
+        with ThreadPoolExecutor(max_workers=cfg.render_threads) as pool:
+            images = list(pool.map(lambda j: render_camera(world, j[0], j[1], cfg, j[2], corners), jobs))
+    else:
+        images = [render_camera(world, cam, tc, cfg, r, corners) for cam, tc, r in jobs]
     return Frame(pts, cls, inst, rig.lidar.lidar_to_ego, world.ego_pose(t), t, images)

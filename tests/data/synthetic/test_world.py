@@ -97,3 +97,15 @@ def test_every_class_appears_in_a_default_size_dataset():
         for fi in range(cfg.frames_per_scene):
             seen |= set(np.unique(generate_frame(cfg, si, fi).classes).tolist())
     assert {c.id for c in WORLD_CLASSES if c.id} <= seen
+
+
+def test_rendering_threads_do_not_change_the_frame():
+    """Cameras render in parallel threads, each with its own random stream: same bytes."""
+    cfg1 = SynthConfig(image_width=160, image_height=90, render_threads=1)
+    cfg3 = SynthConfig(image_width=160, image_height=90, render_threads=3)
+    a, b = generate_frame(cfg1, 0, 1), generate_frame(cfg3, 0, 1)
+    np.testing.assert_array_equal(a.points, b.points)
+    for ia, ib in zip(a.cameras, b.cameras):
+        np.testing.assert_array_equal(ia.image, ib.image)
+        np.testing.assert_array_equal(ia.classes, ib.classes)
+        np.testing.assert_array_equal(ia.depth, ib.depth)
