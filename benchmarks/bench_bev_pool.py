@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from peak_memory import PeakRSS  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from hvdistill.config import GeometryConfig  # noqa: E402
 from hvdistill.geometry.augmentation import image_augmentation_matrix, lidar_augmentation_matrix  # noqa: E402
 from hvdistill.geometry.bev import BEVGrid  # noqa: E402
@@ -130,21 +131,13 @@ def run_once(side: str, inputs, geometry, grid, z_range):
     return out.detach(), d.grad, c.grad, time.perf_counter() - start
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def measure_memory(args, g: GeometryConfig, grid: BEVGrid, z_range) -> None:
     """Child mode: peak resident memory added by one step of `args.side`, printed as JSON."""
     inputs = make_inputs(args.cameras, args.channels, g)
     geometry = random_geometry(args.cameras, (g.crop_height, g.crop_width), 0)
-    before = _status_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    run_once(args.side, inputs, geometry, grid, z_range)
-    print(json.dumps({"side": args.side, "peak_added_mb": (_status_kib("VmHWM") - before) / 1024}))
+    with PeakRSS() as mem:
+        run_once(args.side, inputs, geometry, grid, z_range)
+    print(json.dumps({"side": args.side, "peak_added_mb": mem.added_mb}))
 
 
 def memory_of(args, side: str) -> float:

@@ -31,14 +31,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from peak_memory import PeakRSS  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from hvdistill.config import SourceConfig, SynthConfig, load_config  # noqa: E402
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def make_sample(workdir: Path, data_cfg):
@@ -104,12 +98,11 @@ def child(args) -> None:
     model.train()
     rng = np.random.default_rng(0)
     step(model, loss_fn, sample, cfg, rng, {})  # warm-up
-    before = _status_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")
     times: dict[str, list[float]] = {}
-    for _ in range(args.repeats):
-        voxels, pairs = step(model, loss_fn, sample, cfg, rng, times)
-    peak = _status_kib("VmHWM") - before
+    with PeakRSS() as mem:
+        for _ in range(args.repeats):
+            voxels, pairs = step(model, loss_fn, sample, cfg, rng, times)
+    peak = mem.added_mb * 1024
     print(json.dumps({"config": args.child, "times": {k: statistics.median(v) for k, v in times.items()},
                       "peak_mb": peak / 1024, "voxels": voxels, "pairs": pairs,
                       "params_m": sum(p.numel() for p in model.parameters()) / 1e6}))

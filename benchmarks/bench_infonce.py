@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from peak_memory import PeakRSS  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from hvdistill.losses.infonce import infonce_sum  # noqa: E402
 
 TEMPERATURE = 0.07
@@ -63,23 +64,14 @@ def float64_loss(anchors, keys, positives, rows: int = 256) -> float:
     return total / anchors.shape[0]
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def measure_memory(args) -> None:
     """Child mode: peak resident memory added by one forward + backward, printed as JSON."""
     anchors, keys, positives = make_inputs(args.anchors, args.keys, args.dim)
     run_once(*leaves(anchors[:8], keys[:64]), positives[:8], args.tile)  # load kernels, pools
     q, k = leaves(anchors, keys)
-    before = _status_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    run_once(q, k, positives, args.tile)
-    peak = _status_kib("VmHWM")
-    print(json.dumps({"tile": args.tile, "peak_added_mb": (peak - before) / 1024}))
+    with PeakRSS() as mem:
+        run_once(q, k, positives, args.tile)
+    print(json.dumps({"tile": args.tile, "peak_added_mb": mem.added_mb}))
 
 
 def memory_of(args, tile: int) -> float:
