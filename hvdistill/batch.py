@@ -37,6 +37,10 @@ class Batch:
     pair_image: torch.Tensor  # (Q,) int64 index into images
     pair_uv: torch.Tensor  # (Q, 2) float32 (u=col, v=row) in crop pixels
     pair_depth: torch.Tensor  # (Q,) float32 camera depth in metres
+    # ---- pairs whose point lies outside the voxel crop: depth supervision only ----
+    depth_only_image: torch.Tensor  # (R,) int64 image of each
+    depth_only_uv: torch.Tensor  # (R, 2) float32 (u, v) crop pixels
+    depth_only_depth: torch.Tensor  # (R,) float32 metres
     batch_size: int
     num_cameras: int  # cameras per sample (the largest count when samples differ)
     labels: torch.Tensor | None = None  # (P,) int64 per-point class (fine-tuning), 0 = ignore

@@ -37,7 +37,8 @@ class LossInputs:
     image_features: torch.Tensor  # (N_img, C, H, W) 2D features at crop resolution
     superpixels: torch.Tensor  # (N_img, H, W) int64 ids unique across the batch, -1 = none
     depth_logits: torch.Tensor | None = None  # (N_img, D, H / 4, W / 4) before softmax
-    pair_image: torch.Tensor | None = None  # (Q,) int64 image of each pair
+    pair_image: torch.Tensor | None = None  # (Q',) int64 image of each depth pair (Q' >= Q: may
+    # include points outside the voxel crop, which supervise depth only)
     pair_uv: torch.Tensor | None = None  # (Q, 2) (u = column, v = row) crop pixels
     pair_depth: torch.Tensor | None = None  # (Q,) camera depth in metres
     lidar_bev_features: torch.Tensor | None = None  # (K, C) non-empty LiDAR BEV cells

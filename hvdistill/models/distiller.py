@@ -54,9 +54,10 @@ class Distiller(nn.Module):
             pair_superpixel=pair_superpixel_ids(batch.superpixels, batch.pair_image, batch.pair_uv),  # (Q,)
             image_features=image.ipv,
             superpixels=batch.superpixels,
-            pair_image=batch.pair_image,
-            pair_uv=batch.pair_uv,
-            pair_depth=batch.pair_depth,
+            # depth targets: every projected point, also those outside the voxel crop
+            pair_image=torch.cat([batch.pair_image, batch.depth_only_image]),
+            pair_uv=torch.cat([batch.pair_uv, batch.depth_only_uv]),
+            pair_depth=torch.cat([batch.pair_depth, batch.depth_only_depth]),
             lidar_bev_features=lidar.bev,  # (K, 64)
             lidar_bev_indices=lidar.bev_indices,  # (K, 3)
         )

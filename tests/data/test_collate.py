@@ -77,3 +77,17 @@ def test_samples_with_different_camera_counts_keep_pairs_on_their_images():
         mine = b.image_sample[b.pair_image] == s
         cams = (b.pair_image[mine] - first_image).numpy()
         assert len(cams) > 0 and set(cams.tolist()) <= set(aug.pairs[:, 1].astype(np.int64).tolist())
+
+
+def test_pairs_outside_the_voxel_crop_become_depth_only_pairs():
+    augs, _ = make_batch()
+    small = GeometryConfig(point_range=[-20.0, -20.0, -5.0, 20.0, 20.0, 3.0])  # points reach 40 m
+    b = collate(augs, small)
+    total_pairs = sum(len(a.pairs) for a in augs)
+    assert len(b.pair_point) + len(b.depth_only_depth) == total_pairs
+    assert len(b.depth_only_depth) > 1000 and len(b.pair_point) > 1000
+    assert float(b.depth_only_depth.max()) > float(b.pair_depth.max())
+    assert torch.all(b.depth_only_image < b.images.shape[0])
+    outside = {(round(float(d), 3)) for d in b.depth_only_depth}
+    inside = {(round(float(d), 3)) for d in b.pair_depth}
+    assert outside - inside  # depth-only targets are new information, not copies
