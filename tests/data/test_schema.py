@@ -1,6 +1,7 @@
 """The shard sample schema: exact round trips, pickle-free decoding, clear errors."""
 
 import io
+import pickle
 
 import numpy as np
 import pytest
@@ -60,8 +61,10 @@ def test_superpixels_beyond_255_use_16_bits():
 
 
 def test_pickled_arrays_are_refused():
+    # an object-dtype .npy as an outside tool could write it: a header, then a pickle payload
     buf = io.BytesIO()
-    np.save(buf, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|O", "fortran_order": False, "shape": (1,)})
+    buf.write(pickle.dumps(np.array([{"evil": 1}], dtype=object)[0]))
     record = schema.encode_sample(make_prepared(), 90)
     record["points.npy"] = buf.getvalue()
     with pytest.raises(schema.SchemaError):

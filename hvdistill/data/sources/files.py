@@ -19,6 +19,14 @@ from hvdistill.data.errors import DatasetLayoutError, SampleReadError
 POINT_DIMS = 4  # x, y, z, intensity / remission
 
 
+def check_cameras(dataset: str, requested: list[str], available: list[str] | tuple[str, ...]) -> list[str]:
+    """`requested` if every name is one of the dataset's cameras, else a DatasetLayoutError."""
+    unknown = [c for c in requested if c not in available]
+    if unknown:
+        raise DatasetLayoutError(f"{dataset} has no camera {unknown}; choose from {list(available)}")
+    return list(requested)
+
+
 def _file_size(key: str, path: Path) -> int:
     try:
         return os.stat(path).st_size

@@ -20,7 +20,7 @@ import numpy as np
 from hvdistill.config import NUSCENES_CAMERAS
 from hvdistill.data.errors import DatasetLayoutError, SampleReadError
 from hvdistill.data.sample import CameraFrame, Sample
-from hvdistill.data.sources.files import read_image, read_point_labels, read_points, read_split_file
+from hvdistill.data.sources.files import check_cameras, read_image, read_point_labels, read_points, read_split_file
 from hvdistill.data.sources.labels import NUSCENES_LABEL_MAP, map_labels, nuscenes_lookup
 from hvdistill.geometry.transforms import make_transform
 
@@ -60,11 +60,7 @@ class NuScenesSource:
         self.root = Path(root)
         self.version = version
         self.split = split
-        self.camera_names = list(cameras) if cameras else list(NUSCENES_CAMERAS)
-        unknown = [c for c in self.camera_names if c not in NUSCENES_CAMERAS]
-        if unknown:
-            raise DatasetLayoutError(f"nuScenes has no camera {unknown}; "
-                                     f"choose from {list(NUSCENES_CAMERAS)}")
+        self.camera_names = check_cameras("nuScenes", list(cameras or NUSCENES_CAMERAS), NUSCENES_CAMERAS)
         self.nusc = load_nuscenes(self.root, version)
         self.has_labels = hasattr(self.nusc, "lidarseg") and len(self.nusc.lidarseg) > 0
         self.label_map_name = NUSCENES_LABEL_MAP if self.has_labels else ""

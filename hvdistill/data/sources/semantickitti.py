@@ -21,7 +21,7 @@ import numpy as np
 
 from hvdistill.data.errors import DatasetLayoutError, SampleReadError
 from hvdistill.data.sample import CameraFrame, Sample
-from hvdistill.data.sources.files import read_image, read_point_labels, read_points, read_split_file
+from hvdistill.data.sources.files import check_cameras, read_image, read_point_labels, read_points, read_split_file
 from hvdistill.data.sources.labels import SEMANTICKITTI_LABEL_MAP, map_labels, semantickitti_lookup
 
 KITTI_CAMERAS = ("image_2", "image_3")  # left / right colour camera; P2 / P3 in calib.txt
@@ -106,11 +106,7 @@ class SemanticKITTISource:
                  cameras: list[str] | None = None):
         self.root = Path(root)
         self.split = split
-        self.camera_names = list(cameras) if cameras else list(DEFAULT_CAMERAS)
-        unknown = [c for c in self.camera_names if c not in KITTI_CAMERAS]
-        if unknown:
-            raise DatasetLayoutError(f"SemanticKITTI has no camera {unknown}; "
-                                     f"choose from {list(KITTI_CAMERAS)}")
+        self.camera_names = check_cameras("SemanticKITTI", list(cameras or DEFAULT_CAMERAS), KITTI_CAMERAS)
         self.sequences_dir = find_sequences_dir(self.root)
         self._lookup = semantickitti_lookup()
         self._poses: dict[str, np.ndarray] = {}
