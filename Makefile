@@ -21,7 +21,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not gpu" -q
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not slow and not gpu" -q --durations=15
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q

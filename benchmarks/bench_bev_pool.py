@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from peak_memory import PeakRSS  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 from hvdistill.config import GeometryConfig  # noqa: E402
 from hvdistill.geometry.augmentation import image_augmentation_matrix, lidar_augmentation_matrix  # noqa: E402
 from hvdistill.geometry.bev import BEVGrid  # noqa: E402
@@ -50,8 +51,13 @@ def random_geometry(cameras: int, crop: tuple[int, int], seed: int) -> list[torc
     rng = np.random.default_rng(seed)
     crop_h, crop_w = crop
     k = np.array([[FOCAL, 0.0, STORED[0] / 2], [0.0, FOCAL, STORED[1] / 2], [0.0, 0.0, 1.0]])
-    lidar = lidar_augmentation_matrix(rng.uniform(-math.pi / 8, math.pi / 8), rng.uniform(0.9, 1.1),
-                                      tuple(rng.normal(0.0, 0.5, 3)), rng.random() < 0.5, rng.random() < 0.5)
+    lidar = lidar_augmentation_matrix(
+        rng.uniform(-math.pi / 8, math.pi / 8),
+        rng.uniform(0.9, 1.1),
+        tuple(rng.normal(0.0, 0.5, 3)),
+        rng.random() < 0.5,
+        rng.random() < 0.5,
+    )
     mats: list[list[np.ndarray]] = [[], [], [], []]
     for cam in range(cameras):
         yaw = 2 * math.pi * cam / cameras
@@ -115,9 +121,10 @@ def make_inputs(cameras: int, channels: int, g: GeometryConfig):
     gen = torch.Generator().manual_seed(0)
     depth = torch.randn(cameras, g.depth_bins, hf, wf, generator=gen).softmax(dim=1)
     context = torch.randn(cameras, channels, hf, wf, generator=gen)
-    grad_out = torch.randn(g.bev_size ** 2, channels, generator=gen)
-    frustum = make_frustum(g.crop_height, g.crop_width, g.feature_stride, g.depth_min, g.depth_max,
-                           g.depth_step)
+    grad_out = torch.randn(g.bev_size**2, channels, generator=gen)
+    frustum = make_frustum(
+        g.crop_height, g.crop_width, g.feature_stride, g.depth_min, g.depth_max, g.depth_step
+    )
     return depth, context, grad_out, frustum
 
 
@@ -141,8 +148,17 @@ def measure_memory(args, g: GeometryConfig, grid: BEVGrid, z_range) -> None:
 
 
 def memory_of(args, side: str) -> float:
-    cmd = [sys.executable, __file__, "--child-memory", "--side", side, "--cameras", str(args.cameras),
-           "--channels", str(args.channels)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child-memory",
+        "--side",
+        side,
+        "--cameras",
+        str(args.cameras),
+        "--channels",
+        str(args.channels),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_added_mb"]
 
@@ -177,15 +193,22 @@ def main(argv: list[str] | None = None) -> int:
         del results
     t = {side: statistics.median(v) for side, v in times.items()}
     points = args.cameras * g.depth_bins * (g.crop_height // 4) * (g.crop_width // 4)
-    print(f"BEV pooling {args.cameras} cameras x {g.depth_bins} bins x {g.crop_height // 4} x "
-          f"{g.crop_width // 4} = {points / 1e6:.2f}M points, {args.channels} ch, {g.bev_size}^2 grid, "
-          f"index prep + fwd + bwd, torch threads {torch.get_num_threads()}, {args.repeats} repeats")
+    print(
+        f"BEV pooling {args.cameras} cameras x {g.depth_bins} bins x {g.crop_height // 4} x "
+        f"{g.crop_width // 4} = {points / 1e6:.2f}M points, {args.channels} ch, {g.bev_size}^2 grid, "
+        f"index prep + fwd + bwd, torch threads {torch.get_num_threads()}, {args.repeats} repeats"
+    )
     print(f"LSS cumsum : {t['lss']:6.3f} s (median)  peak +{mem['lss']:8.1f} MB")
     print(f"sparse     : {t['sparse']:6.3f} s (median)  peak +{mem['sparse']:8.1f} MB")
-    print(f"ratios     : sparse is {t['lss'] / t['sparse']:.1f}x faster, memory 1/{mem['lss'] / mem['sparse']:.1f}")
+    print(
+        f"ratios     : sparse is {t['lss'] / t['sparse']:.1f}x faster, "
+        f"memory 1/{mem['lss'] / mem['sparse']:.1f}"
+    )
     print("max |diff| : " + "  ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
-    print(f"all times  : lss {[round(x, 2) for x in times['lss']]}  "
-          f"sparse {[round(x, 3) for x in times['sparse']]}")
+    print(
+        f"all times  : lss {[round(x, 2) for x in times['lss']]}  "
+        f"sparse {[round(x, 3) for x in times['sparse']]}"
+    )
     return 0
 
 

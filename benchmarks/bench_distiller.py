@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from peak_memory import PeakRSS  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 from hvdistill.config import SourceConfig, SynthConfig, load_config  # noqa: E402
 
 
@@ -39,11 +40,16 @@ def make_sample(workdir: Path, data_cfg):
     """One prepared synthetic sample at nuScenes-like resolution."""
     from hvdistill.data.prepare import prepare_sample
     from hvdistill.data.sources import build_source
-    from hvdistill.data.synthetic import write_nuscenes
+    from hvdistill.synthetic import write_nuscenes
 
-    root = write_nuscenes(workdir / "nus", SynthConfig(scenes=1, frames_per_scene=1, image_width=800,
-                                                         image_height=450), progress=False)
-    source = build_source(SourceConfig(name="nuscenes", root=str(root), version="v1.0-trainval", split="train"))
+    root = write_nuscenes(
+        workdir / "nus",
+        SynthConfig(scenes=1, frames_per_scene=1, image_width=800, image_height=450),
+        progress=False,
+    )
+    source = build_source(
+        SourceConfig(name="nuscenes", root=str(root), version="v1.0-trainval", split="train")
+    )
     key = source.keys(source.chunks()[0])[0]
     return prepare_sample(source.read(key), data_cfg)
 
@@ -62,16 +68,41 @@ def step(model, loss_fn, sample, cfg, rng, times):
     from hvdistill.losses.pooling import pair_superpixel_ids
     from hvdistill.losses.total import LossInputs
 
-    b = timed(times, "collate", lambda: collate([augment_sample(sample, cfg.augment, cfg.geometry, rng)], cfg.geometry))
-    lidar = timed(times, "student", model.student, b.voxel_coords, b.voxel_features, b.spatial_shape, b.batch_size)
+    b = timed(
+        times,
+        "collate",
+        lambda: collate([augment_sample(sample, cfg.augment, cfg.geometry, rng)], cfg.geometry),
+    )
+    lidar = timed(
+        times, "student", model.student, b.voxel_coords, b.voxel_features, b.spatial_shape, b.batch_size
+    )
     image = timed(times, "teacher", model.teacher, b.images)
     ib = b.image_sample
-    lifted = timed(times, "lift", model.lift, image.head, b.intrinsics, b.camera_to_lidar, b.image_aug,
-                   b.lidar_aug[ib], ib, b.batch_size)
-    inputs = LossInputs(lidar.ipv[b.point_to_voxel[b.pair_point]],
-                        pair_superpixel_ids(b.superpixels, b.pair_image, b.pair_uv), image.ipv, b.superpixels,
-                        lifted.depth_logits, b.pair_image, b.pair_uv, b.pair_depth, lidar.bev, lidar.bev_indices,
-                        lifted.bev)
+    lifted = timed(
+        times,
+        "lift",
+        model.lift,
+        image.head,
+        b.intrinsics,
+        b.camera_to_lidar,
+        b.image_aug,
+        b.lidar_aug[ib],
+        ib,
+        b.batch_size,
+    )
+    inputs = LossInputs(
+        lidar.ipv[b.point_to_voxel[b.pair_point]],
+        pair_superpixel_ids(b.superpixels, b.pair_image, b.pair_uv),
+        image.ipv,
+        b.superpixels,
+        lifted.depth_logits,
+        b.pair_image,
+        b.pair_uv,
+        b.pair_depth,
+        lidar.bev,
+        lidar.bev_indices,
+        lifted.bev,
+    )
     terms = timed(times, "loss", loss_fn, inputs, 0)
     timed(times, "backward", terms.total.backward)
     model.zero_grad(set_to_none=True)
@@ -103,9 +134,18 @@ def child(args) -> None:
         for _ in range(args.repeats):
             voxels, pairs = step(model, loss_fn, sample, cfg, rng, times)
     peak = mem.added_mb * 1024
-    print(json.dumps({"config": args.child, "times": {k: statistics.median(v) for k, v in times.items()},
-                      "peak_mb": peak / 1024, "voxels": voxels, "pairs": pairs,
-                      "params_m": sum(p.numel() for p in model.parameters()) / 1e6}))
+    print(
+        json.dumps(
+            {
+                "config": args.child,
+                "times": {k: statistics.median(v) for k, v in times.items()},
+                "peak_mb": peak / 1024,
+                "voxels": voxels,
+                "pairs": pairs,
+                "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -119,8 +159,11 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {args.repeats}")
     rows = []
     for config in args.configs:
-        out = subprocess.run([sys.executable, __file__, "--child", config, "--repeats", str(args.repeats)],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", config, "--repeats", str(args.repeats)],
+            capture_output=True,
+            text=True,
+        )
         lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
         if out.returncode or not lines:
             print(f"{config}: failed\n{out.stderr[-3000:]}")
@@ -131,9 +174,11 @@ def main() -> None:
     print("|---" * (len(comps) + 6) + "|")
     for r in rows:
         t = r["times"]
-        print(f"| {r['config']} | {r['params_m']:.1f} | {r['voxels']} | {r['pairs']} | "
-              + " | ".join(f"{t[c]:.2f} s" for c in comps)
-              + f" | {sum(t[c] for c in comps[:6]):.2f} s | {r['peak_mb']:.0f} |")
+        print(
+            f"| {r['config']} | {r['params_m']:.1f} | {r['voxels']} | {r['pairs']} | "
+            + " | ".join(f"{t[c]:.2f} s" for c in comps)
+            + f" | {sum(t[c] for c in comps[:6]):.2f} s | {r['peak_mb']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from peak_memory import PeakRSS  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 from hvdistill.losses.infonce import infonce_sum  # noqa: E402
 
 TEMPERATURE = 0.07
@@ -58,8 +59,8 @@ def float64_loss(anchors, keys, positives, rows: int = 256) -> float:
     total = 0.0
     kd = keys.double()
     for s in range(0, anchors.shape[0], rows):
-        logits = anchors[s:s + rows].double() @ kd.t() / TEMPERATURE
-        pos = logits[torch.arange(logits.shape[0]), positives[s:s + rows]]
+        logits = anchors[s : s + rows].double() @ kd.t() / TEMPERATURE
+        pos = logits[torch.arange(logits.shape[0]), positives[s : s + rows]]
         total += float((torch.logsumexp(logits, dim=1) - pos).sum())
     return total / anchors.shape[0]
 
@@ -75,8 +76,19 @@ def measure_memory(args) -> None:
 
 
 def memory_of(args, tile: int) -> float:
-    cmd = [sys.executable, __file__, "--child-memory", "--tile", str(tile), "--anchors",
-           str(args.anchors), "--keys", str(args.keys), "--dim", str(args.dim)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child-memory",
+        "--tile",
+        str(tile),
+        "--anchors",
+        str(args.anchors),
+        "--keys",
+        str(args.keys),
+        "--dim",
+        str(args.dim),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_added_mb"]
 
@@ -107,17 +119,25 @@ def main(argv: list[str] | None = None) -> int:
     (lf, gqf, gkf), (lt, gqt, gkt) = results[0], results[args.tile]
     exact = float64_loss(anchors, keys, positives)
     t_full, t_tiled = statistics.median(times[0]), statistics.median(times[args.tile])
-    print(f"InfoNCE {args.anchors} anchors x {args.keys} keys x {args.dim} d, fwd+bwd, "
-          f"tile {args.tile}, torch threads {torch.get_num_threads()}, {args.repeats} repeats")
+    print(
+        f"InfoNCE {args.anchors} anchors x {args.keys} keys x {args.dim} d, fwd+bwd, "
+        f"tile {args.tile}, torch threads {torch.get_num_threads()}, {args.repeats} repeats"
+    )
     print(f"full logits : {t_full:6.2f} s (median)  peak +{mem_full:8.1f} MB")
     print(f"tiled       : {t_tiled:6.2f} s (median)  peak +{mem_tiled:8.1f} MB")
-    print(f"ratios      : time tiled/full {t_tiled / t_full:.2f}  memory tiled/full "
-          f"{mem_tiled / mem_full:.4f} (1/{mem_full / mem_tiled:.1f})")
-    print(f"equality    : |loss diff| {abs(float(lf) - float(lt)):.2e}  max |grad anchors diff| "
-          f"{(gqf - gqt).abs().max():.2e}  max |grad keys diff| {(gkf - gkt).abs().max():.2e}")
+    print(
+        f"ratios      : time tiled/full {t_tiled / t_full:.2f}  memory tiled/full "
+        f"{mem_tiled / mem_full:.4f} (1/{mem_full / mem_tiled:.1f})"
+    )
+    print(
+        f"equality    : |loss diff| {abs(float(lf) - float(lt)):.2e}  max |grad anchors diff| "
+        f"{(gqf - gqt).abs().max():.2e}  max |grad keys diff| {(gkf - gkt).abs().max():.2e}"
+    )
     print(f"vs float64  : full {abs(float(lf) - exact):.2e}  tiled {abs(float(lt) - exact):.2e}")
-    print(f"all times   : full {[round(t, 2) for t in times[0]]}  "
-          f"tiled {[round(t, 2) for t in times[args.tile]]}")
+    print(
+        f"all times   : full {[round(t, 2) for t in times[0]]}  "
+        f"tiled {[round(t, 2) for t in times[args.tile]]}"
+    )
     return 0
 
 

@@ -89,8 +89,12 @@ def voxel_inputs(cfg: Config, cloud: np.ndarray):
     vox = voxelize(cloud, cfg.geometry.voxel_size, cfg.geometry.point_range)
     c = vox.coords  # (V, 3) ix, iy, iz
     coords = np.c_[np.zeros(len(c)), c[:, 2], c[:, 1], c[:, 0]].astype(np.int32)
-    return (torch.from_numpy(coords), torch.from_numpy(cloud[vox.kept, 3:4]),
-            list(vox.spatial_shape[::-1]), 1)
+    return (
+        torch.from_numpy(coords),
+        torch.from_numpy(cloud[vox.kept, 3:4]),
+        list(vox.spatial_shape[::-1]),
+        1,
+    )
 
 
 def build_variant(name: str, head: str) -> tuple[Config, LidarStudent]:
@@ -161,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg0 = next(iter(variants.values()))[0]
     cloud = synthetic_sweep(cfg0.synth, SWEEP_SEED)
     inputs = voxel_inputs(cfg0, cloud)
-    print(f"sweep: {len(cloud)} points -> {len(inputs[0])} voxels, grid {inputs[2]}, "
-          f"threads {args.threads}, torch {torch.__version__}")
+    print(
+        f"sweep: {len(cloud)} points -> {len(inputs[0])} voxels, grid {inputs[2]}, "
+        f"threads {args.threads}, torch {torch.__version__}"
+    )
     times: dict = {k: [] for k in variants}
     for _, model in variants.values():
         step(model, inputs)  # warm-up (index tables, allocator)
@@ -170,8 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         for key, (_, model) in variants.items():
             times[key].append(step(model, inputs))
     anchor = statistics.median(f + b for f, b in times[next(iter(variants))])
-    print(f"{'variant':16s} {'fwd s':>7s} {'bwd s':>7s} {'fwd+bwd s':>9s} {'ratio':>6s} "
-          f"{'torch peak MB':>13s} {'RSS growth MB':>13s} {'params':>10s}")
+    print(
+        f"{'variant':16s} {'fwd s':>7s} {'bwd s':>7s} {'fwd+bwd s':>9s} {'ratio':>6s} "
+        f"{'torch peak MB':>13s} {'RSS growth MB':>13s} {'params':>10s}"
+    )
     for key, (_, model) in variants.items():
         fwd = statistics.median(t[0] for t in times[key])
         bwd = statistics.median(t[1] for t in times[key])
@@ -179,8 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         peak = profiler_peak_bytes(model, inputs) / 2**20
         rss = rss_child(*key, args.threads) / 2**20
         params = sum(p.numel() for p in model.parameters())
-        print(f"{key[0] + '/' + key[1]:16s} {fwd:7.3f} {bwd:7.3f} {tot:9.3f} {tot / anchor:6.2f} "
-              f"{peak:13.1f} {rss:13.1f} {params:10d}")
+        print(
+            f"{key[0] + '/' + key[1]:16s} {fwd:7.3f} {bwd:7.3f} {tot:9.3f} {tot / anchor:6.2f} "
+            f"{peak:13.1f} {rss:13.1f} {params:10d}"
+        )
     return 0
 
 

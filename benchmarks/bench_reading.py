@@ -25,12 +25,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_sharding import ensure_dataset, source_config  # noqa: E402  (same folder)
 from PIL import Image
 
 from hvdistill.config import DataConfig
 from hvdistill.data.prepare import compute_pairs, compute_superpixels, stored_size
-
-from bench_sharding import ensure_dataset, source_config  # noqa: E402  (same folder)
 
 
 def build_shards(root: Path, out: Path, cfg: DataConfig) -> None:
@@ -56,7 +55,9 @@ def write_superpixel_pngs(source, keys: list[str], out: Path, cfg: DataConfig) -
         for cam in source.read(key).cameras:
             path = out / f"{cam.token}.png"
             if not path.exists():
-                small = np.asarray(Image.fromarray(cam.image).resize(stored_size(cam.size, cfg), Image.BILINEAR))
+                small = np.asarray(
+                    Image.fromarray(cam.image).resize(stored_size(cam.size, cfg), Image.BILINEAR)
+                )
                 ids = compute_superpixels(small, cfg.superpixels).astype(np.uint8)
                 Image.fromarray(ids).resize(cam.size, Image.NEAREST).save(path)
             paths[cam.token] = path
@@ -80,8 +81,9 @@ def raw_slic_step(source, key: str, cfg: DataConfig) -> None:
 def shard_pass(shard_dir: Path) -> tuple[float, int]:
     from hvdistill.data.shards import build_shard_dataset
 
-    ds = build_shard_dataset(DataConfig(resampled=False, shuffle_buffer=0), rank=0, world_size=1,
-                             shards=[str(shard_dir)])
+    ds = build_shard_dataset(
+        DataConfig(resampled=False, shuffle_buffer=0), rank=0, world_size=1, shards=[str(shard_dir)]
+    )
     t = time.perf_counter()
     n = sum(1 for _ in ds)
     return (time.perf_counter() - t) / n, n
@@ -106,8 +108,10 @@ def superpixel_encodings(shard_dir: Path) -> None:
             t = time.perf_counter()
             decode(data).astype(np.int16)
             ts.append(time.perf_counter() - t)
-        print(f"  superpixels {ids.shape[1]}x{ids.shape[0]} as {name:<10}: {len(data) / 1024:6.1f} KiB, "
-              f"{statistics.median(ts) * 1e3:.2f} ms")
+        print(
+            f"  superpixels {ids.shape[1]}x{ids.shape[0]} as {name:<10}: {len(data) / 1024:6.1f} KiB, "
+            f"{statistics.median(ts) * 1e3:.2f} ms"
+        )
 
 
 def main() -> None:
@@ -134,13 +138,15 @@ def main() -> None:
         per_sample, n = shard_pass(shard_dir)
         shard.append(per_sample)
     slic = []
-    for key in keys[:args.slic_samples]:
+    for key in keys[: args.slic_samples]:
         t = time.perf_counter()
         raw_slic_step(source, key, cfg)
         slic.append(time.perf_counter() - t)
     raw_ms, shard_ms, slic_ms = (statistics.median(x) * 1e3 for x in (raw, shard, slic))
     manifest_bytes = sum(f.stat().st_size for f in shard_dir.glob("*.tar"))
-    print(f"samples: {len(keys)} (6 cameras, 1600x900 sources; shards store 800x450), repeats: {args.repeats}")
+    print(
+        f"samples: {len(keys)} (6 cameras, 1600x900 sources; shards store 800x450), repeats: {args.repeats}"
+    )
     print(f"shards                 : {shard_ms:8.1f} ms/sample  {1e3 / shard_ms:7.1f} samples/s")
     print(f"raw + superpixel PNGs  : {raw_ms:8.1f} ms/sample  {1e3 / raw_ms:7.1f} samples/s")
     print(f"raw + SLIC on the fly  : {slic_ms:8.1f} ms/sample  ({len(slic)} sample(s))")

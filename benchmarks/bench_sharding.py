@@ -26,7 +26,7 @@ def ensure_dataset(path: Path, scenes: int, frames: int, width: int, height: int
     """A synthetic nuScenes root at `path` (generated once, reused afterwards)."""
     if (path / VERSION / "sample.json").exists():
         return path
-    from hvdistill.data.synthetic import write_nuscenes
+    from hvdistill.synthetic import write_nuscenes
 
     cfg = SynthConfig(scenes=scenes, frames_per_scene=frames, image_width=width, image_height=height)
     t = time.perf_counter()
@@ -60,8 +60,7 @@ def run_once(sources: list[SourceConfig], cfg: DataConfig, workers: int) -> tupl
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
         for source in sources:
-            manifest = run_sharding(source, cfg, Path(out), progress=False,
-                                    max_in_flight=workers).manifest
+            manifest = run_sharding(source, cfg, Path(out), progress=False, max_in_flight=workers).manifest
         return time.perf_counter() - t, manifest
 
 

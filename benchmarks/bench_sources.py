@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_sharding import VERSION, ensure_dataset, source_config  # noqa: E402  (same folder)
 from PIL import Image
 
-from bench_sharding import VERSION, ensure_dataset, source_config  # noqa: E402  (same folder)
 from hvdistill.config import NUSCENES_CAMERAS
 from hvdistill.data.sources import build_source
 
@@ -68,8 +68,10 @@ def main() -> None:
             t = time.perf_counter()
             sample = source.read(key)
             times["source"].append(time.perf_counter() - t)
-    print(f"{VERSION} at {root}: {len(keys)} samples x {args.repeats} repeats, "
-          f"{len(sample.points)} points, {len(sample.cameras)} cameras at {sample.cameras[0].size}")
+    print(
+        f"{VERSION} at {root}: {len(keys)} samples x {args.repeats} repeats, "
+        f"{len(sample.points)} points, {len(sample.cameras)} cameras at {sample.cameras[0].size}"
+    )
     med = {name: statistics.median(v) * 1e3 for name, v in times.items()}
     for name, ms in med.items():
         print(f"{name:<8} {ms:8.1f} ms per sample")

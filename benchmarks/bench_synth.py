@@ -15,8 +15,8 @@ import statistics
 import time
 
 from hvdistill.config import SynthConfig
-from hvdistill.data.synthetic.frame import build_rig, frame_rng, generate_frame, sweep
-from hvdistill.data.synthetic.layout import build_world
+from hvdistill.synthetic.frame import build_rig, frame_rng, generate_frame, sweep
+from hvdistill.synthetic.layout import build_world
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ class PeakRSS:
 
     added_mb: float = 0.0
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self.before = status_kib("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         return self

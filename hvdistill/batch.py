@@ -2,9 +2,9 @@
 
 Points are offset-batched (one flat tensor, `point_batch` gives the sample of each point);
 voxels are built once in collate (`hvdistill/data/collate.py`), the only place that decides
-the sparse-tensor layout. Images of all samples and cameras are stacked on one axis, sample by sample; `image_sample`
-gives the sample of each image (samples may have different camera counts when datasets are
-mixed, e.g. 6 nuScenes cameras and 1 SemanticKITTI camera). Every geometric
+the sparse-tensor layout. Images of all samples and cameras are stacked on one axis, sample
+by sample; `image_sample` gives the sample of each image (samples may have different camera
+counts when datasets are mixed, e.g. 6 nuScenes cameras and 1 SemanticKITTI camera). Every geometric
 quantity needed to relate the two views after augmentation travels with the batch.
 """
 
@@ -45,7 +45,7 @@ class Batch:
     num_cameras: int  # cameras per sample (the largest count when samples differ)
     labels: torch.Tensor | None = None  # (P,) int64 per-point class (fine-tuning), 0 = ignore
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         """Copy every tensor to `device` (geometry stays float64)."""
         out = {}
         for f in fields(self):

@@ -13,7 +13,7 @@ import sys
 # verb -> (module with main(argv), one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "config": ("hvdistill.config_cli", "show the resolved config: config show CONFIG [key=value ...]"),
-    "synth": ("hvdistill.data.synthetic.cli", "generate the synthetic world in nuScenes / SemanticKITTI format"),
+    "synth": ("hvdistill.synthetic.cli", "generate the synthetic world in nuScenes / SemanticKITTI format"),
     "inspect": ("hvdistill.data.sources.cli", "read a dataset through its source and print what it holds"),
     "shard": ("sharding.cli", "convert a dataset into WebDataset shards with Ray; `shard verify DIR`"),
     "demo": ("hvdistill.demo", "run the furthest pipeline that exists on the synthetic world"),

@@ -27,8 +27,10 @@ def geometry_problems(cfg: Config) -> list[str]:
     p: list[str] = []
     g = cfg.geometry
     if len(g.point_range) != 6 or any(g.point_range[i] >= g.point_range[i + 3] for i in range(3)):
-        p.append(f"geometry.point_range: expected [xmin, ymin, zmin, xmax, ymax, zmax] with "
-                 f"min < max, got {g.point_range}")
+        p.append(
+            f"geometry.point_range: expected [xmin, ymin, zmin, xmax, ymax, zmax] with "
+            f"min < max, got {g.point_range}"
+        )
     for key in ("voxel_size", "bev_resolution", "depth_step"):
         if getattr(g, key) <= 0:
             p.append(f"geometry.{key}: must be > 0; set geometry.{key}=<positive float>")
@@ -36,15 +38,21 @@ def geometry_problems(cfg: Config) -> list[str]:
         p.append("geometry.depth_max: must exceed geometry.depth_min")
     for key in ("crop_height", "crop_width"):
         if getattr(g, key) % g.feature_stride:
-            p.append(f"geometry.{key}: {getattr(g, key)} is not a multiple of "
-                     f"geometry.feature_stride={g.feature_stride}")
+            p.append(
+                f"geometry.{key}: {getattr(g, key)} is not a multiple of "
+                f"geometry.feature_stride={g.feature_stride}"
+            )
     bins = (g.depth_max - g.depth_min) / g.depth_step if g.depth_step > 0 else 0
     if g.depth_step > 0 and abs(bins - round(bins)) > 1e-6:
-        p.append(f"geometry.depth_step: {g.depth_step} does not divide depth_max - depth_min = "
-                 f"{g.depth_max - g.depth_min}; choose a step that gives a whole number of bins")
+        p.append(
+            f"geometry.depth_step: {g.depth_step} does not divide depth_max - depth_min = "
+            f"{g.depth_max - g.depth_min}; choose a step that gives a whole number of bins"
+        )
     if cfg.model.image.output_stride != g.feature_stride:
-        p.append(f"model.image.output_stride: {cfg.model.image.output_stride} must equal "
-                 f"geometry.feature_stride={g.feature_stride} (the depth lift works on that grid)")
+        p.append(
+            f"model.image.output_stride: {cfg.model.image.output_stride} must equal "
+            f"geometry.feature_stride={g.feature_stride} (the depth lift works on that grid)"
+        )
     return p
 
 
@@ -68,8 +76,10 @@ def data_problems(cfg: Config) -> list[str]:
     p: list[str] = []
     d = cfg.data
     if not 1 <= d.superpixels.n_segments <= 30000:
-        p.append(f"data.superpixels.n_segments: {d.superpixels.n_segments} must be in 1..30000 "
-                 f"(ids are stored as int16)")
+        p.append(
+            f"data.superpixels.n_segments: {d.superpixels.n_segments} must be in 1..30000 "
+            f"(ids are stored as int16)"
+        )
     if d.stored_image_width <= 0 or d.stored_image_height <= 0:
         p.append("data.stored_image_width / data.stored_image_height: must be > 0")
     if not 1 <= d.jpeg_quality <= 100:
@@ -92,8 +102,10 @@ def model_and_training_problems(cfg: Config) -> list[str]:
     if len(lm.planes) != 8 or len(lm.encoder_blocks) != 4 or len(lm.decoder_blocks) != 4:
         p.append("model.lidar: planes needs 8 entries, encoder_blocks and decoder_blocks 4 each")
     if not im.weights and not im.random_init:
-        p.append("model.image.weights: no teacher checkpoint given; set model.image.weights="
-                 "/path/to/moco_v2.pth, or model.image.random_init=true for synthetic runs")
+        p.append(
+            "model.image.weights: no teacher checkpoint given; set model.image.weights="
+            "/path/to/moco_v2.pth, or model.image.random_init=true for synthetic runs"
+        )
     if im.weights and im.random_init:
         p.append("model.image: both weights and random_init are set; choose one")
     if cfg.loss.temperature <= 0:
@@ -101,12 +113,16 @@ def model_and_training_problems(cfg: Config) -> list[str]:
     if cfg.loss.tile_size < 0 or cfg.loss.queue_size < 0:
         p.append("loss.tile_size / loss.queue_size: must be >= 0 (0 turns them off)")
     if cfg.loss.depth_target_pool != cfg.geometry.feature_stride:
-        p.append(f"loss.depth_target_pool: {cfg.loss.depth_target_pool} must equal "
-                 f"geometry.feature_stride={cfg.geometry.feature_stride} (targets live on the depth grid)")
+        p.append(
+            f"loss.depth_target_pool: {cfg.loss.depth_target_pool} must equal "
+            f"geometry.feature_stride={cfg.geometry.feature_stride} (targets live on the depth grid)"
+        )
     t = cfg.train
     if t.micro_batch <= 0 or t.global_batch <= 0 or t.global_batch % t.micro_batch:
-        p.append(f"train.global_batch: {t.global_batch} must be a positive multiple of "
-                 f"train.micro_batch={t.micro_batch}")
+        p.append(
+            f"train.global_batch: {t.global_batch} must be a positive multiple of "
+            f"train.micro_batch={t.micro_batch}"
+        )
     if cfg.dist.zero_stage not in (0, 1, 2, 3):
         p.append(f"dist.zero_stage: {cfg.dist.zero_stage} is not one of 0, 1, 2, 3")
     if lm.sparse_dtype == "float16" and not cfg.dist.use_gpu:
@@ -119,4 +135,6 @@ def model_and_training_problems(cfg: Config) -> list[str]:
 
 def semantic_problems(cfg: Config) -> list[str]:
     """Every cross-field problem of a type-correct config, each with its fix."""
-    return geometry_problems(cfg) + augment_problems(cfg) + data_problems(cfg) + model_and_training_problems(cfg)
+    return (
+        geometry_problems(cfg) + augment_problems(cfg) + data_problems(cfg) + model_and_training_problems(cfg)
+    )

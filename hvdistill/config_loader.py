@@ -148,8 +148,10 @@ def _resolve_parent(cfg: Any, parts: list[str], key: str) -> tuple[Any, str | No
     for part in parts[:-1]:
         if isinstance(obj, list) and dataclasses.is_dataclass(obj[0] if obj else None):
             if not part.isdigit() or int(part) >= len(obj):
-                return None, (f"{key}: '{walked}{part}' is not an index of the {len(obj)} item(s) "
-                              f"of '{walked.rstrip('.')}'; use 0..{len(obj) - 1}")
+                return None, (
+                    f"{key}: '{walked}{part}' is not an index of the {len(obj)} item(s) "
+                    f"of '{walked.rstrip('.')}'; use 0..{len(obj) - 1}"
+                )
             obj = obj[int(part)]
         elif not dataclasses.is_dataclass(obj):
             return None, f"{key}: '{walked.rstrip('.')}' is not a section; it has no sub-keys"

@@ -46,21 +46,78 @@ def run_data_stages(cfg: Config, out: Path, config_path: str, overrides: list[st
     src = cfg.data.sources[0]
     root, shards = Path(src.root), out / "shards"
     t = _stage(f"1. synthesise {cfg.synth.scenes} scenes x {cfg.synth.frames_per_scene} frames -> {root}")
-    _check(hvdistill(["synth", "--format", "nuscenes", "--config", config_path, "--scenes", str(cfg.synth.scenes),
-                       "--frames-per-scene", str(cfg.synth.frames_per_scene), "--seed", str(cfg.synth.seed),
-                       "--width", str(cfg.synth.image_width), "--height", str(cfg.synth.image_height),
-                       "--version", src.version, "--out", str(root), "--no-progress"]), "synth")
+    _check(
+        hvdistill(
+            [
+                "synth",
+                "--format",
+                "nuscenes",
+                "--config",
+                config_path,
+                "--scenes",
+                str(cfg.synth.scenes),
+                "--frames-per-scene",
+                str(cfg.synth.frames_per_scene),
+                "--seed",
+                str(cfg.synth.seed),
+                "--width",
+                str(cfg.synth.image_width),
+                "--height",
+                str(cfg.synth.image_height),
+                "--version",
+                src.version,
+                "--out",
+                str(root),
+                "--no-progress",
+            ]
+        ),
+        "synth",
+    )
     _done(t)
     t = _stage("2. read it back through nuscenes-devkit")
     for split in ("train", "val"):
-        _check(hvdistill(["inspect", "--source", "nuscenes", "--root", str(root), "--version", src.version,
-                             "--split", split]), f"inspect ({split})")
+        _check(
+            hvdistill(
+                [
+                    "inspect",
+                    "--source",
+                    "nuscenes",
+                    "--root",
+                    str(root),
+                    "--version",
+                    src.version,
+                    "--split",
+                    split,
+                ]
+            ),
+            f"inspect ({split})",
+        )
     _done(t)
     t = _stage(f"3. shard with Ray ({workers} workers) -> {shards}")
     for split in ("train", "val"):
-        _check(hvdistill(["shard", "--source", "nuscenes", "--root", str(root), "--version", src.version,
-                           "--split", split, "--out", str(shards), "--workers", str(workers),
-                           "--config", config_path, *overrides]), f"shard ({split})")
+        _check(
+            hvdistill(
+                [
+                    "shard",
+                    "--source",
+                    "nuscenes",
+                    "--root",
+                    str(root),
+                    "--version",
+                    src.version,
+                    "--split",
+                    split,
+                    "--out",
+                    str(shards),
+                    "--workers",
+                    str(workers),
+                    "--config",
+                    config_path,
+                    *overrides,
+                ]
+            ),
+            f"shard ({split})",
+        )
     _done(t)
     t = _stage("4. verify the shards")
     _check(hvdistill(["shard", "verify", str(shards)]), "shard verify")
@@ -91,15 +148,23 @@ def run_model_stage(cfg: Config, shards: Path, steps: int) -> dict[str, float]:
 
     t = _stage("5. stream the shards, augment + collate, distil (forward + backward)")
     samples, seen = read_batch(cfg, shards, cfg.train.micro_batch)
-    print(f"streamed {seen} samples ({'+'.join(cfg.data.shard_splits)}) from {shards}; batch of {len(samples)}: "
-          f"{[s.key[:8] for s in samples]}")
+    print(
+        f"streamed {seen} samples ({'+'.join(cfg.data.shard_splits)}) from {shards}; "
+        f"batch of {len(samples)}: "
+        f"{[s.key[:8] for s in samples]}"
+    )
     torch.manual_seed(cfg.train.seed)
     model = build_distiller(cfg)
     loss_fn = build_hybrid_view_loss(cfg)
     params = [p for g in model.parameter_groups() for p in g.params]
     o = cfg.optim
-    opt = torch.optim.SGD(params, lr=o.lr * cfg.train.global_batch / o.reference_batch if o.scale_lr else o.lr,
-                          momentum=o.momentum, dampening=o.dampening, weight_decay=o.weight_decay)
+    opt = torch.optim.SGD(
+        params,
+        lr=o.lr * cfg.train.global_batch / o.reference_batch if o.scale_lr else o.lr,
+        momentum=o.momentum,
+        dampening=o.dampening,
+        weight_decay=o.weight_decay,
+    )
     rng = np.random.default_rng(cfg.train.seed)
     model.train()
     terms = {}
@@ -112,16 +177,21 @@ def run_model_stage(cfg: Config, shards: Path, steps: int) -> dict[str, float]:
         out.total.backward()
         opt.step()
         terms = out.as_floats()
-        print(f"step {step}: " + "  ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in terms.items())
-              + f"  (superpixels {out.num_superpixels}, depth cells {out.num_depth_cells}, "
-                f"BEV anchors {out.num_bev_anchors}, points {len(batch.points)}, voxels {len(batch.voxel_coords)})")
+        print(
+            f"step {step}: "
+            + "  ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in terms.items())
+            + f"  (superpixels {out.num_superpixels}, depth cells {out.num_depth_cells}, "
+            f"BEV anchors {out.num_bev_anchors}, points {len(batch.points)}, "
+            f"voxels {len(batch.voxel_coords)})"
+        )
     _done(t)
     return terms
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hvdistill demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="hvdistill demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--out", default="demo-output")
     parser.add_argument("--workers", type=int, default=2, help="Ray workers for sharding")

@@ -101,7 +101,9 @@ def all_gather_with_grad(x: torch.Tensor, sizes: list[int] | None = None) -> tor
     if sizes is None:
         sizes = all_gather_sizes(x.shape[0], x.device)
     if sizes[rank()] != x.shape[0]:
-        raise ValueError(f"all_gather_with_grad: sizes[{rank()}]={sizes[rank()]} but the local "
-                         f"tensor has {x.shape[0]} rows; pass this rank's own row count")
+        raise ValueError(
+            f"all_gather_with_grad: sizes[{rank()}]={sizes[rank()]} but the local "
+            f"tensor has {x.shape[0]} rows; pass this rank's own row count"
+        )
     offset = sum(sizes[: rank()])
     return _AllGatherWithGrad.apply(x, sizes, offset)

@@ -12,18 +12,19 @@ at the end. Re-running the same command after a crash finishes only what is miss
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import os
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from hvdistill.config import Config, ConfigError, SourceConfig, semantic_problems
 from hvdistill.config_loader import apply_overrides, load_yaml_diff
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hvdistill shard", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="hvdistill shard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--source", required=True, choices=["nuscenes", "semantickitti"])
     p.add_argument("--root", required=True, help="dataset root directory")
     p.add_argument("--version", default=None, help="nuScenes table version (e.g. v1.0-trainval)")
@@ -31,9 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-file", default=None, help="file listing scenes/sequences to keep")
     p.add_argument("--out", required=True, help="output directory (shared by several sources)")
     p.add_argument("--ray-address", default=None, help="existing Ray cluster; default: local")
-    p.add_argument("--workers", type=int, default=None,
-                   help="concurrent tasks; CPUs of the local Ray cluster (default: all cores; "
-                        "with --ray-address: one task per cluster CPU)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="concurrent tasks; CPUs of the local Ray cluster (default: all cores; "
+        "with --ray-address: one task per cluster CPU)",
+    )
     p.add_argument("--shard-size-mb", type=float, default=None)
     p.add_argument("--max-bad-fraction", type=float, default=None)
     p.add_argument("--config", default=None, help="YAML diff over the default config")
@@ -59,9 +64,13 @@ def resolve_config(args: argparse.Namespace) -> tuple[SourceConfig, Config]:
     if problems:
         raise ConfigError(problems)
     base = next((s for s in cfg.data.sources if s.name == args.source), SourceConfig(name=args.source))
-    source = replace(base, root=str(Path(args.root).resolve()), split=args.split,
-                     version=args.version or base.version,
-                     split_file=args.split_file if args.split_file is not None else base.split_file)
+    source = replace(
+        base,
+        root=str(Path(args.root).resolve()),
+        split=args.split,
+        version=args.version or base.version,
+        split_file=args.split_file if args.split_file is not None else base.split_file,
+    )
     return source, cfg
 
 
@@ -78,8 +87,13 @@ def shard(argv: list[str]) -> int:
 
     started = init_ray(args.ray_address, args.workers or os.cpu_count() or 1)
     try:
-        result = run_sharding(source_cfg, cfg.data, Path(args.out).resolve(), progress=not args.no_progress,
-                              max_in_flight=args.workers or 0)
+        result = run_sharding(
+            source_cfg,
+            cfg.data,
+            Path(args.out).resolve(),
+            progress=not args.no_progress,
+            max_in_flight=args.workers or 0,
+        )
     except ShardingError as exc:
         print(f"hvdistill shard: FAILED\n{exc}", file=sys.stderr)
         return 1
@@ -90,9 +104,11 @@ def shard(argv: list[str]) -> int:
         if started:
             ray.shutdown()
     m = result.manifest
-    print(f"hvdistill shard: {args.out}/manifest.json: {m['samples']} samples in "
-          f"{len(m['shards'])} shards, {len(m['skipped'])} skipped "
-          f"({result.converted_units} units converted, {result.skipped_units} already done)")
+    print(
+        f"hvdistill shard: {args.out}/manifest.json: {m['samples']} samples in "
+        f"{len(m['shards'])} shards, {len(m['skipped'])} skipped "
+        f"({result.converted_units} units converted, {result.skipped_units} already done)"
+    )
     return 0
 
 

@@ -27,8 +27,17 @@ from hvdistill.data.errors import SampleReadError
 from hvdistill.data.prepare import prepare_sample
 from hvdistill.data.schema import SchemaError, encode_sample
 from hvdistill.data.sources import build_source
-from sharding.manifest import (Unit, check_source_record, config_hash, read_json, sharding_config,
-                               unit_files, unit_record_path, write_json_atomic, write_manifest)
+from sharding.manifest import (
+    Unit,
+    check_source_record,
+    config_hash,
+    read_json,
+    sharding_config,
+    unit_files,
+    unit_record_path,
+    write_json_atomic,
+    write_manifest,
+)
 from sharding.writer import ShardWriter
 
 _MB = 1 << 20
@@ -86,8 +95,9 @@ class ProgressTracker:
         return tuple(sum(v[i] for v in self.units.values()) for i in range(3))  # type: ignore[return-value]
 
 
-def convert_unit(source_cfg: SourceConfig, cfg: DataConfig, unit: Unit, out_dir: str,
-                 progress: Any = None) -> dict[str, Any]:
+def convert_unit(
+    source_cfg: SourceConfig, cfg: DataConfig, unit: Unit, out_dir: str, progress: Any = None
+) -> dict[str, Any]:
     """Convert one unit into shards and write its done-record; returns that record.
 
     `progress` is an optional ProgressTracker actor handle told about every sample."""
@@ -114,8 +124,14 @@ def convert_unit(source_cfg: SourceConfig, cfg: DataConfig, unit: Unit, out_dir:
     except BaseException:
         writer.abort()
         raise
-    record = {"unit": unit.name, "chunk": unit.chunk, "part": unit.part, "keys": len(unit.keys),
-              "shards": [s.to_dict() for s in shards], "skipped": skipped}
+    record = {
+        "unit": unit.name,
+        "chunk": unit.chunk,
+        "part": unit.part,
+        "keys": len(unit.keys),
+        "shards": [s.to_dict() for s in shards],
+        "skipped": skipped,
+    }
     write_json_atomic(unit_record_path(out, unit.name), record)
     return record
 
@@ -126,7 +142,7 @@ def plan_units(source: Any, dataset: str, split: str, task_samples: int) -> list
     for chunk in source.chunks():
         keys = list(source.keys(chunk))
         for part, start in enumerate(range(0, max(len(keys), 1), task_samples)):
-            units.append(Unit(dataset, split, chunk, part, keys[start:start + task_samples]))
+            units.append(Unit(dataset, split, chunk, part, keys[start : start + task_samples]))
     return units
 
 
@@ -136,22 +152,39 @@ def unit_is_done(out_dir: Path, unit: Unit) -> bool:
     if not path.exists():
         return False
     shards = read_json(path)["shards"]
-    return all((out_dir / s["name"]).is_file() and (out_dir / s["name"]).stat().st_size == s["bytes"]
-               for s in shards)
+    return all(
+        (out_dir / s["name"]).is_file() and (out_dir / s["name"]).stat().st_size == s["bytes"] for s in shards
+    )
 
 
-def source_record(source_cfg: SourceConfig, source: Any, cfg: DataConfig, units: list[Unit]) -> dict[str, Any]:
+def source_record(
+    source_cfg: SourceConfig, source: Any, cfg: DataConfig, units: list[Unit]
+) -> dict[str, Any]:
     config = sharding_config(cfg)
-    return {"dataset": source.name, "version": source.version, "split": source_cfg.split,
-            "root": str(source_cfg.root), "split_file": source_cfg.split_file,
-            "label_map": source.label_map_name, "camera_names": list(source.camera_names),
-            "config": config, "config_hash": config_hash(config),
-            "keys_hash": config_hash({u.name: list(u.keys) for u in units}),  # the inputs themselves
-            "units": [u.name for u in units]}
+    return {
+        "dataset": source.name,
+        "version": source.version,
+        "split": source_cfg.split,
+        "root": str(source_cfg.root),
+        "split_file": source_cfg.split_file,
+        "label_map": source.label_map_name,
+        "camera_names": list(source.camera_names),
+        "config": config,
+        "config_hash": config_hash(config),
+        "keys_hash": config_hash({u.name: list(u.keys) for u in units}),  # the inputs themselves
+        "units": [u.name for u in units],
+    }
 
 
-def _run_tasks(pending: list[Unit], source_cfg: SourceConfig, cfg: DataConfig, out_dir: Path,
-               bar: tqdm, max_retries: int, max_in_flight: int) -> None:
+def _run_tasks(
+    pending: list[Unit],
+    source_cfg: SourceConfig,
+    cfg: DataConfig,
+    out_dir: Path,
+    bar: tqdm,
+    max_retries: int,
+    max_in_flight: int,
+) -> None:
     """Submit units (at most `max_in_flight` at once) and feed the bar as they complete."""
     task = ray.remote(num_cpus=1, max_retries=max_retries)(convert_unit)
     tracker = ray.remote(num_cpus=0)(ProgressTracker).remote()
@@ -165,7 +198,9 @@ def _run_tasks(pending: list[Unit], source_cfg: SourceConfig, cfg: DataConfig, o
         ready, _ = ray.wait(list(refs), num_returns=1, timeout=_PROGRESS_POLL_S)
         for ref in ready:
             unit, record = refs.pop(ref), ray.get(ref)
-            tracker.report.remote(unit.name, record["keys"], len(record["skipped"]), len(record["shards"]), True)
+            tracker.report.remote(
+                unit.name, record["keys"], len(record["skipped"]), len(record["shards"]), True
+            )
         samples, skipped, shards = ray.get(tracker.totals.remote())
         bar.update(start + samples - bar.n)  # live: tasks report after every sample
         bar.set_postfix(shards=shards, skipped=skipped)
@@ -183,12 +218,20 @@ def check_bad_fraction(manifest: dict[str, Any], dataset: str, split: str, max_b
     raise ShardingError(
         f"{dataset} {split}: {len(bad)} of {total} samples are bad "
         f"({(len(bad) / total if total else 1.0):.2%} > data.max_bad_fraction={max_bad:.2%}).\n"
-        + "\n".join(lines) + "\nEvery skipped key and its reason is in the unit records under "
-        "_state/units/; fix the inputs or raise data.max_bad_fraction, then re-run.")
+        + "\n".join(lines)
+        + "\nEvery skipped key and its reason is in the unit records under "
+        "_state/units/; fix the inputs or raise data.max_bad_fraction, then re-run."
+    )
 
 
-def run_sharding(source_cfg: SourceConfig, cfg: DataConfig, out_dir: Path, max_retries: int = 3,
-                 progress: bool = True, max_in_flight: int = 0) -> JobResult:
+def run_sharding(
+    source_cfg: SourceConfig,
+    cfg: DataConfig,
+    out_dir: Path,
+    max_retries: int = 3,
+    progress: bool = True,
+    max_in_flight: int = 0,
+) -> JobResult:
     """Shard one source into `out_dir` on the connected Ray cluster (resumable).
 
     `max_in_flight` caps concurrent tasks (0 = one per CPU of the cluster).
@@ -200,8 +243,13 @@ def run_sharding(source_cfg: SourceConfig, cfg: DataConfig, out_dir: Path, max_r
     check_source_record(out_dir, source_record(source_cfg, source, cfg, units))
     pending = [u for u in units if not unit_is_done(out_dir, u)]
     done_samples = sum(len(u.keys) for u in units) - sum(len(u.keys) for u in pending)
-    with tqdm(total=sum(len(u.keys) for u in units), initial=done_samples, unit="sample",
-              desc=f"{source.name} {source_cfg.split}", disable=not progress) as bar:
+    with tqdm(
+        total=sum(len(u.keys) for u in units),
+        initial=done_samples,
+        unit="sample",
+        desc=f"{source.name} {source_cfg.split}",
+        disable=not progress,
+    ) as bar:
         limit = max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
         _run_tasks(pending, source_cfg, cfg, out_dir, bar, max_retries, limit)
     manifest = write_manifest(out_dir)
@@ -217,6 +265,5 @@ def init_ray(address: str | None, workers: int) -> bool:
         ray.init(address=address, log_to_driver=False)
         return True
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep a local cluster on loopback
-    ray.init(num_cpus=workers, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False)
+    ray.init(num_cpus=workers, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     return True

@@ -107,7 +107,8 @@ def check_source_record(out_dir: Path, record: dict[str, Any]) -> None:
             raise ValueError(
                 f"{out_dir} already holds {record['dataset']} {record['split']} shards made with a "
                 f"different {', '.join(changed)}; use a new --out directory, or delete {path} "
-                f"and its shards to redo them")
+                f"and its shards to redo them"
+            )
         return
     write_json_atomic(path, record)
 
@@ -124,10 +125,12 @@ def source_units(out_dir: Path, record: dict[str, Any]) -> list[dict[str, Any] |
 def source_summary(out_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
     """A source's manifest entry, with totals over its finished units."""
     done = [u for u in source_units(out_dir, record) if u is not None]
-    return {**record,
-            "samples": sum(s["samples"] for u in done for s in u["shards"]),
-            "skipped": sum(len(u["skipped"]) for u in done),
-            "complete": len(done) == len(record["units"])}
+    return {
+        **record,
+        "samples": sum(s["samples"] for u in done for s in u["shards"]),
+        "skipped": sum(len(u["skipped"]) for u in done),
+        "complete": len(done) == len(record["units"]),
+    }
 
 
 def build_manifest(out_dir: Path) -> dict[str, Any]:

@@ -11,8 +11,9 @@ import argparse
 import sys
 import tarfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from hvdistill.data.schema import SchemaError, decode_sample
 from sharding.manifest import MANIFEST, read_json
@@ -89,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {p}", file=sys.stderr)
         return 1
     manifest = read_json(Path(args.dir) / MANIFEST)
-    print(f"hvdistill shard verify: OK, {manifest['samples']} samples in "
-          f"{len(manifest['shards'])} shards")
+    print(f"hvdistill shard verify: OK, {manifest['samples']} samples in {len(manifest['shards'])} shards")
     return 0
 
 

@@ -40,5 +40,7 @@ def test_config_show_typo_prints_nearest_key(capsys):
 
 
 def test_console_script_runs():
-    out = subprocess.run([sys.executable, "-m", "hvdistill.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "hvdistill.cli", "--help"], capture_output=True, text=True, check=True
+    )
     assert "config" in out.stdout

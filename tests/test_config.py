@@ -18,7 +18,12 @@ def test_defaults_are_the_published_recipe():
     cfg = Config()
     assert cfg.optim.lr == 0.5 and cfg.optim.momentum == 0.9 and cfg.optim.dampening == 0.1
     assert cfg.optim.weight_decay == 1e-4 and cfg.train.epochs == 50 and cfg.train.global_batch == 16
-    assert (cfg.loss.temperature, cfg.loss.weight_ipv, cfg.loss.weight_depth, cfg.loss.weight_bev) == (0.07, 1.0, 60.0, 0.25)
+    assert (cfg.loss.temperature, cfg.loss.weight_ipv, cfg.loss.weight_depth, cfg.loss.weight_bev) == (
+        0.07,
+        1.0,
+        60.0,
+        0.25,
+    )
     assert cfg.geometry.voxel_size == 0.1 and cfg.geometry.bev_size == 256 and cfg.geometry.depth_bins == 118
     assert cfg.data.superpixels.n_segments == 150 and cfg.model.lidar.encoder_blocks == [2, 3, 4, 6]
 
@@ -44,8 +49,10 @@ def test_unknown_keys_get_the_nearest_valid_name():
 
 
 def test_all_problems_are_reported_at_once_with_fixes():
-    problems, message = problems_of(DEMO, ["train.epochs=abc", "model.image.arch=resnet99",
-                                           "augment.hflip_p=true", "optim.lr=[1]", "nokey"])
+    problems, message = problems_of(
+        DEMO,
+        ["train.epochs=abc", "model.image.arch=resnet99", "augment.hflip_p=true", "optim.lr=[1]", "nokey"],
+    )
     assert len(problems) == 5
     assert "train.epochs" in message and "expected an integer" in message
     assert "resnet99" in message and "resnet50" in message
@@ -53,9 +60,16 @@ def test_all_problems_are_reported_at_once_with_fixes():
 
 
 def test_semantic_problems_name_the_key_and_the_fix():
-    problems, message = problems_of(DEMO, ["model.image.random_init=false", "train.global_batch=3",
-                                           "augment.hflip_p=1.5", "geometry.crop_width=417",
-                                           "augment.scale_range=[1.1, 0.9]"])
+    problems, message = problems_of(
+        DEMO,
+        [
+            "model.image.random_init=false",
+            "train.global_batch=3",
+            "augment.hflip_p=1.5",
+            "geometry.crop_width=417",
+            "augment.scale_range=[1.1, 0.9]",
+        ],
+    )
     assert "model.image.weights" in message and "random_init=true" in message
     assert "train.global_batch" in message and "augment.hflip_p" in message
     assert "geometry.crop_width" in message and "augment.scale_range" in message
@@ -72,8 +86,14 @@ def test_yaml_mistakes(tmp_path):
     assert "not valid YAML" in problems_of(str(broken))[1]
     assert "not found" in problems_of(str(tmp_path / "missing.yaml"))[1]
     sources = tmp_path / "c.yaml"
-    sources.write_text(yaml.safe_dump({"data": {"sources": [{"name": "waymo", "rooot": "x"}]},
-                                       "model": {"image": {"random_init": True}}}))
+    sources.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"sources": [{"name": "waymo", "rooot": "x"}]},
+                "model": {"image": {"random_init": True}},
+            }
+        )
+    )
     problems, _ = problems_of(str(sources))
     assert any("data.sources[0].name" in p or "waymo" in p for p in problems)
     assert any("rooot" in p and "root" in p for p in problems)
@@ -103,9 +123,21 @@ def test_scientific_notation_floats_in_overrides_and_yaml(tmp_path):
 
 
 def test_grid_and_augmentation_consistency_checks():
-    problems, message = problems_of(DEMO, ["geometry.depth_step=0.7", "augment.crop_max_tries=0",
-                                           "model.image.output_stride=8", "augment.crop_area=[0.0, 1.0]",
-                                           "data.stored_image_width=0"])
-    for key in ("geometry.depth_step", "augment.crop_max_tries", "model.image.output_stride",
-                "augment.crop_area", "data.stored_image_width"):
+    problems, message = problems_of(
+        DEMO,
+        [
+            "geometry.depth_step=0.7",
+            "augment.crop_max_tries=0",
+            "model.image.output_stride=8",
+            "augment.crop_area=[0.0, 1.0]",
+            "data.stored_image_width=0",
+        ],
+    )
+    for key in (
+        "geometry.depth_step",
+        "augment.crop_max_tries",
+        "model.image.output_stride",
+        "augment.crop_area",
+        "data.stored_image_width",
+    ):
         assert key in message

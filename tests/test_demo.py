@@ -8,10 +8,23 @@ from hvdistill.demo import main
 
 
 def test_demo_runs_every_stage(tmp_path, capsys):
-    rc = main(["--out", str(tmp_path), "--workers", "1", "--steps", "1",
-               "synth.scenes=2", "synth.frames_per_scene=1", "synth.image_width=320", "synth.image_height=180",
-               "data.stored_image_width=320", "data.stored_image_height=180",
-               "augment.min_pairs_per_camera=64"])
+    rc = main(
+        [
+            "--out",
+            str(tmp_path),
+            "--workers",
+            "1",
+            "--steps",
+            "1",
+            "synth.scenes=2",
+            "synth.frames_per_scene=1",
+            "synth.image_width=320",
+            "synth.image_height=180",
+            "data.stored_image_width=320",
+            "data.stored_image_height=180",
+            "augment.min_pairs_per_camera=64",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())

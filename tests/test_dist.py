@@ -3,7 +3,6 @@
 import os
 import socket
 
-import pytest
 import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
@@ -23,8 +22,7 @@ def init_gloo(rank: int, world: int, port: int) -> None:
     """A loopback gloo group for spawned test workers."""
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
-    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                             world_size=world)
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
 
 
 def test_no_process_group_is_the_identity():
@@ -53,9 +51,14 @@ def _gather_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     x = _rows(rank).requires_grad_()
     gathered = dist.all_gather_with_grad(x)
     (gathered * _weights(rank)).sum().backward()
-    torch.save({"gathered": gathered.detach(), "grad": x.grad, "sizes":
-                torch.tensor(dist.all_gather_sizes(x.shape[0]))},
-               os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save(
+        {
+            "gathered": gathered.detach(),
+            "grad": x.grad,
+            "sizes": torch.tensor(dist.all_gather_sizes(x.shape[0])),
+        },
+        os.path.join(out_dir, f"rank{rank}.pt"),
+    )
     dist.barrier()
     tdist.destroy_process_group()
 
@@ -70,4 +73,4 @@ def test_all_gather_with_grad_unequal_sizes(tmp_path):
         assert out["sizes"].tolist() == SIZES
         torch.testing.assert_close(out["gathered"], everything)
         start = sum(SIZES[:r])
-        torch.testing.assert_close(out["grad"], summed_weights[start:start + SIZES[r]])
+        torch.testing.assert_close(out["grad"], summed_weights[start : start + SIZES[r]])

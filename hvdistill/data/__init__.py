@@ -1,2 +1,1 @@
-"""Data: the typed sample, dataset sources, the synthetic world, shard schema and reader,
-augmentation and collate."""
+"""Data: the typed sample, dataset sources, shard schema and reader, augmentation and collate."""

@@ -23,7 +23,11 @@ import torch.nn.functional as F
 
 from hvdistill.config import AugmentConfig, GeometryConfig
 from hvdistill.data.sample import Sample
-from hvdistill.geometry.augmentation import image_augmentation_matrix, lidar_augmentation_matrix, transform_pixels
+from hvdistill.geometry.augmentation import (
+    image_augmentation_matrix,
+    lidar_augmentation_matrix,
+    transform_pixels,
+)
 
 
 @dataclass
@@ -40,7 +44,9 @@ class AugmentedSample:
     key: str = ""
 
 
-def augment_cloud(points: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def augment_cloud(
+    points: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Random flips, yaw, scale and translation; returns (augmented (N, 4), matrix (4, 4))."""
     if not cfg.enabled:
         return points.copy(), np.eye(4)
@@ -56,8 +62,9 @@ def augment_cloud(points: np.ndarray, cfg: AugmentConfig, rng: np.random.Generat
     return out, m
 
 
-def drop_cuboid(points: np.ndarray, pairs: np.ndarray, n_cam: int, cfg: AugmentConfig,
-                rng: np.random.Generator) -> np.ndarray:
+def drop_cuboid(
+    points: np.ndarray, pairs: np.ndarray, n_cam: int, cfg: AugmentConfig, rng: np.random.Generator
+) -> np.ndarray:
     """Boolean keep-mask (N,) of points outside a random cuboid; all-True if a camera would
     keep fewer than `min_pairs_per_camera` pairs (the augmentation is then rejected)."""
     keep = np.ones(len(points), dtype=bool)
@@ -75,7 +82,9 @@ def drop_cuboid(points: np.ndarray, pairs: np.ndarray, n_cam: int, cfg: AugmentC
     return ~inside
 
 
-def sample_crop_box(width: int, height: int, cfg: AugmentConfig, rng: np.random.Generator) -> tuple[int, int, int, int]:
+def sample_crop_box(
+    width: int, height: int, cfg: AugmentConfig, rng: np.random.Generator
+) -> tuple[int, int, int, int]:
     """A RandomResizedCrop box (x0, y0, w, h) in integer pixels (torchvision's sampling rule)."""
     area = width * height
     log_ratio = (math.log(cfg.crop_aspect[0]), math.log(cfg.crop_aspect[1]))
@@ -89,7 +98,9 @@ def sample_crop_box(width: int, height: int, cfg: AugmentConfig, rng: np.random.
     return 0, 0, width, height  # fallback: the whole image
 
 
-def _pairs_in_crop(uv: np.ndarray, matrix: np.ndarray, out_w: int, out_h: int) -> tuple[np.ndarray, np.ndarray]:
+def _pairs_in_crop(
+    uv: np.ndarray, matrix: np.ndarray, out_w: int, out_h: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Map (M, 2) uv through `matrix`; return (mapped uv, mask of those whose pixel is inside)."""
     uv2 = transform_pixels(matrix, uv)
     pix = np.floor(uv2 + 0.5)
@@ -97,8 +108,9 @@ def _pairs_in_crop(uv: np.ndarray, matrix: np.ndarray, out_w: int, out_h: int) -
     return uv2, inside
 
 
-def choose_crop(uv: np.ndarray, width: int, height: int, cfg: AugmentConfig, geo: GeometryConfig,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int, int], bool]:
+def choose_crop(
+    uv: np.ndarray, width: int, height: int, cfg: AugmentConfig, geo: GeometryConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int, int], bool]:
     """Resample crops until > min pairs or > min kept fraction survive; then maybe h-flip."""
     out = (geo.crop_width, geo.crop_height)
     if not cfg.enabled:
@@ -118,12 +130,20 @@ def choose_crop(uv: np.ndarray, width: int, height: int, cfg: AugmentConfig, geo
     return m, uv2, inside, box, flip
 
 
-def crop_resize(image: np.ndarray, superpixels: np.ndarray, box: tuple[int, int, int, int], out_w: int,
-                out_h: int, flip: bool) -> tuple[np.ndarray, np.ndarray]:
+def crop_resize(
+    image: np.ndarray,
+    superpixels: np.ndarray,
+    box: tuple[int, int, int, int],
+    out_w: int,
+    out_h: int,
+    flip: bool,
+) -> tuple[np.ndarray, np.ndarray]:
     """Bilinear image crop (3, out_h, out_w) in [0, 1] and nearest superpixel crop (out_h, out_w)."""
     x0, y0, w, h = box
     img = torch.from_numpy(np.ascontiguousarray(image[y0 : y0 + h, x0 : x0 + w])).permute(2, 0, 1)
-    img = F.interpolate(img[None].float() / 255.0, size=(out_h, out_w), mode="bilinear", align_corners=False)[0]
+    img = F.interpolate(img[None].float() / 255.0, size=(out_h, out_w), mode="bilinear", align_corners=False)[
+        0
+    ]
     sp = torch.from_numpy(superpixels[y0 : y0 + h, x0 : x0 + w].astype(np.float32))[None, None]
     sp = F.interpolate(sp, size=(out_h, out_w), mode="nearest-exact")[0, 0]
     if flip:
@@ -131,10 +151,14 @@ def crop_resize(image: np.ndarray, superpixels: np.ndarray, box: tuple[int, int,
     return img.clamp_(0.0, 1.0).numpy(), sp.numpy().astype(np.int64)
 
 
-def augment_sample(sample: Sample, cfg: AugmentConfig, geo: GeometryConfig, rng: np.random.Generator) -> AugmentedSample:
+def augment_sample(
+    sample: Sample, cfg: AugmentConfig, geo: GeometryConfig, rng: np.random.Generator
+) -> AugmentedSample:
     """Apply the whole joint augmentation to a prepared sample (pairs and superpixels present)."""
     if sample.pairs is None or any(c.superpixels is None for c in sample.cameras):
-        raise ValueError(f"sample {sample.key}: augmentation needs pairs and superpixels (run prepare_sample)")
+        raise ValueError(
+            f"sample {sample.key}: augmentation needs pairs and superpixels (run prepare_sample)"
+        )
     n_cam = len(sample.cameras)
     points, lidar_aug = augment_cloud(sample.points, cfg, rng)
     pairs = sample.pairs.astype(np.float64)

@@ -41,16 +41,25 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def compute_superpixels(image: np.ndarray, cfg: SuperpixelConfig) -> np.ndarray:
     """(H, W, 3) uint8 -> (H, W) int16 SLIC ids starting at cfg.start_label."""
-    ids = slic(image, n_segments=cfg.n_segments, compactness=cfg.compactness,
-               sigma=cfg.sigma, start_label=cfg.start_label, channel_axis=-1)
+    ids = slic(
+        image,
+        n_segments=cfg.n_segments,
+        compactness=cfg.compactness,
+        sigma=cfg.sigma,
+        start_label=cfg.start_label,
+        channel_axis=-1,
+    )
     if ids.size and int(ids.max()) > np.iinfo(np.int16).max:
-        raise ValueError(f"SLIC gave superpixel id {int(ids.max())} > {np.iinfo(np.int16).max}; "
-                         f"lower data.superpixels.n_segments")
+        raise ValueError(
+            f"SLIC gave superpixel id {int(ids.max())} > {np.iinfo(np.int16).max}; "
+            f"lower data.superpixels.n_segments"
+        )
     return ids.astype(np.int16)
 
 
-def compute_pairs(sample: Sample, stored_sizes: list[tuple[int, int]], min_depth: float = 1.0,
-                  border: float = 1.0) -> np.ndarray:
+def compute_pairs(
+    sample: Sample, stored_sizes: list[tuple[int, int]], min_depth: float = 1.0, border: float = 1.0
+) -> np.ndarray:
     """(M, 5) float32 point idx, camera idx, row v, col u (stored image), depth (m).
 
     Projection at each camera's full resolution with the devkit rule, then the whole-image
@@ -58,8 +67,15 @@ def compute_pairs(sample: Sample, stored_sizes: list[tuple[int, int]], min_depth
     """
     rows = []
     for i, cam in enumerate(sample.cameras):
-        proj = project_points(sample.points[:, :3], sample.lidar_to_camera(i), cam.intrinsics,
-                              cam.size[0], cam.size[1], min_depth=min_depth, border=border)
+        proj = project_points(
+            sample.points[:, :3],
+            sample.lidar_to_camera(i),
+            cam.intrinsics,
+            cam.size[0],
+            cam.size[1],
+            min_depth=min_depth,
+            border=border,
+        )
         uv = transform_pixels(resize_matrix(cam.size, stored_sizes[i]), proj.uv)  # (M_i, 2)
         block = np.empty((len(proj.index), 5), dtype=np.float64)
         block[:, 0] = proj.index
@@ -77,7 +93,8 @@ def prepare_camera(cam: CameraFrame, size: tuple[int, int], cfg: DataConfig) -> 
     """Resize one camera to `size`, rescale its K, and compute its superpixels."""
     image = resize_image(cam.image, size)  # (H', W', 3) uint8
     return dataclasses.replace(
-        cam, image=image,
+        cam,
+        image=image,
         intrinsics=resize_intrinsics(cam.intrinsics, cam.size, size),
         superpixels=compute_superpixels(image, cfg.superpixels),
     )
@@ -92,5 +109,6 @@ def prepare_sample(sample: Sample, cfg: DataConfig) -> Sample:
         sample,
         points=np.ascontiguousarray(sample.points, dtype=np.float32),
         labels=None if sample.labels is None else np.asarray(sample.labels, dtype=np.uint8),
-        cameras=cameras, pairs=pairs,
+        cameras=cameras,
+        pairs=pairs,
     )

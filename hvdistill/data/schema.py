@@ -65,7 +65,8 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     """(H, W, 3) uint8 RGB -> JPEG bytes (deterministic for the same input and quality)."""
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="RGB").save(
-        buf, format="JPEG", quality=int(quality))
+        buf, format="JPEG", quality=int(quality)
+    )
     return buf.getvalue()
 
 
@@ -73,8 +74,10 @@ def encode_superpixels(ids: np.ndarray) -> bytes:
     """(H, W) int superpixel ids (-1 = none) -> 8- or 16-bit grey PNG; -1 stored as the max."""
     ids = np.asarray(ids)
     if ids.size and int(ids.max()) > np.iinfo(np.int16).max:  # decoded as int16 (Sample)
-        raise SchemaError(f"superpixel id {int(ids.max())} exceeds {np.iinfo(np.int16).max}; "
-                          f"lower data.superpixels.n_segments")
+        raise SchemaError(
+            f"superpixel id {int(ids.max())} exceeds {np.iinfo(np.int16).max}; "
+            f"lower data.superpixels.n_segments"
+        )
     narrow = not ids.size or int(ids.max()) < np.iinfo(np.uint8).max
     dtype = np.uint8 if narrow else np.uint16
     stored = np.where(ids < 0, np.iinfo(dtype).max, ids).astype(dtype)
@@ -93,16 +96,22 @@ def _matrix(m: np.ndarray) -> list[list[float]]:
 
 def calibration_record(sample: Sample) -> dict[str, Any]:
     """The calib.json content of a sample (float64 values survive JSON exactly)."""
-    cameras = [{
-        "name": c.name,
-        "intrinsics": _matrix(c.intrinsics),
-        "cam_to_ego": _matrix(c.cam_to_ego),
-        "ego_to_global": _matrix(c.ego_to_global),
-        "width": c.size[0],
-        "height": c.size[1],
-    } for c in sample.cameras]
-    return {"lidar_to_ego": _matrix(sample.lidar_to_ego),
-            "ego_to_global": _matrix(sample.ego_to_global), "cameras": cameras}
+    cameras = [
+        {
+            "name": c.name,
+            "intrinsics": _matrix(c.intrinsics),
+            "cam_to_ego": _matrix(c.cam_to_ego),
+            "ego_to_global": _matrix(c.ego_to_global),
+            "width": c.size[0],
+            "height": c.size[1],
+        }
+        for c in sample.cameras
+    ]
+    return {
+        "lidar_to_ego": _matrix(sample.lidar_to_ego),
+        "ego_to_global": _matrix(sample.ego_to_global),
+        "cameras": cameras,
+    }
 
 
 def meta_record(sample: Sample) -> dict[str, Any]:
@@ -208,11 +217,13 @@ def _camera(record: dict[str, Any], i: int, calib: dict[str, Any], meta: dict[st
         if superpixels.shape != image.shape[:2]:
             raise SchemaError(f"{superpixel_member(i)}: shape {superpixels.shape} != image")
     return CameraFrame(
-        name=calib["name"], image=image,
+        name=calib["name"],
+        image=image,
         intrinsics=_array(calib["intrinsics"], (3, 3), f"cam{i} intrinsics"),
         cam_to_ego=_array(calib["cam_to_ego"], (4, 4), f"cam{i} cam_to_ego"),
         ego_to_global=_array(calib["ego_to_global"], (4, 4), f"cam{i} ego_to_global"),
-        timestamp=int(meta["camera_timestamps"][i]), token=str(meta["camera_tokens"][i]),
+        timestamp=int(meta["camera_timestamps"][i]),
+        token=str(meta["camera_tokens"][i]),
         superpixels=superpixels,
     )
 
@@ -239,9 +250,18 @@ def decode_sample(record: dict[str, Any]) -> Sample:
     if labels is not None and len(labels) != len(points):
         raise SchemaError(f"{len(labels)} labels for {len(points)} points")
     pairs = decode_npy(record[PAIRS], np.float32, 2, columns=5) if PAIRS in record else None
-    return Sample(key=key, dataset=dataset, points=points, lidar_to_ego=lidar_to_ego,
-                  ego_to_global=ego_to_global, cameras=cameras, labels=labels,
-                  timestamp=timestamp, pairs=pairs, meta=meta.get("meta", {}))
+    return Sample(
+        key=key,
+        dataset=dataset,
+        points=points,
+        lidar_to_ego=lidar_to_ego,
+        ego_to_global=ego_to_global,
+        cameras=cameras,
+        labels=labels,
+        timestamp=timestamp,
+        pairs=pairs,
+        meta=meta.get("meta", {}),
+    )
 
 
 def camera_members(record: dict[str, Any]) -> list[int]:

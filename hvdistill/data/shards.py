@@ -48,12 +48,19 @@ def _manifest_shards(path: Path, splits: list[str]) -> tuple[dict[str, list[str]
     with open(path, encoding="utf-8") as f:
         manifest = json.load(f)
     if manifest.get("schema") != SCHEMA_VERSION:
-        raise SchemaError(f"{path}: shard schema {manifest.get('schema')!r} is not this reader's "
-                          f"{SCHEMA_VERSION!r}; re-shard the data with this version")
+        raise SchemaError(
+            f"{path}: shard schema {manifest.get('schema')!r} is not this reader's "
+            f"{SCHEMA_VERSION!r}; re-shard the data with this version"
+        )
     for source in manifest.get("sources", []):
         if not source.get("complete", True) and source.get("split") in splits:
-            log.warning("%s: %s %s was not completely sharded (an interrupted job?); re-run "
-                        "`hvdistill shard` to finish it", path, source.get("dataset"), source.get("split"))
+            log.warning(
+                "%s: %s %s was not completely sharded (an interrupted job?); re-run "
+                "`hvdistill shard` to finish it",
+                path,
+                source.get("dataset"),
+                source.get("split"),
+            )
     urls: dict[str, list[str]] = {}
     counts: dict[str, int] = {}
     for shard in manifest["shards"]:
@@ -64,7 +71,9 @@ def _manifest_shards(path: Path, splits: list[str]) -> tuple[dict[str, list[str]
     return urls, counts
 
 
-def resolve_shards(paths: list[str], splits: list[str] | None = None) -> tuple[dict[str, list[str]], dict[str, int]]:
+def resolve_shards(
+    paths: list[str], splits: list[str] | None = None
+) -> tuple[dict[str, list[str]], dict[str, int]]:
     """({dataset: shard paths}, {dataset: samples}) from manifests, shard dirs or .tar paths.
 
     Bare .tar paths carry no manifest; they are grouped under their dataset name prefix and
@@ -103,8 +112,15 @@ def _worker() -> tuple[int, int]:
 class ShardDataset(IterableDataset):
     """IterableDataset of decoded `Sample`s; see the module docstring for the modes."""
 
-    def __init__(self, urls: dict[str, list[str]], counts: dict[str, int], cfg: DataConfig,
-                 rank: int, world_size: int, seed: int = 0):
+    def __init__(
+        self,
+        urls: dict[str, list[str]],
+        counts: dict[str, int],
+        cfg: DataConfig,
+        rank: int,
+        world_size: int,
+        seed: int = 0,
+    ):
         super().__init__()
         if not any(urls.values()):
             raise ValueError("no shards given; set data.shards to a shard dir or manifest.json")
@@ -114,8 +130,7 @@ class ShardDataset(IterableDataset):
         self._failures_in_a_row = 0  # per worker process (each holds its own copy)
         weights = {s.name: s.weight for s in cfg.sources}
         self.weights = {d: float(weights.get(d, 1.0)) for d in urls}
-        self._counters = {k: multiprocessing.Value("q", 0)
-                          for k in ("samples", "bad_samples", "bad_shards")}
+        self._counters = {k: multiprocessing.Value("q", 0) for k in ("samples", "bad_samples", "bad_shards")}
 
     # ---- metrics ----
     def _count(self, name: str) -> None:
@@ -144,9 +159,11 @@ class ShardDataset(IterableDataset):
     def _check_failures(self) -> None:
         """Fail loudly when nothing decodes any more (resampling would otherwise spin forever)."""
         if self._failures_in_a_row > self.cfg.max_consecutive_bad:
-            raise RuntimeError(f"{self._failures_in_a_row} unreadable shards or bad samples in a row; "
-                               f"see the warnings above (data.max_consecutive_bad="
-                               f"{self.cfg.max_consecutive_bad})")
+            raise RuntimeError(
+                f"{self._failures_in_a_row} unreadable shards or bad samples in a row; "
+                f"see the warnings above (data.max_consecutive_bad="
+                f"{self.cfg.max_consecutive_bad})"
+            )
 
     def _decode(self, records: Iterator[dict[str, Any]]) -> Iterator[Sample]:
         for record in records:
@@ -155,8 +172,9 @@ class ShardDataset(IterableDataset):
             except SchemaError as e:
                 self._count("bad_samples")
                 self._failures_in_a_row += 1
-                log.warning("skipping bad sample %s in %s: %s",
-                            record.get("__key__"), record.get("__url__"), e)
+                log.warning(
+                    "skipping bad sample %s in %s: %s", record.get("__key__"), record.get("__url__"), e
+                )
                 self._check_failures()
                 continue
             self._failures_in_a_row = 0
@@ -172,15 +190,16 @@ class ShardDataset(IterableDataset):
         src = ({"url": u} for u in shard_urls)
         records = wds.tarfile_to_samples(handler=self._shard_error)(src)
         if self.cfg.shuffle_buffer > 1:
-            records = wds.shuffle(self.cfg.shuffle_buffer, initial=self.cfg.shuffle_buffer,
-                                  rng=self._rng(worker, "shuffle"))(records)
+            records = wds.shuffle(
+                self.cfg.shuffle_buffer, initial=self.cfg.shuffle_buffer, rng=self._rng(worker, "shuffle")
+            )(records)
         return self._decode(records)
 
     def _epoch_shards(self, worker: int, workers: int) -> list[str]:
         """This rank's and worker's shards of one pass: a partition of all shards."""
         shards = sorted(u for urls in self.urls.values() for u in urls)
         random.Random(self.seed * _SEED_STRIDE + self.epoch).shuffle(shards)  # same on all ranks
-        return shards[self.rank::self.world_size][worker::workers]
+        return shards[self.rank :: self.world_size][worker::workers]
 
     def _resampled(self, dataset: str, worker: int) -> Iterator[str]:
         rng, urls = self._rng(worker, f"shards:{dataset}"), sorted(self.urls[dataset])
@@ -191,9 +210,11 @@ class ShardDataset(IterableDataset):
         if self.cfg.epoch_samples > 0:
             return self.cfg.epoch_samples
         if not self.counts:
-            raise ValueError("data.epoch_samples: the sample count of these shards is unknown (bare "
-                             ".tar paths carry no manifest); give the shard directory or its "
-                             "manifest.json, or set data.epoch_samples=<samples per rank per epoch>")
+            raise ValueError(
+                "data.epoch_samples: the sample count of these shards is unknown (bare "
+                ".tar paths carry no manifest); give the shard directory or its "
+                "manifest.json, or set data.epoch_samples=<samples per rank per epoch>"
+            )
         return max(1, sum(self.counts.values()) // self.world_size)
 
     def _mixed(self, worker: int) -> Iterator[Sample]:
@@ -215,13 +236,20 @@ class ShardDataset(IterableDataset):
             yield sample
 
 
-def build_shard_dataset(cfg: DataConfig, rank: int | None = None, world_size: int | None = None,
-                        seed: int = 0, shards: list[str] | None = None) -> ShardDataset:
+def build_shard_dataset(
+    cfg: DataConfig,
+    rank: int | None = None,
+    world_size: int | None = None,
+    seed: int = 0,
+    shards: list[str] | None = None,
+) -> ShardDataset:
     """The training stream of `cfg.data.shards` (or `shards`) for this rank."""
     urls, counts = resolve_shards(list(shards if shards is not None else cfg.shards), cfg.shard_splits)
     if not urls:
-        raise ValueError(f"data.shards: no shards of split(s) {cfg.shard_splits} in {shards or cfg.shards}; "
-                         f"check the paths or data.shard_splits")
+        raise ValueError(
+            f"data.shards: no shards of split(s) {cfg.shard_splits} in {shards or cfg.shards}; "
+            f"check the paths or data.shard_splits"
+        )
     if rank is None or world_size is None:
         rank, world_size = distributed_rank_world()
     if not 0 <= rank < world_size:

@@ -41,11 +41,13 @@ def image_augmentation_matrix(
     x0, y0, w, h = (float(c) for c in crop_box)
     out_w, out_h = out_size
     sx, sy = out_w / w, out_h / h
-    a = np.array([
-        [sx, 0.0, (0.5 - x0) * sx - 0.5],
-        [0.0, sy, (0.5 - y0) * sy - 0.5],
-        [0.0, 0.0, 1.0],
-    ])
+    a = np.array(
+        [
+            [sx, 0.0, (0.5 - x0) * sx - 0.5],
+            [0.0, sy, (0.5 - y0) * sy - 0.5],
+            [0.0, 0.0, 1.0],
+        ]
+    )
     if flip:
         a = np.array([[-1.0, 0.0, out_w - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) @ a
     return a
@@ -62,6 +64,8 @@ def transform_pixels(matrix: np.ndarray, uv: np.ndarray) -> np.ndarray:
     return uv @ m[:2, :2].T + m[:2, 2]
 
 
-def resize_intrinsics(intrinsics: np.ndarray, src_size: tuple[int, int], dst_size: tuple[int, int]) -> np.ndarray:
+def resize_intrinsics(
+    intrinsics: np.ndarray, src_size: tuple[int, int], dst_size: tuple[int, int]
+) -> np.ndarray:
     """K of an image resized from (W, H) to (W', H'): K' = R @ K (R from `resize_matrix`)."""
     return resize_matrix(src_size, dst_size) @ np.asarray(intrinsics, dtype=np.float64)

@@ -21,10 +21,11 @@ class BEVGrid:
     size: int = 256
 
     @classmethod
-    def from_config(cls, geometry) -> "BEVGrid":
+    def from_config(cls, geometry) -> BEVGrid:
         """Build from a GeometryConfig (its point_range gives the origin)."""
-        return cls(geometry.point_range[0], geometry.point_range[1], geometry.bev_resolution,
-                   geometry.bev_size)
+        return cls(
+            geometry.point_range[0], geometry.point_range[1], geometry.bev_resolution, geometry.bev_size
+        )
 
     @property
     def num_cells(self) -> int:

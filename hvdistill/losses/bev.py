@@ -46,15 +46,18 @@ def bev_keys(image_bev: torch.Tensor, flat_index: torch.Tensor, bev_size: int) -
     if image_bev.dim() == 2:
         return image_bev[flat_index]
     if image_bev.dim() != 4 or image_bev.shape[-1] != bev_size or image_bev.shape[-2] != bev_size:
-        raise ValueError(f"image BEV of shape {tuple(image_bev.shape)}: expected (B, C, "
-                         f"{bev_size}, {bev_size}) or a flat (B * {bev_size}^2, C) table")
+        raise ValueError(
+            f"image BEV of shape {tuple(image_bev.shape)}: expected (B, C, "
+            f"{bev_size}, {bev_size}) or a flat (B * {bev_size}^2, C) table"
+        )
     cells = bev_size * bev_size
     sample, rem = flat_index // cells, flat_index % cells
     return image_bev[sample, :, rem // bev_size, rem % bev_size]  # (K, C)
 
 
-def subsample_anchors(sample: torch.Tensor, max_per_sample: int,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+def subsample_anchors(
+    sample: torch.Tensor, max_per_sample: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """(K',) ascending indices keeping at most `max_per_sample` anchors of each sample, at random.
 
     sample (K,) int64 sample of each anchor. Vectorised: anchors are ordered by (sample, random
@@ -72,11 +75,16 @@ def subsample_anchors(sample: torch.Tensor, max_per_sample: int,
     return torch.sort(order[rank_in_sample < max_per_sample]).values
 
 
-def bev_loss(lidar_features: torch.Tensor, lidar_indices: torch.Tensor,
-             image_bev: torch.Tensor, contrast: InfoNCE, bev_size: int,
-             max_anchors_per_sample: int = 0,
-             generator: torch.Generator | None = None,
-             image_occupied: torch.Tensor | None = None) -> BEVLossResult:
+def bev_loss(
+    lidar_features: torch.Tensor,
+    lidar_indices: torch.Tensor,
+    image_bev: torch.Tensor,
+    contrast: InfoNCE,
+    bev_size: int,
+    max_anchors_per_sample: int = 0,
+    generator: torch.Generator | None = None,
+    image_occupied: torch.Tensor | None = None,
+) -> BEVLossResult:
     """InfoNCE of LiDAR BEV cells (K, C) against the image BEV features at the same cells."""
     flat = flat_cell_index(lidar_indices, bev_size)  # (K,)
     if image_occupied is not None:

@@ -27,8 +27,15 @@ from hvdistill import dist
 from hvdistill.geometry.frustum import depth_to_bin
 
 
-def depth_targets(pair_image: torch.Tensor, pair_uv: torch.Tensor, pair_depth: torch.Tensor,
-                  num_images: int, grid_height: int, grid_width: int, pool: int) -> torch.Tensor:
+def depth_targets(
+    pair_image: torch.Tensor,
+    pair_uv: torch.Tensor,
+    pair_depth: torch.Tensor,
+    num_images: int,
+    grid_height: int,
+    grid_width: int,
+    pool: int,
+) -> torch.Tensor:
     """(N_img, Hf, Wf) float32 minimum non-zero pair depth per pool x pool patch; 0 = none.
 
     pair_image (Q,), pair_uv (Q, 2) (u = column, v = row, crop pixels), pair_depth (Q,) metres.
@@ -50,9 +57,14 @@ class DepthLossResult:
     num_cells: int  # valid cells on this rank
 
 
-def depth_loss(depth_logits: torch.Tensor, targets: torch.Tensor, depth_min: float,
-               depth_max: float, depth_step: float,
-               reduction: str = "cells_x_bins") -> DepthLossResult:
+def depth_loss(
+    depth_logits: torch.Tensor,
+    targets: torch.Tensor,
+    depth_min: float,
+    depth_max: float,
+    depth_step: float,
+    reduction: str = "cells_x_bins",
+) -> DepthLossResult:
     """BCE of softmax(depth_logits (N, D, Hf, Wf)) against one-hot bins of targets (N, Hf, Wf).
 
     Collective with a process group (the valid-cell count is summed over ranks).
@@ -62,9 +74,11 @@ def depth_loss(depth_logits: torch.Tensor, targets: torch.Tensor, depth_min: flo
     n_bins = depth_logits.shape[1]
     expected = int(round((depth_max - depth_min) / depth_step))
     if n_bins != expected:
-        raise ValueError(f"depth logits have {n_bins} bins but [{depth_min}, {depth_max}) in "
-                         f"{depth_step} m steps gives {expected}; make the depth net and "
-                         "geometry.depth_* agree")
+        raise ValueError(
+            f"depth logits have {n_bins} bins but [{depth_min}, {depth_max}) in "
+            f"{depth_step} m steps gives {expected}; make the depth net and "
+            "geometry.depth_* agree"
+        )
     bins = depth_to_bin(targets, depth_min, depth_max, depth_step)  # (N, Hf, Wf)
     valid = (targets > 0) & (bins >= 0)  # (N, Hf, Wf)
     with torch.autocast(device_type=depth_logits.device.type, enabled=False):

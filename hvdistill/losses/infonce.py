@@ -64,7 +64,7 @@ class KeyQueue(nn.Module):
 def _tile_lse(qs: torch.Tensor, keys: torch.Tensor, tile: int, lse: torch.Tensor) -> torch.Tensor:
     """Fold the log-sum-exp of qs @ keys.T, `tile` columns at a time, into `lse` (n,)."""
     for start in range(0, keys.shape[0], tile):
-        logits = torch.mm(qs, keys[start:start + tile].t())  # (n, T)
+        logits = torch.mm(qs, keys[start : start + tile].t())  # (n, T)
         peak = logits.amax(dim=1)  # (n,)
         total = logits.sub_(peak[:, None]).exp_().sum(dim=1)  # (n,)
         del logits  # free this tile before the next one is allocated
@@ -72,15 +72,21 @@ def _tile_lse(qs: torch.Tensor, keys: torch.Tensor, tile: int, lse: torch.Tensor
     return lse
 
 
-def _tile_grads(qs: torch.Tensor, keys: torch.Tensor, lse: torch.Tensor, tile: int,
-                grad_qs: torch.Tensor, grad_keys: torch.Tensor | None) -> None:
+def _tile_grads(
+    qs: torch.Tensor,
+    keys: torch.Tensor,
+    lse: torch.Tensor,
+    tile: int,
+    grad_qs: torch.Tensor,
+    grad_keys: torch.Tensor | None,
+) -> None:
     """Accumulate softmax @ keys into grad_qs and softmax.T @ qs into grad_keys, per tile."""
     for start in range(0, keys.shape[0], tile):
-        k_tile = keys[start:start + tile]  # (T, d)
+        k_tile = keys[start : start + tile]  # (T, d)
         prob = torch.mm(qs, k_tile.t()).sub_(lse[:, None]).exp_()  # (n, T) softmax entries
         grad_qs.addmm_(prob, k_tile)
         if grad_keys is not None:
-            torch.mm(prob.t(), qs, out=grad_keys[start:start + tile])
+            torch.mm(prob.t(), qs, out=grad_keys[start : start + tile])
         del prob  # free this tile before the next one is allocated
 
 
@@ -120,9 +126,15 @@ class _TiledInfoNCE(torch.autograd.Function):
         return grad_q, grad_keys, None, None, None, None, None
 
 
-def infonce_sum(anchors: torch.Tensor, keys: torch.Tensor, positives: torch.Tensor,
-                temperature: float, tile_size: int = 0, extra_keys: torch.Tensor | None = None,
-                normaliser: float = 1.0) -> torch.Tensor:
+def infonce_sum(
+    anchors: torch.Tensor,
+    keys: torch.Tensor,
+    positives: torch.Tensor,
+    temperature: float,
+    tile_size: int = 0,
+    extra_keys: torch.Tensor | None = None,
+    normaliser: float = 1.0,
+) -> torch.Tensor:
     """sum_i CE(row i, target positives[i]) / normaliser over columns [keys; extra_keys].
 
     anchors (n, d), keys (N, d), positives (n,) int64 column of each row's key, extra_keys
@@ -132,8 +144,7 @@ def infonce_sum(anchors: torch.Tensor, keys: torch.Tensor, positives: torch.Tens
     """
     extra = keys.new_zeros((0, keys.shape[1])) if extra_keys is None else extra_keys.detach()
     if tile_size > 0:
-        return _TiledInfoNCE.apply(anchors, keys, extra, positives, temperature, tile_size,
-                                   float(normaliser))
+        return _TiledInfoNCE.apply(anchors, keys, extra, positives, temperature, tile_size, float(normaliser))
     with torch.autocast(device_type=anchors.device.type, enabled=False):
         columns = torch.cat([keys.float(), extra.float()], dim=0)  # (N + M, d)
         logits = torch.mm(anchors.float(), columns.t()) / temperature  # (n, N + M)
@@ -147,16 +158,24 @@ class ContrastResult:
     num_rows: int  # rows over all ranks
 
 
-def contrast(anchors: torch.Tensor, keys: torch.Tensor, temperature: float, tile_size: int = 0,
-             gather: bool = True, extra_keys: torch.Tensor | None = None) -> ContrastResult:
+def contrast(
+    anchors: torch.Tensor,
+    keys: torch.Tensor,
+    temperature: float,
+    tile_size: int = 0,
+    gather: bool = True,
+    extra_keys: torch.Tensor | None = None,
+) -> ContrastResult:
     """InfoNCE of matched (n, d) anchors and keys (row i's positive is key i).
 
     With `gather` and a process group, keys of every rank are gathered with gradients and this
     rank's rows are scored against all of them. Collective: every rank must call it.
     """
     if anchors.shape[0] != keys.shape[0]:
-        raise ValueError(f"contrast: {anchors.shape[0]} anchors but {keys.shape[0]} keys; "
-                         "row i of each must be a matched pair")
+        raise ValueError(
+            f"contrast: {anchors.shape[0]} anchors but {keys.shape[0]} keys; "
+            "row i of each must be a matched pair"
+        )
     sizes = dist.all_gather_sizes(anchors.shape[0], anchors.device)
     num_rows = sum(sizes)
     offset = 0
@@ -164,16 +183,16 @@ def contrast(anchors: torch.Tensor, keys: torch.Tensor, temperature: float, tile
         keys = dist.all_gather_with_grad(keys, sizes)
         offset = sum(sizes[: dist.rank()])
     positives = offset + torch.arange(anchors.shape[0], device=anchors.device)  # (n,)
-    loss = infonce_sum(anchors, keys, positives, temperature, tile_size, extra_keys,
-                       normaliser=max(num_rows, 1))
+    loss = infonce_sum(
+        anchors, keys, positives, temperature, tile_size, extra_keys, normaliser=max(num_rows, 1)
+    )
     return ContrastResult(loss=loss, keys=keys.detach(), num_rows=num_rows)
 
 
 class InfoNCE(nn.Module):
     """The configured contrastive loss: temperature, tiling, gathering and an optional queue."""
 
-    def __init__(self, temperature: float, tile_size: int, gather: bool, queue_size: int,
-                 dim: int) -> None:
+    def __init__(self, temperature: float, tile_size: int, gather: bool, queue_size: int, dim: int) -> None:
         super().__init__()
         self.temperature, self.tile_size, self.gather = temperature, tile_size, gather
         self.queue = KeyQueue(queue_size, dim) if queue_size > 0 else None
@@ -192,5 +211,6 @@ class InfoNCE(nn.Module):
 
 def build_infonce(loss_cfg, dim: int) -> InfoNCE:
     """InfoNCE from a LossConfig and the feature dimension (ModelConfig.feature_dim)."""
-    return InfoNCE(loss_cfg.temperature, loss_cfg.tile_size, loss_cfg.gather_across_ranks,
-                   loss_cfg.queue_size, dim)
+    return InfoNCE(
+        loss_cfg.temperature, loss_cfg.tile_size, loss_cfg.gather_across_ranks, loss_cfg.queue_size, dim
+    )

@@ -30,8 +30,9 @@ class PooledSuperpixels:
     ids: torch.Tensor  # (S,) int64 superpixel id of each row, ascending
 
 
-def pair_superpixel_ids(superpixels: torch.Tensor, pair_image: torch.Tensor,
-                        pair_uv: torch.Tensor) -> torch.Tensor:
+def pair_superpixel_ids(
+    superpixels: torch.Tensor, pair_image: torch.Tensor, pair_uv: torch.Tensor
+) -> torch.Tensor:
     """(Q,) int64 superpixel id under each pair's pixel; -1 where there is none.
 
     superpixels (N_img, H, W); pair_uv (Q, 2) sub-pixel (u = column, v = row) with pixel
@@ -63,9 +64,13 @@ def _pool_pixels(image_features: torch.Tensor, slots: torch.Tensor, n_slots: int
     return sums.sum(dim=0)[:, :n_slots].t()  # (S, C)
 
 
-def pool_superpixels(point_features: torch.Tensor, pair_superpixel: torch.Tensor,
-                     image_features: torch.Tensor, superpixels: torch.Tensor,
-                     normalize: bool = True) -> PooledSuperpixels:
+def pool_superpixels(
+    point_features: torch.Tensor,
+    pair_superpixel: torch.Tensor,
+    image_features: torch.Tensor,
+    superpixels: torch.Tensor,
+    normalize: bool = True,
+) -> PooledSuperpixels:
     """Matched superpoint / superpixel features of every superpixel with a paired point.
 
     point_features (Q, C): the 3D feature of each pair's point; pair_superpixel (Q,) its

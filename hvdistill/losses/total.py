@@ -66,8 +66,13 @@ class LossTerms:
 class HybridViewLoss(nn.Module):
     """IPV + depth + BEV with large negative pools; see the module docstring."""
 
-    def __init__(self, loss_cfg: LossConfig, geometry_cfg: GeometryConfig,
-                 feature_dim: int = ModelConfig.feature_dim, seed: int = 0) -> None:
+    def __init__(
+        self,
+        loss_cfg: LossConfig,
+        geometry_cfg: GeometryConfig,
+        feature_dim: int = ModelConfig.feature_dim,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.loss_cfg, self.geometry_cfg = loss_cfg, geometry_cfg
         self.ipv_contrast = build_infonce(loss_cfg, feature_dim)
@@ -86,8 +91,13 @@ class HybridViewLoss(nn.Module):
         return self.loss_cfg.weight_bev != 0 and epoch >= self.loss_cfg.bev_start_epoch
 
     def _ipv(self, x: LossInputs) -> tuple[torch.Tensor, int]:
-        pooled = pool_superpixels(x.pair_point_features, x.pair_superpixel, x.image_features,
-                                  x.superpixels, normalize=self.loss_cfg.renormalize_pooled)
+        pooled = pool_superpixels(
+            x.pair_point_features,
+            x.pair_superpixel,
+            x.image_features,
+            x.superpixels,
+            normalize=self.loss_cfg.renormalize_pooled,
+        )
         result = self.ipv_contrast(pooled.superpoints, pooled.superpixels)
         return result.loss, pooled.ids.numel()
 
@@ -95,20 +105,31 @@ class HybridViewLoss(nn.Module):
         if x.pair_image is None or x.pair_uv is None or x.pair_depth is None:
             raise ValueError("depth loss needs pair_image, pair_uv and pair_depth in LossInputs")
         n_img, _, grid_h, grid_w = x.depth_logits.shape
-        targets = depth_targets(x.pair_image, x.pair_uv, x.pair_depth, n_img, grid_h, grid_w,
-                                self.loss_cfg.depth_target_pool)  # (N_img, Hf, Wf)
+        targets = depth_targets(
+            x.pair_image, x.pair_uv, x.pair_depth, n_img, grid_h, grid_w, self.loss_cfg.depth_target_pool
+        )  # (N_img, Hf, Wf)
         g = self.geometry_cfg
-        result = depth_loss(x.depth_logits, targets, g.depth_min, g.depth_max, g.depth_step,
-                            self.loss_cfg.depth_reduction)
+        result = depth_loss(
+            x.depth_logits, targets, g.depth_min, g.depth_max, g.depth_step, self.loss_cfg.depth_reduction
+        )
         return result.loss, result.num_cells
 
     def _bev(self, x: LossInputs) -> tuple[torch.Tensor, int]:
         if x.lidar_bev_features is None or x.lidar_bev_indices is None or x.image_bev is None:
-            raise ValueError("the BEV term is active (epoch >= loss.bev_start_epoch) but "
-                             "LossInputs lacks lidar_bev_features / lidar_bev_indices / image_bev")
-        result = bev_loss(x.lidar_bev_features, x.lidar_bev_indices, x.image_bev,
-                          self.bev_contrast, self.geometry_cfg.bev_size,
-                          self.loss_cfg.max_bev_anchors, self._generator(), x.image_bev_occupied)
+            raise ValueError(
+                "the BEV term is active (epoch >= loss.bev_start_epoch) but "
+                "LossInputs lacks lidar_bev_features / lidar_bev_indices / image_bev"
+            )
+        result = bev_loss(
+            x.lidar_bev_features,
+            x.lidar_bev_indices,
+            x.image_bev,
+            self.bev_contrast,
+            self.geometry_cfg.bev_size,
+            self.loss_cfg.max_bev_anchors,
+            self._generator(),
+            x.image_bev_occupied,
+        )
         return result.loss, result.num_anchors
 
     def forward(self, inputs: LossInputs, epoch: int) -> LossTerms:

@@ -63,8 +63,16 @@ class Distiller(nn.Module):
         )
         if self.lift is not None:
             image_batch = batch.image_sample  # (N,)
-            lifted = self.lift(image.head, batch.intrinsics, batch.camera_to_lidar, batch.image_aug,
-                               batch.lidar_aug[image_batch], image_batch, batch.batch_size, with_bev)
+            lifted = self.lift(
+                image.head,
+                batch.intrinsics,
+                batch.camera_to_lidar,
+                batch.image_aug,
+                batch.lidar_aug[image_batch],
+                image_batch,
+                batch.batch_size,
+                with_bev,
+            )
             inputs.depth_logits = lifted.depth_logits  # (N, D, Hf, Wf)
             inputs.image_bev = lifted.bev  # (B * S * S, 64)
             inputs.image_bev_occupied = lifted.occupied  # (B * S * S,) bool
@@ -77,7 +85,9 @@ class Distiller(nn.Module):
             ParameterGroup("image_head", [p for p in self.teacher.head.parameters() if p.requires_grad]),
         ]
         if self.lift is not None:
-            groups.append(ParameterGroup("depth_lift", [p for p in self.lift.parameters() if p.requires_grad]))
+            groups.append(
+                ParameterGroup("depth_lift", [p for p in self.lift.parameters() if p.requires_grad])
+            )
         return groups
 
     def frozen_parameters(self) -> list[nn.Parameter]:

@@ -67,8 +67,10 @@ def test_samples_with_different_camera_counts_keep_pairs_on_their_images():
     geo_aug = AugmentConfig()
     one_cam = make_sample(1)
     one_cam = replace(one_cam, cameras=one_cam.cameras[:1], pairs=one_cam.pairs[one_cam.pairs[:, 1] == 0])
-    augs = [augment_sample(s, geo_aug, GEO, np.random.default_rng(i))
-            for i, s in enumerate((make_sample(0), one_cam, make_sample(2)))]
+    augs = [
+        augment_sample(s, geo_aug, GEO, np.random.default_rng(i))
+        for i, s in enumerate((make_sample(0), one_cam, make_sample(2)))
+    ]
     b = collate(augs, GEO)
     assert b.images.shape[0] == 5 and b.image_sample.tolist() == [0, 0, 1, 2, 2]
     assert torch.equal(b.image_sample[b.pair_image], b.point_batch[b.pair_point])

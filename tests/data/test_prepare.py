@@ -15,8 +15,14 @@ CAM_ROTATION = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
 
 def make_sample(width: int = 320, height: int = 180, n_points: int = 3000, seed: int = 0) -> Sample:
     rng = np.random.default_rng(seed)
-    points = np.column_stack([rng.uniform(-5, 40, n_points), rng.uniform(-15, 15, n_points),
-                              rng.uniform(-2, 2, n_points), rng.uniform(0, 1, n_points)])
+    points = np.column_stack(
+        [
+            rng.uniform(-5, 40, n_points),
+            rng.uniform(-15, 15, n_points),
+            rng.uniform(-2, 2, n_points),
+            rng.uniform(0, 1, n_points),
+        ]
+    )
     yy, xx = np.mgrid[0:height, 0:width]
     image = np.stack([xx * 255 // width, yy * 255 // height, (xx // 40 + yy // 40) % 2 * 200], -1)
     k = np.array([[width * 0.8, 0, width / 2], [0, width * 0.8, height / 2], [0, 0, 1.0]])
@@ -30,9 +36,17 @@ def make_sample(width: int = 320, height: int = 180, n_points: int = 3000, seed:
     pose_cam = pose.copy()
     pose_cam[0, 3] += 0.2  # the ego moved between the LiDAR and camera timestamps
     cam = CameraFrame("CAM_FRONT", image.astype(np.uint8), k, cam_to_ego, pose_cam, 1_000_020, "tok")
-    return Sample("abc123", "nuscenes", points.astype(np.float32), lidar_to_ego, pose, [cam],
-                  labels=rng.integers(0, 17, n_points).astype(np.uint8), timestamp=1_000_000,
-                  meta={"scene": "scene-0001"})
+    return Sample(
+        "abc123",
+        "nuscenes",
+        points.astype(np.float32),
+        lidar_to_ego,
+        pose,
+        [cam],
+        labels=rng.integers(0, 17, n_points).astype(np.uint8),
+        timestamp=1_000_000,
+        meta={"scene": "scene-0001"},
+    )
 
 
 def test_stored_size_keeps_aspect_and_never_enlarges():
@@ -48,8 +62,9 @@ def test_prepare_resizes_image_and_intrinsics():
     out = prepare_sample(sample, cfg)
     cam = out.cameras[0]
     assert cam.image.shape == (180, 320, 3) and cam.image.dtype == np.uint8
-    np.testing.assert_allclose(cam.intrinsics, resize_intrinsics(sample.cameras[0].intrinsics,
-                                                                 (640, 360), (320, 180)))
+    np.testing.assert_allclose(
+        cam.intrinsics, resize_intrinsics(sample.cameras[0].intrinsics, (640, 360), (320, 180))
+    )
     assert cam.intrinsics[0, 0] == pytest.approx(sample.cameras[0].intrinsics[0, 0] / 2)
     assert sample.cameras[0].image.shape == (360, 640, 3)  # input untouched
 
@@ -66,8 +81,9 @@ def test_pairs_follow_full_resolution_projection_in_stored_pixels():
     np.testing.assert_array_equal(pairs[:, 1], 0)
     np.testing.assert_allclose(pairs[:, 4], full.depth, rtol=1e-6)
     # same points projected with the stored image's K land on the stored (u, v) of the pairs
-    stored = project_points(sample.points, sample.lidar_to_camera(0), out.cameras[0].intrinsics,
-                            320, 180, border=-10.0)
+    stored = project_points(
+        sample.points, sample.lidar_to_camera(0), out.cameras[0].intrinsics, 320, 180, border=-10.0
+    )
     lookup = dict(zip(stored.index.tolist(), stored.uv.tolist()))
     uv = np.array([lookup[int(i)] for i in pairs[:, 0]])
     np.testing.assert_allclose(pairs[:, 3], uv[:, 0], atol=1e-3)  # column u

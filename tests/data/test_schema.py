@@ -18,23 +18,47 @@ def make_prepared(seed: int = 0) -> Sample:
     for i in range(2):
         sp = rng.integers(0, 150, (45, 80)).astype(np.int16)
         sp[0, :3] = -1
-        cams.append(CameraFrame(
-            f"CAM_{i}", smooth + np.uint8(10 * i),
-            rng.normal(size=(3, 3)), rng.normal(size=(4, 4)), rng.normal(size=(4, 4)),
-            timestamp=1_000_000 + i, token=f"t{i}", superpixels=sp))
-    return Sample("0a1b2c", "nuscenes", rng.normal(size=(500, 4)).astype(np.float32),
-                  rng.normal(size=(4, 4)), rng.normal(size=(4, 4)), cams,
-                  labels=rng.integers(0, 17, 500).astype(np.uint8), timestamp=999_999,
-                  pairs=rng.normal(size=(70, 5)).astype(np.float32),
-                  meta={"scene": "scene-0001", "label_map": "nuscenes-lidarseg-16"})
+        cams.append(
+            CameraFrame(
+                f"CAM_{i}",
+                smooth + np.uint8(10 * i),
+                rng.normal(size=(3, 3)),
+                rng.normal(size=(4, 4)),
+                rng.normal(size=(4, 4)),
+                timestamp=1_000_000 + i,
+                token=f"t{i}",
+                superpixels=sp,
+            )
+        )
+    return Sample(
+        "0a1b2c",
+        "nuscenes",
+        rng.normal(size=(500, 4)).astype(np.float32),
+        rng.normal(size=(4, 4)),
+        rng.normal(size=(4, 4)),
+        cams,
+        labels=rng.integers(0, 17, 500).astype(np.uint8),
+        timestamp=999_999,
+        pairs=rng.normal(size=(70, 5)).astype(np.float32),
+        meta={"scene": "scene-0001", "label_map": "nuscenes-lidarseg-16"},
+    )
 
 
 def test_round_trip_is_exact_except_jpeg():
     sample = make_prepared()
     record = schema.encode_sample(sample, jpeg_quality=90)
     assert record["__key__"] == "0a1b2c"
-    assert {"points.npy", "labels.npy", "pairs.npy", "calib.json", "meta.json", "cam0.jpg",
-            "cam0.sp.png", "cam1.jpg", "cam1.sp.png"} == set(record) - {"__key__"}
+    assert {
+        "points.npy",
+        "labels.npy",
+        "pairs.npy",
+        "calib.json",
+        "meta.json",
+        "cam0.jpg",
+        "cam0.sp.png",
+        "cam1.jpg",
+        "cam1.sp.png",
+    } == set(record) - {"__key__"}
     out = schema.decode_sample(record)
     for name in ("key", "dataset", "timestamp", "meta"):
         assert getattr(out, name) == getattr(sample, name)
@@ -71,8 +95,9 @@ def test_pickled_arrays_are_refused():
         schema.decode_sample(record)
 
 
-@pytest.mark.parametrize("damage", ["missing_points", "wrong_dtype", "bad_jpeg", "bad_calib",
-                                    "label_count", "missing_image"])
+@pytest.mark.parametrize(
+    "damage", ["missing_points", "wrong_dtype", "bad_jpeg", "bad_calib", "label_count", "missing_image"]
+)
 def test_damaged_records_raise_schema_error(damage):
     record = schema.encode_sample(make_prepared(), 90)
     if damage == "missing_points":

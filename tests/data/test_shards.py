@@ -19,11 +19,28 @@ def make_prepared(key: str, dataset: str, seed: int) -> Sample:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:30, 0:40]
     image = np.stack([xx * 5, yy * 7, (xx + yy + seed) % 256], -1).astype(np.uint8)
-    cam = CameraFrame("CAM_FRONT", image, np.eye(3), np.eye(4), np.eye(4), seed, f"c{seed}",
-                      superpixels=(xx // 10 + 4 * (yy // 10)).astype(np.int16))
-    return Sample(key, dataset, rng.normal(size=(50, 4)).astype(np.float32), np.eye(4), np.eye(4),
-                  [cam], labels=rng.integers(0, 5, 50).astype(np.uint8), timestamp=seed,
-                  pairs=rng.normal(size=(7, 5)).astype(np.float32), meta={"i": seed})
+    cam = CameraFrame(
+        "CAM_FRONT",
+        image,
+        np.eye(3),
+        np.eye(4),
+        np.eye(4),
+        seed,
+        f"c{seed}",
+        superpixels=(xx // 10 + 4 * (yy // 10)).astype(np.int16),
+    )
+    return Sample(
+        key,
+        dataset,
+        rng.normal(size=(50, 4)).astype(np.float32),
+        np.eye(4),
+        np.eye(4),
+        [cam],
+        labels=rng.integers(0, 5, 50).astype(np.uint8),
+        timestamp=seed,
+        pairs=rng.normal(size=(7, 5)).astype(np.float32),
+        meta={"i": seed},
+    )
 
 
 def write_dataset(out: Path, dataset: str, n: int, per_shard: int) -> list[Sample]:
@@ -34,7 +51,7 @@ def write_dataset(out: Path, dataset: str, n: int, per_shard: int) -> list[Sampl
     shards = []
     for start in range(0, n, per_shard):
         writer = ShardWriter(out, f"{dataset}-train-c{start:03d}-p000", max_bytes=1 << 30)
-        for r in records[start:start + per_shard]:
+        for r in records[start : start + per_shard]:
             writer.write(r)
         shards += [{**s.to_dict(), "dataset": dataset, "split": "train"} for s in writer.close()]
     manifest = {"schema": schema.SCHEMA_VERSION, "shards": shards, "sources": [], "skipped": []}
@@ -74,10 +91,18 @@ def test_reads_every_sample_exactly_as_written(shard_dir):
 
 def test_shuffle_buffer_changes_order_not_content(shard_dir):
     out, samples = shard_dir
-    plain = [s.key for s in build_shard_dataset(DataConfig(resampled=False, shuffle_buffer=0),
-                                                rank=0, world_size=1, shards=[str(out)])]
-    mixed = [s.key for s in build_shard_dataset(DataConfig(resampled=False, shuffle_buffer=10),
-                                                rank=0, world_size=1, shards=[str(out)])]
+    plain = [
+        s.key
+        for s in build_shard_dataset(
+            DataConfig(resampled=False, shuffle_buffer=0), rank=0, world_size=1, shards=[str(out)]
+        )
+    ]
+    mixed = [
+        s.key
+        for s in build_shard_dataset(
+            DataConfig(resampled=False, shuffle_buffer=10), rank=0, world_size=1, shards=[str(out)]
+        )
+    ]
     assert sorted(plain) == sorted(mixed) and plain != mixed
 
 
@@ -143,10 +168,21 @@ def test_reader_streams_only_the_configured_splits_and_checks_the_schema(tmp_pat
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     manifest["shards"][0]["split"] = "val"  # a val shard in the same directory
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    train = [s.key for s in build_shard_dataset(DataConfig(resampled=False), rank=0, world_size=1,
-                                                shards=[str(tmp_path)])]
-    both = [s.key for s in build_shard_dataset(DataConfig(resampled=False, shard_splits=["train", "val"]),
-                                               rank=0, world_size=1, shards=[str(tmp_path)])]
+    train = [
+        s.key
+        for s in build_shard_dataset(
+            DataConfig(resampled=False), rank=0, world_size=1, shards=[str(tmp_path)]
+        )
+    ]
+    both = [
+        s.key
+        for s in build_shard_dataset(
+            DataConfig(resampled=False, shard_splits=["train", "val"]),
+            rank=0,
+            world_size=1,
+            shards=[str(tmp_path)],
+        )
+    ]
     assert len(train) == 2 and len(both) == 4
     manifest["schema"] = 999
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
@@ -158,7 +194,11 @@ def test_resampled_reader_stops_when_nothing_decodes(tmp_path):
     write_dataset(tmp_path, "nuscenes", 4, per_shard=2)
     for tar in tmp_path.glob("*.tar"):
         tar.write_bytes(b"not a tar at all" * 100)
-    ds = build_shard_dataset(DataConfig(resampled=True, epoch_samples=10, max_consecutive_bad=5),
-                             rank=0, world_size=1, shards=[str(tmp_path)])
+    ds = build_shard_dataset(
+        DataConfig(resampled=True, epoch_samples=10, max_consecutive_bad=5),
+        rank=0,
+        world_size=1,
+        shards=[str(tmp_path)],
+    )
     with pytest.raises(RuntimeError, match="in a row"):
         list(ds)

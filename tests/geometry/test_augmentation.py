@@ -52,4 +52,6 @@ def test_resized_intrinsics_project_consistently():
     p = np.array([3.0, -1.0, 12.0])
     uv_full = (k @ p)[:2] / p[2]
     uv_small = (k2 @ p)[:2] / p[2]
-    np.testing.assert_allclose(transform_pixels(resize_matrix((1600, 900), (800, 450)), uv_full[None])[0], uv_small)
+    np.testing.assert_allclose(
+        transform_pixels(resize_matrix((1600, 900), (800, 450)), uv_full[None])[0], uv_small
+    )

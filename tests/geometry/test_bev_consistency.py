@@ -19,7 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from hvdistill.geometry.augmentation import image_augmentation_matrix, lidar_augmentation_matrix, transform_pixels
+from hvdistill.geometry.augmentation import (
+    image_augmentation_matrix,
+    lidar_augmentation_matrix,
+    transform_pixels,
+)
 from hvdistill.geometry.bev import BEVGrid
 from hvdistill.geometry.frustum import frustum_cells, lift_to_lidar, make_frustum
 from hvdistill.geometry.projection import lidar_to_camera_matrix, project_points
@@ -44,8 +48,10 @@ def camera_rig(rng):
     for yaw in CAM_YAWS:
         cam_to_ego = make_transform(yaw_rotation(np.deg2rad(yaw)) @ base, [1.0, 0.0, 1.5])
         drift = rng.uniform(0.1, 0.6)  # ego moved between the LiDAR and camera timestamps
-        ego_cam = make_transform(yaw_rotation(0.7 + rng.uniform(-0.01, 0.01)),
-                                 [411.3 + drift * np.cos(0.7), 1180.9 + drift * np.sin(0.7), 0.0])
+        ego_cam = make_transform(
+            yaw_rotation(0.7 + rng.uniform(-0.01, 0.01)),
+            [411.3 + drift * np.cos(0.7), 1180.9 + drift * np.sin(0.7), 0.0],
+        )
         cams.append((k, lidar_to_camera_matrix(lidar_to_ego, ego_lidar, ego_cam, cam_to_ego)))
     return cams
 
@@ -61,9 +67,12 @@ def random_image_aug(rng):
 
 def random_lidar_aug(rng):
     return lidar_augmentation_matrix(
-        yaw=np.deg2rad(rng.uniform(-22.5, 22.5)), scale=rng.uniform(0.9, 1.1),
-        translation=rng.normal(0.0, 0.5, size=3), flip_x=bool(rng.random() < 0.5),
-        flip_y=bool(rng.random() < 0.5))
+        yaw=np.deg2rad(rng.uniform(-22.5, 22.5)),
+        scale=rng.uniform(0.9, 1.1),
+        translation=rng.normal(0.0, 0.5, size=3),
+        flip_x=bool(rng.random() < 0.5),
+        flip_y=bool(rng.random() < 0.5),
+    )
 
 
 def lidar_bev_cells(points_aug):
@@ -76,8 +85,13 @@ def lidar_bev_cells(points_aug):
 
 def lift_cells(uv_aug, depth, k, lidar_to_cam, image_aug, lidar_aug):
     uvd = torch.from_numpy(np.concatenate([uv_aug, depth[:, None]], 1))[None]
-    xyz = lift_to_lidar(uvd, torch.from_numpy(k)[None], torch.from_numpy(invert_transform(lidar_to_cam))[None],
-                        torch.from_numpy(image_aug)[None], torch.from_numpy(lidar_aug)[None])[0]
+    xyz = lift_to_lidar(
+        uvd,
+        torch.from_numpy(k)[None],
+        torch.from_numpy(invert_transform(lidar_to_cam))[None],
+        torch.from_numpy(image_aug)[None],
+        torch.from_numpy(lidar_aug)[None],
+    )[0]
     return GRID.flat_index(xyz[:, :2]).numpy()
 
 
@@ -100,10 +114,16 @@ def test_lifted_points_land_in_their_lidar_bev_cell(seed):
         got = lift_cells(uv_aug, depth, k, lidar_to_cam, image_aug, lidar_aug)
         np.testing.assert_array_equal(got[keep], expected[keep])
         checked += int(keep.sum())
-        broken["no image aug"] += int((lift_cells(uv_aug, depth, k, lidar_to_cam, np.eye(3), lidar_aug)[keep] != expected[keep]).sum())
-        broken["no lidar aug"] += int((lift_cells(uv_aug, depth, k, lidar_to_cam, image_aug, np.eye(4))[keep] != expected[keep]).sum())
+        broken["no image aug"] += int(
+            (lift_cells(uv_aug, depth, k, lidar_to_cam, np.eye(3), lidar_aug)[keep] != expected[keep]).sum()
+        )
+        broken["no lidar aug"] += int(
+            (lift_cells(uv_aug, depth, k, lidar_to_cam, image_aug, np.eye(4))[keep] != expected[keep]).sum()
+        )
         swapped = SWAP @ image_aug @ SWAP
-        broken["u/v swapped"] += int((lift_cells(uv_aug, depth, k, lidar_to_cam, swapped, lidar_aug)[keep] != expected[keep]).sum())
+        broken["u/v swapped"] += int(
+            (lift_cells(uv_aug, depth, k, lidar_to_cam, swapped, lidar_aug)[keep] != expected[keep]).sum()
+        )
     assert checked > 2000
     for mutation, count in broken.items():
         assert count > 0.5 * checked, f"mutation '{mutation}' went unnoticed ({count}/{checked})"

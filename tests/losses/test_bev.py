@@ -51,8 +51,7 @@ def test_subsampling_is_per_sample_and_reproducible():
     keep_c = subsample_anchors(sample, 3, torch.Generator().manual_seed(6))
     assert keep_a.tolist() == keep_b.tolist() and keep_a.tolist() == sorted(keep_a.tolist())
     assert torch.bincount(sample[keep_a]).tolist() == [3, 2, 0, 3]
-    seeds = {tuple(subsample_anchors(sample, 3, torch.Generator().manual_seed(s)).tolist())
-             for s in range(6)}
+    seeds = {tuple(subsample_anchors(sample, 3, torch.Generator().manual_seed(s)).tolist()) for s in range(6)}
     assert len(seeds) > 1 and keep_c.numel() == 8
     assert subsample_anchors(sample, 0).tolist() == list(range(len(sample)))
 
@@ -80,8 +79,9 @@ def test_anchors_over_cells_the_cameras_never_reached_are_dropped():
     contrast = InfoNCE(TAU, tile_size=0, gather=False, queue_size=0, dim=C)
     result = bev_loss(lidar, indices, table, contrast, S, image_occupied=occupied)
     assert result.num_anchors == len(flat[::2])
-    expected = infonce_sum(lidar[::2], table[flat[::2]], torch.arange(len(flat[::2])), TAU, 0, None,
-                           len(flat[::2]))
+    expected = infonce_sum(
+        lidar[::2], table[flat[::2]], torch.arange(len(flat[::2])), TAU, 0, None, len(flat[::2])
+    )
     torch.testing.assert_close(result.loss, expected)
     unmasked = bev_loss(lidar, indices, table, contrast, S)
     assert unmasked.num_anchors == len(flat) and not torch.allclose(unmasked.loss, result.loss)

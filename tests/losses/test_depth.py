@@ -32,7 +32,7 @@ def _naive_targets(pair_image, pair_uv, pair_depth):
     for n in range(N_IMG):
         for i in range(HF):
             for j in range(WF):
-                patch = full[n, i * POOL:(i + 1) * POOL, j * POOL:(j + 1) * POOL]
+                patch = full[n, i * POOL : (i + 1) * POOL, j * POOL : (j + 1) * POOL]
                 nz = patch[patch > 0]
                 out[n, i, j] = nz.min() if nz.numel() else 0.0
     return out

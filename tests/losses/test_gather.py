@@ -58,8 +58,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str, ROWS: list[int], IMA
     out = {}
     for tile, with_queue in VARIANTS:
         loss, gq, gk = _contrast_grads(anchors[rows], keys[rows], tile, queue if with_queue else None)
-        out.update({f"loss{tile}{with_queue}": loss, f"gq{tile}{with_queue}": gq,
-                    f"gk{tile}{with_queue}": gk})
+        out.update(
+            {f"loss{tile}{with_queue}": loss, f"gq{tile}{with_queue}": gq, f"gk{tile}{with_queue}": gk}
+        )
     out["local"] = _contrast_grads(anchors[rows], keys[rows], 4, None, gather=False)[0]
     lg = logits[images].clone().requires_grad_()
     d = _depth(lg, targets[images])
@@ -83,9 +84,10 @@ def test_ranks_equal_one_process(tmp_path, layout):
         torch.testing.assert_close(torch.cat([o[f"gq{tag}"] for o in outs]), gq, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(torch.cat([o[f"gk{tag}"] for o in outs]), gk, atol=1e-6, rtol=1e-5)
     # Without gathering each rank contrasts its own rows, still normalised by the global count.
-    local = sum(F.cross_entropy(anchors[s] @ keys[s].t() / TAU, torch.arange(s.stop - s.start),
-                                reduction="sum")
-                for s in (slice(sum(ROWS[:r]), sum(ROWS[:r + 1])) for r in range(world))) / sum(ROWS)
+    local = sum(
+        F.cross_entropy(anchors[s] @ keys[s].t() / TAU, torch.arange(s.stop - s.start), reduction="sum")
+        for s in (slice(sum(ROWS[:r]), sum(ROWS[: r + 1])) for r in range(world))
+    ) / sum(ROWS)
     torch.testing.assert_close(sum(o["local"] for o in outs), local, atol=1e-5, rtol=1e-5)
     lg = logits.clone().requires_grad_()
     single = _depth(lg, targets)

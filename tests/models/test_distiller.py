@@ -12,8 +12,10 @@ from tests.data.memory_sample import make_sample
 
 
 def tiny_batch(cfg):
-    augs = [augment_sample(make_sample(s, n_points=8000), cfg.augment, cfg.geometry, np.random.default_rng(s))
-            for s in (0, 1)]
+    augs = [
+        augment_sample(make_sample(s, n_points=8000), cfg.augment, cfg.geometry, np.random.default_rng(s))
+        for s in (0, 1)
+    ]
     return collate(augs, cfg.geometry)
 
 
@@ -33,8 +35,12 @@ def test_forward_backward_gives_finite_terms_and_gradients_on_trainable_only():
     assert terms.num_superpixels > 10 and terms.num_depth_cells > 10 and terms.num_bev_anchors > 10
     terms.total.backward()
     named = {id(p): n for n, p in model.named_parameters()}
-    no_grad = [named[id(p)] for g in model.parameter_groups() for p in g.params
-               if p.grad is None or not torch.isfinite(p.grad).all()]
+    no_grad = [
+        named[id(p)]
+        for g in model.parameter_groups()
+        for p in g.params
+        if p.grad is None or not torch.isfinite(p.grad).all()
+    ]
     assert not no_grad, f"trainable parameters without a finite gradient: {no_grad}"
     assert all(p.grad is None for p in model.frozen_parameters())
     assert model.teacher.backbone.training is False

@@ -15,8 +15,15 @@ STORED = ["data.stored_image_width=96", "data.stored_image_height=54"]  # exerci
 
 
 def tiny_synth_config(scenes: int = 3, frames: int = 3) -> SynthConfig:
-    return SynthConfig(scenes=scenes, frames_per_scene=frames, seed=5, image_width=192,
-                       image_height=108, lidar_beams=16, lidar_points_per_beam=360)
+    return SynthConfig(
+        scenes=scenes,
+        frames_per_scene=frames,
+        seed=5,
+        image_width=192,
+        image_height=108,
+        lidar_beams=16,
+        lidar_points_per_beam=360,
+    )
 
 
 def split_with_data(name: str, root: Path) -> str:
@@ -34,15 +41,14 @@ def ray_address():
     import ray
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    context = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-                       log_to_driver=False)
+    context = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     yield context.address_info["gcs_address"]
     ray.shutdown()
 
 
 @pytest.fixture(scope="module")
 def nuscenes_root(tmp_path_factory) -> Path:
-    from hvdistill.data.synthetic import write_nuscenes
+    from hvdistill.synthetic import write_nuscenes
 
     out = tmp_path_factory.mktemp("nuscenes")
     return Path(write_nuscenes(out, tiny_synth_config(), version=NUSCENES_VERSION))
@@ -50,7 +56,7 @@ def nuscenes_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def kitti_root(tmp_path_factory) -> Path:
-    from hvdistill.data.synthetic import write_semantickitti
+    from hvdistill.synthetic import write_semantickitti
 
     out = tmp_path_factory.mktemp("kitti")
     return Path(write_semantickitti(out, tiny_synth_config(scenes=1, frames=3)))

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from hvdistill.config import DataConfig, SourceConfig
 from hvdistill.data.prepare import prepare_sample
@@ -29,14 +28,30 @@ STORED_CFG = DataConfig(stored_image_width=96, stored_image_height=54)
 
 
 def shard_args(name: str, root: Path, out: Path, address: str, *overrides: str) -> list[str]:
-    return ["--source", name, "--root", str(root), "--version", NUSCENES_VERSION,
-            "--split", split_with_data(name, root), "--out", str(out), "--ray-address", address,
-            "--no-progress", *STORED, *overrides]
+    return [
+        "--source",
+        name,
+        "--root",
+        str(root),
+        "--version",
+        NUSCENES_VERSION,
+        "--split",
+        split_with_data(name, root),
+        "--out",
+        str(out),
+        "--ray-address",
+        address,
+        "--no-progress",
+        *STORED,
+        *overrides,
+    ]
 
 
 def source_of(name: str, root: Path):
-    return build_source(SourceConfig(name=name, root=str(root), version=NUSCENES_VERSION,
-                                     split=split_with_data(name, root)), cameras=STORED_CFG.cameras)
+    return build_source(
+        SourceConfig(name=name, root=str(root), version=NUSCENES_VERSION, split=split_with_data(name, root)),
+        cameras=STORED_CFG.cameras,
+    )
 
 
 def all_keys(source) -> list[str]:
@@ -48,8 +63,12 @@ def manifest(out: Path) -> dict:
 
 
 def assert_matches_prepared(got, expected, quality: int) -> None:
-    assert (got.key, got.dataset, got.timestamp, got.meta) == \
-        (expected.key, expected.dataset, expected.timestamp, expected.meta)
+    assert (got.key, got.dataset, got.timestamp, got.meta) == (
+        expected.key,
+        expected.dataset,
+        expected.timestamp,
+        expected.meta,
+    )
     for name in ("points", "labels", "pairs", "lidar_to_ego", "ego_to_global"):
         a, b = getattr(got, name), getattr(expected, name)
         assert (a is None) == (b is None), name
@@ -74,8 +93,9 @@ def test_two_sources_shard_to_exactly_prepare_sample(ray_address, nuscenes_root,
     assert sorted(s["dataset"] for s in m["sources"]) == ["nuscenes", "semantickitti"]
     assert all(s["complete"] and s["skipped"] == 0 for s in m["sources"])
     assert m["skipped"] == [] and len(m["shards"]) > len(m["sources"])
-    reader = build_shard_dataset(DataConfig(resampled=False, shuffle_buffer=0), rank=0,
-                                 world_size=1, shards=[str(out)])
+    reader = build_shard_dataset(
+        DataConfig(resampled=False, shuffle_buffer=0), rank=0, world_size=1, shards=[str(out)]
+    )
     got = {s.key: s for s in reader}
     sources = [source_of("nuscenes", nuscenes_root), source_of("semantickitti", kitti_root)]
     keys = [k for s in sources for k in all_keys(s)]
@@ -104,8 +124,13 @@ def test_killed_job_resumes_to_the_uninterrupted_manifest(ray_address, nuscenes_
     assert main(shard_args("nuscenes", nuscenes_root, reference, ray_address, per_sample)) == 0
     killed = tmp_path / "killed"
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    cmd = [sys.executable, "-m", "hvdistill.cli", "shard",
-           *shard_args("nuscenes", nuscenes_root, killed, ray_address, per_sample)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hvdistill.cli",
+        "shard",
+        *shard_args("nuscenes", nuscenes_root, killed, ray_address, per_sample),
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_first_unit(killed, proc)
@@ -130,9 +155,11 @@ def test_killed_job_resumes_to_the_uninterrupted_manifest(ray_address, nuscenes_
 def damage_inputs(root: Path, source) -> dict[str, str]:
     """Five kinds of damage on five samples; returns {damaged key: expected reason fragment}."""
     nusc, keys = source.nusc, all_keys(source)
+
     def files(key):
         rec = nusc.get("sample", key)["data"]
         return nusc.get("sample_data", rec["LIDAR_TOP"]), nusc.get("sample_data", rec["CAM_BACK"])
+
     lidar, _ = files(keys[0])
     path = root / lidar["filename"]
     path.write_bytes(path.read_bytes()[:-7])  # truncated point file
@@ -154,8 +181,7 @@ def damage_inputs(root: Path, source) -> dict[str, str]:
         if r["token"] == cam["ego_pose_token"]:
             r["rotation"] = [1.0, 0.0]  # malformed calibration entry
     table.write_text(json.dumps(records))
-    return {keys[0]: "truncated", keys[1]: "missing", keys[2]: "decode", keys[3]: "NaN",
-            keys[4]: "malformed"}
+    return {keys[0]: "truncated", keys[1]: "missing", keys[2]: "decode", keys[3]: "NaN", keys[4]: "malformed"}
 
 
 def test_damaged_samples_are_skipped_and_listed(ray_address, nuscenes_root, tmp_path, capsys):

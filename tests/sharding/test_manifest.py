@@ -3,14 +3,29 @@
 import pytest
 
 from hvdistill.config import DataConfig
-from sharding.manifest import (Unit, build_manifest, check_source_record, config_hash,
-                               sharding_config, unit_files, unit_record_path, write_json_atomic)
+from sharding.manifest import (
+    Unit,
+    build_manifest,
+    check_source_record,
+    config_hash,
+    sharding_config,
+    unit_files,
+    unit_record_path,
+    write_json_atomic,
+)
 
 
 def source_record(cfg: DataConfig, units: list[str]) -> dict:
     config = sharding_config(cfg)
-    return {"dataset": "nuscenes", "split": "train", "version": "v1.0-trainval", "root": "/d",
-            "config": config, "config_hash": config_hash(config), "units": units}
+    return {
+        "dataset": "nuscenes",
+        "split": "train",
+        "version": "v1.0-trainval",
+        "root": "/d",
+        "config": config,
+        "config_hash": config_hash(config),
+        "units": units,
+    }
 
 
 def test_unit_names_are_deterministic_and_safe():
@@ -20,11 +35,17 @@ def test_unit_names_are_deterministic_and_safe():
 
 
 def test_unit_files_match_exactly(tmp_path):
-    for name in ("ds-train-s1-p000-0000.tar", "ds-train-s1-p000-0001.tar.tmp",
-                 "ds-train-s1-p0001-0000.tar", "ds-train-s11-p000-0000.tar"):
+    for name in (
+        "ds-train-s1-p000-0000.tar",
+        "ds-train-s1-p000-0001.tar.tmp",
+        "ds-train-s1-p0001-0000.tar",
+        "ds-train-s11-p000-0000.tar",
+    ):
         (tmp_path / name).write_bytes(b"")
     assert [p.name for p in unit_files(tmp_path, "ds-train-s1-p000")] == [
-        "ds-train-s1-p000-0000.tar", "ds-train-s1-p000-0001.tar.tmp"]
+        "ds-train-s1-p000-0000.tar",
+        "ds-train-s1-p000-0001.tar.tmp",
+    ]
 
 
 def test_changed_config_in_the_same_directory_is_refused(tmp_path):
@@ -37,9 +58,17 @@ def test_changed_config_in_the_same_directory_is_refused(tmp_path):
 def test_manifest_lists_finished_units_only(tmp_path):
     check_source_record(tmp_path, source_record(DataConfig(), ["u0", "u1"]))
     shard = {"name": "u0-0000.tar", "samples": 3, "bytes": 10, "sha256": "ab"}
-    write_json_atomic(unit_record_path(tmp_path, "u0"), {
-        "unit": "u0", "chunk": "c0", "part": 0, "keys": 4, "shards": [shard],
-        "skipped": [{"key": "k9", "reason": "file is missing", "path": "/x"}]})
+    write_json_atomic(
+        unit_record_path(tmp_path, "u0"),
+        {
+            "unit": "u0",
+            "chunk": "c0",
+            "part": 0,
+            "keys": 4,
+            "shards": [shard],
+            "skipped": [{"key": "k9", "reason": "file is missing", "path": "/x"}],
+        },
+    )
     m = build_manifest(tmp_path)
     (source,) = m["sources"]
     assert (source["samples"], source["skipped"], source["complete"]) == (3, 1, False)

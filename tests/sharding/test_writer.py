@@ -6,8 +6,9 @@ from sharding.writer import ShardWriter, file_sha256, record_size
 
 
 def records(n: int, payload: int = 3000) -> list[dict]:
-    return [{"__key__": f"k{i:03d}", "points.npy": bytes([i]) * payload, "meta.json": b"{}"}
-            for i in range(n)]
+    return [
+        {"__key__": f"k{i:03d}", "points.npy": bytes([i]) * payload, "meta.json": b"{}"} for i in range(n)
+    ]
 
 
 def write(tmp_path, name, recs, max_bytes):
@@ -36,8 +37,14 @@ def test_rollover_respects_max_bytes(tmp_path):
         assert s.bytes == (tmp_path / s.name).stat().st_size
     with tarfile.open(tmp_path / "x-0001.tar") as tar:
         names = tar.getnames()
-    assert names == ["k003.meta.json", "k003.points.npy", "k004.meta.json", "k004.points.npy",
-                     "k005.meta.json", "k005.points.npy"]  # samples contiguous, members sorted
+    assert names == [
+        "k003.meta.json",
+        "k003.points.npy",
+        "k004.meta.json",
+        "k004.points.npy",
+        "k005.meta.json",
+        "k005.points.npy",
+    ]  # samples contiguous, members sorted
 
 
 def test_unfinished_shard_keeps_temporary_name(tmp_path):

@@ -52,8 +52,15 @@ def add_sample(report: InspectReport, sample: Sample, data: DataConfig) -> None:
     for i, cam in enumerate(sample.cameras):
         width, height = cam.size
         report.image_sizes.setdefault(cam.name, Counter())[(width, height)] += 1
-        proj = project_points(sample.points[:, :3], sample.lidar_to_camera(i), cam.intrinsics,
-                              width, height, min_depth=data.min_depth, border=data.image_border)
+        proj = project_points(
+            sample.points[:, :3],
+            sample.lidar_to_camera(i),
+            cam.intrinsics,
+            width,
+            height,
+            min_depth=data.min_depth,
+            border=data.image_border,
+        )
         report.pairs.setdefault(cam.name, []).append(len(proj.index))
     if sample.labels is not None and report.label_map:
         n_classes = len(class_names(report.label_map))
@@ -61,15 +68,19 @@ def add_sample(report: InspectReport, sample: Sample, data: DataConfig) -> None:
         report.label_counts = counts if report.label_counts is None else report.label_counts + counts
 
 
-def inspect_source(source: DataSource, limit: int = 0,
-                   data: DataConfig | None = None) -> InspectReport:
+def inspect_source(source: DataSource, limit: int = 0, data: DataConfig | None = None) -> InspectReport:
     """Read up to `limit` samples (0 = all) of `source` in chunk/key order into a report."""
     data = data or DataConfig()
     chunks = source.chunks()
     keys = [key for chunk in chunks for key in source.keys(chunk)]
-    report = InspectReport(source=source.name, version=source.version,
-                           split=source.split, label_map=source.label_map_name,
-                           chunks=chunks, samples_in_split=len(keys))
+    report = InspectReport(
+        source=source.name,
+        version=source.version,
+        split=source.split,
+        label_map=source.label_map_name,
+        chunks=chunks,
+        samples_in_split=len(keys),
+    )
     for key in keys[:limit] if limit > 0 else keys:
         try:
             add_sample(report, source.read(key), data)
@@ -104,8 +115,10 @@ def format_report(report: InspectReport) -> str:
         lines.append(f"labels      {report.label_map}, {total} points")
         for cls in np.argsort(-report.label_counts):
             if report.label_counts[cls]:
-                lines.append(f"  {cls:>3} {names[cls]:<22} {report.label_counts[cls]:>10} "
-                             f"{100.0 * report.label_counts[cls] / total:6.2f}%")
+                lines.append(
+                    f"  {cls:>3} {names[cls]:<22} {report.label_counts[cls]:>10} "
+                    f"{100.0 * report.label_counts[cls] / total:6.2f}%"
+                )
     else:
         lines.append("labels      none")
     lines += [f"damaged     {e.key}: {e.reason} ({e.path})" for e in report.errors]
@@ -117,9 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hvdistill inspect", description=__doc__.split("\n\n")[0])
     p.add_argument("--source", choices=["nuscenes", "semantickitti"], required=True)
     p.add_argument("--root", required=True, help="dataset root folder")
-    p.add_argument("--version", default="",
-                   help="nuScenes table folder (default: the only v1.0-* folder in the root, "
-                        f"else {defaults.version})")
+    p.add_argument(
+        "--version",
+        default="",
+        help=f"nuScenes table folder (default: the only v1.0-* folder in the root, else {defaults.version})",
+    )
     p.add_argument("--split", choices=["train", "val"], default=defaults.split)
     p.add_argument("--split-file", default="", help="file listing scene names / sequences, one a line")
     p.add_argument("--limit", type=int, default=10, help="samples to read (0 = all)")
@@ -135,8 +150,9 @@ def detect_version(root: str, fallback: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     version = args.version or detect_version(args.root, SourceConfig().version)
-    cfg = SourceConfig(name=args.source, root=args.root, version=version, split=args.split,
-                       split_file=args.split_file)
+    cfg = SourceConfig(
+        name=args.source, root=args.root, version=version, split=args.split, split_file=args.split_file
+    )
     try:
         source = build_source(cfg)
     except DatasetLayoutError as exc:

@@ -44,8 +44,11 @@ def read_records(key: str, path: Path, dtype: np.dtype, columns: int) -> np.ndar
         raise SampleReadError(key, path, "file is empty")
     if size % record:
         raise SampleReadError(
-            key, path, f"size {size} B is not a multiple of the {record} B record "
-            f"({columns} x {np.dtype(dtype).name}): truncated or corrupt")
+            key,
+            path,
+            f"size {size} B is not a multiple of the {record} B record "
+            f"({columns} x {np.dtype(dtype).name}): truncated or corrupt",
+        )
     try:
         flat = np.fromfile(path, dtype=dtype)
     except OSError as exc:
@@ -69,8 +72,11 @@ def read_point_labels(key: str, path: Path, dtype: np.dtype, n_points: int) -> n
     labels = read_records(key, path, dtype, 1)[:, 0]  # (N,)
     if len(labels) != n_points:
         raise SampleReadError(
-            key, path, f"{len(labels)} labels for {n_points} points: label file does not "
-            "belong to this point cloud or is truncated")
+            key,
+            path,
+            f"{len(labels)} labels for {n_points} points: label file does not "
+            "belong to this point cloud or is truncated",
+        )
     return labels
 
 
@@ -85,8 +91,11 @@ def read_image(key: str, path: Path, expected_size: tuple[int, int] | None = Non
         raise SampleReadError(key, path, f"cannot decode image: {exc}") from None
     if expected_size is not None and (rgb.shape[1], rgb.shape[0]) != tuple(expected_size):
         raise SampleReadError(
-            key, path, f"image is {rgb.shape[1]}x{rgb.shape[0]} but the dataset records "
-            f"{expected_size[0]}x{expected_size[1]}")
+            key,
+            path,
+            f"image is {rgb.shape[1]}x{rgb.shape[0]} but the dataset records "
+            f"{expected_size[0]}x{expected_size[1]}",
+        )
     return rgb
 
 

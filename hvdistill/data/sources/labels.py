@@ -25,16 +25,47 @@ UNMAPPED = 255  # lookup value of a raw id that the map does not define
 
 # index = training class; 0 = ignore (the devkit's LidarsegClassMapper.get_coarse2idx order)
 NUSCENES_CLASS_NAMES: tuple[str, ...] = (
-    "ignore", "barrier", "bicycle", "bus", "car", "construction_vehicle", "motorcycle",
-    "pedestrian", "traffic_cone", "trailer", "truck", "driveable_surface", "other_flat",
-    "sidewalk", "terrain", "manmade", "vegetation",
+    "ignore",
+    "barrier",
+    "bicycle",
+    "bus",
+    "car",
+    "construction_vehicle",
+    "motorcycle",
+    "pedestrian",
+    "traffic_cone",
+    "trailer",
+    "truck",
+    "driveable_surface",
+    "other_flat",
+    "sidewalk",
+    "terrain",
+    "manmade",
+    "vegetation",
 )
 
 # index = training class; 0 = ignore (semantic-kitti.yaml learning_map_inv order)
 SEMANTICKITTI_CLASS_NAMES: tuple[str, ...] = (
-    "unlabeled", "car", "bicycle", "motorcycle", "truck", "other-vehicle", "person",
-    "bicyclist", "motorcyclist", "road", "parking", "sidewalk", "other-ground", "building",
-    "fence", "vegetation", "trunk", "terrain", "pole", "traffic-sign",
+    "unlabeled",
+    "car",
+    "bicycle",
+    "motorcycle",
+    "truck",
+    "other-vehicle",
+    "person",
+    "bicyclist",
+    "motorcyclist",
+    "road",
+    "parking",
+    "sidewalk",
+    "other-ground",
+    "building",
+    "fence",
+    "vegetation",
+    "trunk",
+    "terrain",
+    "pole",
+    "traffic-sign",
 )
 
 # semantic-kitti.yaml `learning_map`: raw id -> training class
@@ -102,8 +133,7 @@ def nuscenes_lookup(nusc: NuScenes) -> np.ndarray:
 
 def class_names(label_map: str) -> tuple[str, ...]:
     """Training class names (index = class id) of a label map name."""
-    names = {NUSCENES_LABEL_MAP: NUSCENES_CLASS_NAMES,
-             SEMANTICKITTI_LABEL_MAP: SEMANTICKITTI_CLASS_NAMES}
+    names = {NUSCENES_LABEL_MAP: NUSCENES_CLASS_NAMES, SEMANTICKITTI_LABEL_MAP: SEMANTICKITTI_CLASS_NAMES}
     if label_map not in names:
         raise ValueError(f"unknown label map '{label_map}'; known: {sorted(names)}")
     return names[label_map]

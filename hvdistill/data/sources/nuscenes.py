@@ -20,7 +20,13 @@ import numpy as np
 from hvdistill.config import NUSCENES_CAMERAS
 from hvdistill.data.errors import DatasetLayoutError, SampleReadError
 from hvdistill.data.sample import CameraFrame, Sample
-from hvdistill.data.sources.files import check_cameras, read_image, read_point_labels, read_points, read_split_file
+from hvdistill.data.sources.files import (
+    check_cameras,
+    read_image,
+    read_point_labels,
+    read_points,
+    read_split_file,
+)
 from hvdistill.data.sources.labels import NUSCENES_LABEL_MAP, map_labels, nuscenes_lookup
 from hvdistill.geometry.transforms import make_transform
 
@@ -42,12 +48,14 @@ def load_nuscenes(root: str | Path, version: str) -> Any:
         found = sorted(p.name for p in Path(root).glob("v1.0-*") if p.is_dir())
         raise DatasetLayoutError(
             f"nuScenes: no table folder {table_root}; versions found in {root}: {found or 'none'}"
-            " (pass --version / data.sources[*].version)")
+            " (pass --version / data.sources[*].version)"
+        )
     try:
         return NuScenes(version=version, dataroot=str(root), verbose=False)
     except (AssertionError, OSError, KeyError, json.JSONDecodeError) as exc:
-        raise DatasetLayoutError(f"nuScenes tables in {table_root} cannot be loaded: "
-                                 f"{type(exc).__name__}: {exc}") from None
+        raise DatasetLayoutError(
+            f"nuScenes tables in {table_root} cannot be loaded: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 class NuScenesSource:
@@ -55,8 +63,14 @@ class NuScenesSource:
 
     name = "nuscenes"
 
-    def __init__(self, root: str | Path, version: str, split: str = "train", split_file: str = "",
-                 cameras: list[str] | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        version: str,
+        split: str = "train",
+        split_file: str = "",
+        cameras: list[str] | None = None,
+    ):
         self.root = Path(root)
         self.version = version
         self.split = split
@@ -72,24 +86,28 @@ class NuScenesSource:
         try:
             return nuscenes_lookup(self.nusc)
         except (KeyError, AssertionError) as exc:
-            raise DatasetLayoutError(f"nuScenes category table in {self.root / self.version} does "
-                                     f"not match the lidarseg class mapping: {exc}") from None
+            raise DatasetLayoutError(
+                f"nuScenes category table in {self.root / self.version} does "
+                f"not match the lidarseg class mapping: {exc}"
+            ) from None
 
     def _select_scenes(self, split: str, split_file: str) -> list[str]:
         if split_file:
             wanted = read_split_file(split_file)
             missing = [n for n in wanted if n not in self._scenes]
             if missing:
-                raise DatasetLayoutError(f"split file {split_file} names scenes that "
-                                         f"{self.root}/{self.version} lacks: {missing}")
+                raise DatasetLayoutError(
+                    f"split file {split_file} names scenes that {self.root}/{self.version} lacks: {missing}"
+                )
             return wanted
         from nuscenes.utils.splits import create_splits_scenes
 
         split_name = official_split_name(self.version, split)
         official = create_splits_scenes().get(split_name)
         if official is None:
-            raise DatasetLayoutError(f"nuScenes has no official split '{split_name}'; "
-                                     "use split=train|val or a split file")
+            raise DatasetLayoutError(
+                f"nuScenes has no official split '{split_name}'; use split=train|val or a split file"
+            )
         return [n for n in official if n in self._scenes]
 
     # ---------------------------------------------------------------- DataSource protocol
@@ -120,13 +138,21 @@ class NuScenesSource:
         cameras = [self._read_camera(key, data, name) for name in self.camera_names]
         scene = self._table_get(key, "scene", sample["scene_token"])["name"]
         return Sample(
-            key=key, dataset=self.name, points=points, lidar_to_ego=lidar_to_ego,
-            ego_to_global=ego_to_global, cameras=cameras,
+            key=key,
+            dataset=self.name,
+            points=points,
+            lidar_to_ego=lidar_to_ego,
+            ego_to_global=ego_to_global,
+            cameras=cameras,
             labels=self._read_labels(key, lidar_sd["token"], len(points)),
             timestamp=int(lidar_sd["timestamp"]),
-            meta={"scene": scene, "lidar_token": lidar_sd["token"],
-                  "camera_tokens": [c.token for c in cameras], "label_map": self.label_map_name,
-                  "version": self.version},
+            meta={
+                "scene": scene,
+                "lidar_token": lidar_sd["token"],
+                "camera_tokens": [c.token for c in cameras],
+                "label_map": self.label_map_name,
+                "version": self.version,
+            },
         )
 
     # ---------------------------------------------------------------- pieces of a sample
@@ -139,14 +165,23 @@ class NuScenesSource:
         cs = self._table_get(key, "calibrated_sensor", sd["calibrated_sensor_token"])
         intrinsics = np.asarray(cs.get("camera_intrinsic") or [], dtype=np.float64)
         if intrinsics.shape != (3, 3) or not np.isfinite(intrinsics).all() or intrinsics[2, 2] == 0:
-            raise SampleReadError(key, self._table_path("calibrated_sensor"),
-                                  f"{name} calibrated_sensor {cs['token']}: camera_intrinsic is not "
-                                  f"a finite 3x3 matrix: {cs.get('camera_intrinsic')}")
+            raise SampleReadError(
+                key,
+                self._table_path("calibrated_sensor"),
+                f"{name} calibrated_sensor {cs['token']}: camera_intrinsic is not "
+                f"a finite 3x3 matrix: {cs.get('camera_intrinsic')}",
+            )
         size = (int(sd["width"]), int(sd["height"])) if sd.get("width") else None
         image = read_image(key, self.root / sd["filename"], size)  # (H, W, 3)
-        return CameraFrame(name=name, image=image, intrinsics=intrinsics, cam_to_ego=cam_to_ego,
-                           ego_to_global=ego_to_global, timestamp=int(sd["timestamp"]),
-                           token=sd["token"])
+        return CameraFrame(
+            name=name,
+            image=image,
+            intrinsics=intrinsics,
+            cam_to_ego=cam_to_ego,
+            ego_to_global=ego_to_global,
+            timestamp=int(sd["timestamp"]),
+            token=sd["token"],
+        )
 
     def _sensor_frames(self, key: str, sd: dict) -> tuple[np.ndarray, np.ndarray]:
         """(sensor -> ego, ego -> global) float64 4x4 at the timestamp of sample_data `sd`."""
@@ -160,9 +195,12 @@ class NuScenesSource:
         ok = rotation.shape == (4,) and translation.shape == (3,)
         ok = ok and bool(np.isfinite(rotation).all() and np.isfinite(translation).all())
         if not ok or np.linalg.norm(rotation) < 1e-12:
-            raise SampleReadError(key, self._table_path(table),
-                                  f"{table} {record.get('token')}: malformed rotation/translation "
-                                  f"{record.get('rotation')} / {record.get('translation')}")
+            raise SampleReadError(
+                key,
+                self._table_path(table),
+                f"{table} {record.get('token')}: malformed rotation/translation "
+                f"{record.get('rotation')} / {record.get('translation')}",
+            )
         return make_transform(rotation, translation)
 
     def _read_labels(self, key: str, lidar_token: str, n_points: int) -> np.ndarray | None:
@@ -173,8 +211,9 @@ class NuScenesSource:
         raw = read_point_labels(key, path, np.uint8, n_points)  # (N,) fine classes 0..31
         labels, bad = map_labels(raw, self._lookup)
         if len(bad):
-            raise SampleReadError(key, path, f"lidarseg indices {bad.tolist()} are not "
-                                  "nuScenes-lidarseg classes")
+            raise SampleReadError(
+                key, path, f"lidarseg indices {bad.tolist()} are not nuScenes-lidarseg classes"
+            )
         return labels
 
     def _table_path(self, table: str) -> Path:
@@ -184,5 +223,6 @@ class NuScenesSource:
         try:
             return self.nusc.get(table, token)
         except KeyError:
-            raise SampleReadError(key, self._table_path(table),
-                                  f"no {table} record with token {token}") from None
+            raise SampleReadError(
+                key, self._table_path(table), f"no {table} record with token {token}"
+            ) from None

@@ -21,7 +21,13 @@ import numpy as np
 
 from hvdistill.data.errors import DatasetLayoutError, SampleReadError
 from hvdistill.data.sample import CameraFrame, Sample
-from hvdistill.data.sources.files import check_cameras, read_image, read_point_labels, read_points, read_split_file
+from hvdistill.data.sources.files import (
+    check_cameras,
+    read_image,
+    read_point_labels,
+    read_points,
+    read_split_file,
+)
 from hvdistill.data.sources.labels import SEMANTICKITTI_LABEL_MAP, map_labels, semantickitti_lookup
 
 KITTI_CAMERAS = ("image_2", "image_3")  # left / right colour camera; P2 / P3 in calib.txt
@@ -39,8 +45,9 @@ def find_sequences_dir(root: str | Path) -> Path:
     for candidate in (root / "sequences", root / "dataset" / "sequences", root):
         if candidate.is_dir() and any((p / "velodyne").is_dir() for p in candidate.iterdir()):
             return candidate
-    raise DatasetLayoutError(f"SemanticKITTI: no sequences/<SEQ>/velodyne under {root}; "
-                             "pass the folder that contains sequences/")
+    raise DatasetLayoutError(
+        f"SemanticKITTI: no sequences/<SEQ>/velodyne under {root}; pass the folder that contains sequences/"
+    )
 
 
 def parse_matrix(values: list[str]) -> np.ndarray | None:
@@ -76,8 +83,9 @@ def read_calibration(key: str, path: Path) -> dict[str, np.ndarray]:
     return calib
 
 
-def camera_calibration(key: str, path: Path, calib: dict[str, np.ndarray],
-                       camera: str) -> tuple[np.ndarray, np.ndarray]:
+def camera_calibration(
+    key: str, path: Path, calib: dict[str, np.ndarray], camera: str
+) -> tuple[np.ndarray, np.ndarray]:
     """(K (3, 3), camera -> velodyne (4, 4)) of `camera` such that K @ inv(cam_to_velo) = P @ Tr."""
     p_name = "P" + camera.rsplit("_", 1)[-1]
     for name in (p_name, "Tr"):
@@ -102,8 +110,9 @@ class SemanticKITTISource:
     version = "semantickitti"
     label_map_name = SEMANTICKITTI_LABEL_MAP
 
-    def __init__(self, root: str | Path, split: str = "train", split_file: str = "",
-                 cameras: list[str] | None = None):
+    def __init__(
+        self, root: str | Path, split: str = "train", split_file: str = "", cameras: list[str] | None = None
+    ):
         self.root = Path(root)
         self.split = split
         self.camera_names = check_cameras("SemanticKITTI", list(cameras or DEFAULT_CAMERAS), KITTI_CAMERAS)
@@ -116,8 +125,9 @@ class SemanticKITTISource:
             wanted = [n.zfill(2) for n in read_split_file(split_file)]
             missing = [n for n in wanted if n not in present]
             if missing:
-                raise DatasetLayoutError(f"split file {split_file} names sequences that "
-                                         f"{self.sequences_dir} lacks: {missing}")
+                raise DatasetLayoutError(
+                    f"split file {split_file} names sequences that {self.sequences_dir} lacks: {missing}"
+                )
             self._chunks = wanted
         else:
             if split not in ("train", "val"):
@@ -132,7 +142,7 @@ class SemanticKITTISource:
         return list(self._chunks)
 
     def keys(self, chunk: str) -> list[str]:
-        """"SEQ_FRAME" keys of sequence `chunk`, in frame order."""
+        """ "SEQ_FRAME" keys of sequence `chunk`, in frame order."""
         velodyne = self.sequences_dir / chunk / "velodyne"
         if not velodyne.is_dir():
             raise KeyError(f"SemanticKITTI has no sequence '{chunk}' in {self.sequences_dir}")
@@ -152,17 +162,34 @@ class SemanticKITTISource:
         for camera in self.camera_names:
             k, cam_to_ego = camera_calibration(key, calib_path, calib, camera)
             image = read_image(key, seq_dir / camera / f"{frame}.png")  # (H, W, 3)
-            cameras.append(CameraFrame(name=camera, image=image, intrinsics=k, cam_to_ego=cam_to_ego,
-                                       ego_to_global=ego_to_global, token=f"{key}/{camera}"))
+            cameras.append(
+                CameraFrame(
+                    name=camera,
+                    image=image,
+                    intrinsics=k,
+                    cam_to_ego=cam_to_ego,
+                    ego_to_global=ego_to_global,
+                    token=f"{key}/{camera}",
+                )
+            )
         labels = self._read_labels(key, seq_dir, frame, len(points))
         timestamp = self._timestamp(seq_dir, int(frame))
         for cam in cameras:
             cam.timestamp = timestamp
         return Sample(
-            key=key, dataset=self.name, points=points, lidar_to_ego=np.eye(4),
-            ego_to_global=ego_to_global, cameras=cameras, labels=labels, timestamp=timestamp,
-            meta={"scene": seq, "frame": frame,
-                  "label_map": self.label_map_name if labels is not None else ""},
+            key=key,
+            dataset=self.name,
+            points=points,
+            lidar_to_ego=np.eye(4),
+            ego_to_global=ego_to_global,
+            cameras=cameras,
+            labels=labels,
+            timestamp=timestamp,
+            meta={
+                "scene": seq,
+                "frame": frame,
+                "label_map": self.label_map_name if labels is not None else "",
+            },
         )
 
     # ---------------------------------------------------------------- pieces of a sample
@@ -174,8 +201,7 @@ class SemanticKITTISource:
         raw = read_point_labels(key, path, np.uint32, n_points) & RAW_ID_MASK  # (N,)
         labels, bad = map_labels(raw, self._lookup)
         if len(bad):
-            raise SampleReadError(key, path,
-                                  f"raw ids {bad.tolist()[:10]} are not SemanticKITTI classes")
+            raise SampleReadError(key, path, f"raw ids {bad.tolist()[:10]} are not SemanticKITTI classes")
         return labels
 
     def _ego_pose(self, key: str, seq_dir: Path, frame: int, calib: dict[str, np.ndarray]) -> np.ndarray:

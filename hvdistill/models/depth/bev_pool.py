@@ -28,9 +28,16 @@ from hvdistill.geometry.bev import BEVGrid
 INT32_MAX = 2**31 - 1
 
 
-def ray_cells(frustum: torch.Tensor, grid: BEVGrid, intrinsics: torch.Tensor, camera_to_lidar: torch.Tensor,
-              image_aug: torch.Tensor, lidar_aug: torch.Tensor, z_range: tuple[float, float] | None = None,
-              cell_offset: torch.Tensor | None = None) -> torch.Tensor:
+def ray_cells(
+    frustum: torch.Tensor,
+    grid: BEVGrid,
+    intrinsics: torch.Tensor,
+    camera_to_lidar: torch.Tensor,
+    image_aug: torch.Tensor,
+    lidar_aug: torch.Tensor,
+    z_range: tuple[float, float] | None = None,
+    cell_offset: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(N, D, Hf, Wf) int32 flat BEV cell of every frustum point of N images, -1 outside.
 
     frustum (D, Hf, Wf, 3) from `make_frustum`; geometry per image as in `lift_to_lidar`;
@@ -103,8 +110,10 @@ def prepare_pool_index(cells: torch.Tensor, num_cells: int) -> PoolIndex:
     One sort of the kept points by cell; the pixel-major layout needs none.
     """
     if num_cells >= INT32_MAX or cells.numel() >= INT32_MAX:
-        raise ValueError(f"{num_cells} BEV cells / {cells.numel()} frustum points exceed the int32 "
-                         f"index range; use fewer images per rank (train.micro_batch)")
+        raise ValueError(
+            f"{num_cells} BEV cells / {cells.numel()} frustum points exceed the int32 "
+            f"index range; use fewer images per rank (train.micro_batch)"
+        )
     n, d, hf, wf = cells.shape
     key = cells.permute(0, 2, 3, 1).reshape(-1)  # (E,) pixel-major
     keep = key >= 0  # (E,)
@@ -161,7 +170,13 @@ class BEVPool(torch.autograd.Function):
 
 def bev_pool(depth: torch.Tensor, context: torch.Tensor, index: PoolIndex) -> torch.Tensor:
     """depth (N, D, Hf, Wf), context (N, C, Hf, Wf) float32 -> (num_cells, C) summed per cell."""
-    if depth.shape != index.shape or context.shape[0] != depth.shape[0] or context.shape[2:] != depth.shape[2:]:
-        raise ValueError(f"bev_pool: depth {tuple(depth.shape)} / context {tuple(context.shape)} do not "
-                         f"match the index shape {index.shape}")
+    if (
+        depth.shape != index.shape
+        or context.shape[0] != depth.shape[0]
+        or context.shape[2:] != depth.shape[2:]
+    ):
+        raise ValueError(
+            f"bev_pool: depth {tuple(depth.shape)} / context {tuple(context.shape)} do not "
+            f"match the index shape {index.shape}"
+        )
     return BEVPool.apply(depth.contiguous(), context.contiguous(), index)

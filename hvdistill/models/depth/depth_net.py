@@ -23,13 +23,28 @@ from hvdistill.models.image.resnet import BasicBlock
 CAMERA_PARAM_DIM = 27  # the layout built by `camera_parameters`
 
 
-def camera_parameters(intrinsics: torch.Tensor, image_aug: torch.Tensor, camera_to_lidar: torch.Tensor,
-                      lidar_aug: torch.Tensor) -> torch.Tensor:
+def camera_parameters(
+    intrinsics: torch.Tensor, image_aug: torch.Tensor, camera_to_lidar: torch.Tensor, lidar_aug: torch.Tensor
+) -> torch.Tensor:
     """(N, 27) float32 camera-parameter vector per image (BEVDepth's mlp_input)."""
     k, a, m = intrinsics, image_aug, lidar_aug
-    parts = [k[:, 0, 0], k[:, 1, 1], k[:, 0, 2], k[:, 1, 2],
-             a[:, 0, 0], a[:, 0, 1], a[:, 0, 2], a[:, 1, 0], a[:, 1, 1], a[:, 1, 2],
-             m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1], m[:, 2, 2]]
+    parts = [
+        k[:, 0, 0],
+        k[:, 1, 1],
+        k[:, 0, 2],
+        k[:, 1, 2],
+        a[:, 0, 0],
+        a[:, 0, 1],
+        a[:, 0, 2],
+        a[:, 1, 0],
+        a[:, 1, 1],
+        a[:, 1, 2],
+        m[:, 0, 0],
+        m[:, 0, 1],
+        m[:, 1, 0],
+        m[:, 1, 1],
+        m[:, 2, 2],
+    ]
     sensor = camera_to_lidar[:, :3, :4].reshape(-1, 12)  # (N, 12)
     return torch.cat([torch.stack(parts, dim=1), sensor], dim=1).float()  # (N, 27)
 
@@ -38,13 +53,18 @@ class Bridge(nn.Sequential):
     """(N, feature_dim, h, w) -> (N, bridge_channels, h, w)."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels),
-                         nn.ReLU(inplace=True))
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
 
 
 class MLP(nn.Sequential):
     def __init__(self, in_features: int, hidden: int, out_features: int) -> None:
-        super().__init__(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_features))
+        super().__init__(
+            nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_features)
+        )
 
 
 class SEGate(nn.Module):
@@ -62,8 +82,11 @@ class SEGate(nn.Module):
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int, dilation: int = 1) -> nn.Sequential:
     pad = 0 if kernel == 1 else dilation
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
 
 
 class ASPP(nn.Module):
@@ -72,7 +95,8 @@ class ASPP(nn.Module):
     def __init__(self, channels: int, dilations: list[int], dropout: float) -> None:
         super().__init__()
         self.branches = nn.ModuleList(
-            _conv_bn_relu(channels, channels, 1 if d == 1 else 3, d) for d in dilations)
+            _conv_bn_relu(channels, channels, 1 if d == 1 else 3, d) for d in dilations
+        )
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), _conv_bn_relu(channels, channels, 1))
         self.project = _conv_bn_relu(channels * (len(dilations) + 1), channels, 1)
         self.dropout = nn.Dropout(dropout)
@@ -89,8 +113,10 @@ class DepthNet(nn.Module):
     def __init__(self, in_channels: int, depth_bins: int, cfg: DepthModelConfig) -> None:
         super().__init__()
         if cfg.camera_param_dim != CAMERA_PARAM_DIM:
-            raise ValueError(f"model.depth.camera_param_dim={cfg.camera_param_dim}, but the camera "
-                             f"parameter vector has {CAMERA_PARAM_DIM} entries; set it to {CAMERA_PARAM_DIM}")
+            raise ValueError(
+                f"model.depth.camera_param_dim={cfg.camera_param_dim}, but the camera "
+                f"parameter vector has {CAMERA_PARAM_DIM} entries; set it to {CAMERA_PARAM_DIM}"
+            )
         mid = cfg.mid_channels
         self.reduce_conv = _conv_bn_relu(in_channels, mid, 3)
         self.camera_bn = nn.BatchNorm1d(cfg.camera_param_dim)
@@ -108,9 +134,11 @@ class DepthNet(nn.Module):
 
     def forward(self, x: torch.Tensor, camera_params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.training and x.shape[0] < 2:
-            raise ValueError("the depth net normalises camera parameters over the images of a step and "
-                             "needs >= 2 images per rank in training; with a 1-camera dataset (SemanticKITTI) "
-                             "use train.micro_batch >= 2")
+            raise ValueError(
+                "the depth net normalises camera parameters over the images of a step and "
+                "needs >= 2 images per rank in training; with a 1-camera dataset (SemanticKITTI) "
+                "use train.micro_batch >= 2"
+            )
         params = self.camera_bn(camera_params.float())  # (N, 27)
         x = self.reduce_conv(x)  # (N, mid, h, w)
         context = self.context_conv(self.context_se(x, self.context_mlp(params)[..., None, None]))

@@ -51,27 +51,39 @@ class LiftOutput:
 class BEVLift(nn.Module):
     """Bridge + DepthNet + frustum cells + sparse BEV pooling (see the module docstring)."""
 
-    def __init__(self, model_cfg: ModelConfig, geometry_cfg: GeometryConfig,
-                 compute_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, model_cfg: ModelConfig, geometry_cfg: GeometryConfig, compute_dtype: torch.dtype = torch.float32
+    ) -> None:
         super().__init__()
         dcfg, g = model_cfg.depth, geometry_cfg
         self.bridge = Bridge(model_cfg.feature_dim, dcfg.bridge_channels)
         self.depth_net = DepthNet(dcfg.bridge_channels, g.depth_bins, dcfg)
         self.grid_spec = BEVGrid.from_config(g)
-        frustum = make_frustum(g.crop_height, g.crop_width, g.feature_stride, g.depth_min, g.depth_max,
-                               g.depth_step)  # (D, Hf, Wf, 3) float64
+        frustum = make_frustum(
+            g.crop_height, g.crop_width, g.feature_stride, g.depth_min, g.depth_max, g.depth_step
+        )  # (D, Hf, Wf, 3) float64
         self.register_buffer("frustum", frustum, persistent=False)
         self.z_range = (g.point_range[2], g.point_range[5])
         self.compute_dtype = compute_dtype
 
-    def forward(self, features: torch.Tensor, intrinsics: torch.Tensor, camera_to_lidar: torch.Tensor,
-                image_aug: torch.Tensor, lidar_aug: torch.Tensor, image_batch: torch.Tensor,
-                batch_size: int | None = None, with_bev: bool = True) -> LiftOutput:
+    def forward(
+        self,
+        features: torch.Tensor,
+        intrinsics: torch.Tensor,
+        camera_to_lidar: torch.Tensor,
+        image_aug: torch.Tensor,
+        lidar_aug: torch.Tensor,
+        image_batch: torch.Tensor,
+        batch_size: int | None = None,
+        with_bev: bool = True,
+    ) -> LiftOutput:
         """features (N, F, Hf, Wf); geometry (N, 3|4, 3|4); image_batch (N,) sample of each image."""
         d, hf, wf, _ = self.frustum.shape
         if tuple(features.shape[-2:]) != (hf, wf):
-            raise ValueError(f"feature map {tuple(features.shape[-2:])} does not match the frustum "
-                             f"{(hf, wf)} of geometry.crop_* / geometry.feature_stride")
+            raise ValueError(
+                f"feature map {tuple(features.shape[-2:])} does not match the frustum "
+                f"{(hf, wf)} of geometry.crop_* / geometry.feature_stride"
+            )
         b = int(image_batch.max()) + 1 if batch_size is None else batch_size
         params = camera_parameters(intrinsics, image_aug, camera_to_lidar, lidar_aug)  # (N, 27)
         with autocast_context(features.device.type, self.compute_dtype):
@@ -82,15 +94,24 @@ class BEVLift(nn.Module):
         depth = logits.softmax(dim=1)
         with torch.no_grad():
             offset = image_batch.to(torch.int64) * self.grid_spec.num_cells  # (N,)
-            cells = ray_cells(self.frustum, self.grid_spec, intrinsics, camera_to_lidar, image_aug,
-                              lidar_aug, self.z_range, offset)  # (N, D, Hf, Wf) int32
+            cells = ray_cells(
+                self.frustum,
+                self.grid_spec,
+                intrinsics,
+                camera_to_lidar,
+                image_aug,
+                lidar_aug,
+                self.z_range,
+                offset,
+            )  # (N, D, Hf, Wf) int32
             index = prepare_pool_index(cells, b * self.grid_spec.num_cells)
         pooled = bev_pool(depth, context, index)  # (B * S * S, C)
         return LiftOutput(logits, F.normalize(pooled, dim=1), index.occupied, b, self.grid_spec.size)
 
 
-def build_depth_lift(model_cfg: ModelConfig, geometry_cfg: GeometryConfig,
-                     precision_cfg: PrecisionConfig | None = None) -> BEVLift:
+def build_depth_lift(
+    model_cfg: ModelConfig, geometry_cfg: GeometryConfig, precision_cfg: PrecisionConfig | None = None
+) -> BEVLift:
     """The trainable depth/lift branch; dense convs autocast in precision_cfg.image_dtype (fp32 if None)."""
     dtype = DTYPES[precision_cfg.image_dtype] if precision_cfg is not None else torch.float32
     return BEVLift(model_cfg, geometry_cfg, dtype)

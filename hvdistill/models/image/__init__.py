@@ -4,5 +4,15 @@ from hvdistill.models.image.resnet import BasicBlock, Bottleneck, ResNet, resnet
 from hvdistill.models.image.teacher import ImageTeacher, TeacherOutput, build_image_teacher
 from hvdistill.models.image.weights import LoadReport, load_teacher_weights
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet50", "ImageTeacher", "TeacherOutput",
-           "build_image_teacher", "LoadReport", "load_teacher_weights"]
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "ResNet",
+    "resnet18",
+    "resnet50",
+    "ImageTeacher",
+    "TeacherOutput",
+    "build_image_teacher",
+    "LoadReport",
+    "load_teacher_weights",
+]

@@ -41,9 +41,15 @@ def autocast_context(device_type: str, dtype: torch.dtype) -> torch.autocast:
 class ImageTeacher(nn.Module):
     """Frozen dilated ResNet + trainable 1x1 head; see the module docstring for the contract."""
 
-    def __init__(self, arch: str = "resnet50", feature_dim: int = 64, output_stride: int = 4,
-                 mean: list[float] | None = None, std: list[float] | None = None,
-                 compute_dtype: torch.dtype = torch.bfloat16) -> None:
+    def __init__(
+        self,
+        arch: str = "resnet50",
+        feature_dim: int = 64,
+        output_stride: int = 4,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        compute_dtype: torch.dtype = torch.bfloat16,
+    ) -> None:
         super().__init__()
         if arch not in ARCHITECTURES:
             raise ValueError(f"model.image.arch {arch!r} is not one of {sorted(ARCHITECTURES)}")
@@ -65,7 +71,7 @@ class ImageTeacher(nn.Module):
     def backbone_channels(self) -> int:
         return self.backbone.out_channels
 
-    def train(self, mode: bool = True) -> "ImageTeacher":
+    def train(self, mode: bool = True) -> ImageTeacher:
         """Only the head follows `mode`; the frozen backbone always stays in eval mode."""
         super().train(mode)
         self.backbone.eval()
@@ -90,12 +96,20 @@ def build_image_teacher(model_cfg: ModelConfig, precision_cfg: PrecisionConfig) 
     """The teacher of `model_cfg.image`, with weights from its local file (or explicit random init)."""
     icfg = model_cfg.image
     if not icfg.weights and not icfg.random_init:
-        raise ValueError("model.image.weights: no teacher checkpoint given; set model.image.weights="
-                         "/path/to/checkpoint.pth, or model.image.random_init=true explicitly")
+        raise ValueError(
+            "model.image.weights: no teacher checkpoint given; set model.image.weights="
+            "/path/to/checkpoint.pth, or model.image.random_init=true explicitly"
+        )
     if icfg.weights and icfg.random_init:
         raise ValueError("model.image: both weights and random_init are set; choose one")
-    teacher = ImageTeacher(icfg.arch, model_cfg.feature_dim, icfg.output_stride, icfg.mean, icfg.std,
-                           DTYPES[precision_cfg.image_dtype])
+    teacher = ImageTeacher(
+        icfg.arch,
+        model_cfg.feature_dim,
+        icfg.output_stride,
+        icfg.mean,
+        icfg.std,
+        DTYPES[precision_cfg.image_dtype],
+    )
     if icfg.weights:
         teacher.load_report = load_teacher_weights(teacher, icfg.weights, icfg.weights_format)
     return teacher

@@ -17,7 +17,6 @@ logged, and loading fails loudly when nothing matched.
 from __future__ import annotations
 
 import argparse
-
 import logging
 import pickle
 from dataclasses import dataclass, field
@@ -47,9 +46,11 @@ class LoadReport:
     dropped: list[str] = field(default_factory=list)  # heads / other encoders, ignored on purpose
 
     def summary(self) -> str:
-        return (f"{self.path} ({self.format}): {len(self.loaded)} loaded, {len(self.missing)} missing, "
-                f"{len(self.unexpected)} unexpected, {len(self.mismatched)} shape-mismatched, "
-                f"{len(self.dropped)} dropped")
+        return (
+            f"{self.path} ({self.format}): {len(self.loaded)} loaded, {len(self.missing)} missing, "
+            f"{len(self.unexpected)} unexpected, {len(self.mismatched)} shape-mismatched, "
+            f"{len(self.dropped)} dropped"
+        )
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -58,15 +59,17 @@ def read_checkpoint(path: str | Path) -> dict:
         with torch.serialization.safe_globals([argparse.Namespace]):  # DINO saves its args
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: refusing to load a checkpoint that needs arbitrary unpickling "
-                         f"(only tensors and plain containers are allowed): {e}") from e
+        raise ValueError(
+            f"{path}: refusing to load a checkpoint that needs arbitrary unpickling "
+            f"(only tensors and plain containers are allowed): {e}"
+        ) from e
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
     return obj
 
 
 def detect_format(obj: dict) -> str:
-    """"moco", "dino" or "torchvision" from the checkpoint's keys."""
+    """ "moco", "dino" or "torchvision" from the checkpoint's keys."""
     sd = obj.get("state_dict")
     if isinstance(sd, dict) and any(str(k).startswith(MOCO_PREFIX) for k in sd):
         return "moco"
@@ -76,8 +79,10 @@ def detect_format(obj: dict) -> str:
         return "torchvision"
     if any(str(k).startswith("conv1.") for k in obj):
         return "dino"
-    raise ValueError("cannot detect the checkpoint format (no MoCo 'module.encoder_q.' keys, no "
-                     "DINO 'teacher', no torchvision 'conv1.' keys); set model.image.weights_format")
+    raise ValueError(
+        "cannot detect the checkpoint format (no MoCo 'module.encoder_q.' keys, no "
+        "DINO 'teacher', no torchvision 'conv1.' keys); set model.image.weights_format"
+    )
 
 
 def _strip(sd: dict, prefixes: tuple[str, ...], dropped: list[str]) -> dict[str, torch.Tensor]:
@@ -88,7 +93,7 @@ def _strip(sd: dict, prefixes: tuple[str, ...], dropped: list[str]) -> dict[str,
         if prefix is None:
             dropped.append(key)
         else:
-            out[key[len(prefix):]] = value
+            out[key[len(prefix) :]] = value
     return out
 
 
@@ -130,11 +135,16 @@ def load_teacher_weights(module: nn.Module, path: str | Path, fmt: str = "auto")
     report.missing = sorted(k for k in own if k not in usable)
     report.loaded = sorted(usable)
     if not usable:
-        raise ValueError(f"{path}: no key matched the {type(target).__name__} backbone "
-                         f"(format {fmt}); {report.summary()}")
+        raise ValueError(
+            f"{path}: no key matched the {type(target).__name__} backbone (format {fmt}); {report.summary()}"
+        )
     target.load_state_dict(usable, strict=False)
     log.info(report.summary())
     if report.missing or report.unexpected or report.mismatched:
-        log.warning("teacher weights incomplete: missing %s, unexpected %s, mismatched %s",
-                    report.missing, report.unexpected, report.mismatched)
+        log.warning(
+            "teacher weights incomplete: missing %s, unexpected %s, mismatched %s",
+            report.missing,
+            report.unexpected,
+            report.mismatched,
+        )
     return report

@@ -12,5 +12,10 @@ from hvdistill.models.lidar.student import LidarOutput, LidarStudent, build_lida
 from hvdistill.models.lidar.unet import SparseUNet
 
 __all__ = [
-    "LidarOutput", "LidarStudent", "SparseUNet", "build_lidar_model", "conv_algo", "sparse_input",
+    "LidarOutput",
+    "LidarStudent",
+    "SparseUNet",
+    "build_lidar_model",
+    "conv_algo",
+    "sparse_input",
 ]

@@ -36,8 +36,7 @@ def norm_relu(channels: int) -> list[nn.Module]:
 def subm_conv_bn_relu(c_in: int, c_out: int, level: int, algo) -> spconv.SparseSequential:
     """3x3x3 submanifold conv (outputs only at the input sites) + BN + ReLU."""
     return spconv.SparseSequential(
-        spconv.SubMConv3d(c_in, c_out, 3, padding=1, bias=False, indice_key=subm_key(level),
-                          algo=algo),
+        spconv.SubMConv3d(c_in, c_out, 3, padding=1, bias=False, indice_key=subm_key(level), algo=algo),
         *norm_relu(c_out),
     )
 
@@ -45,8 +44,7 @@ def subm_conv_bn_relu(c_in: int, c_out: int, level: int, algo) -> spconv.SparseS
 def down_conv_bn_relu(c_in: int, c_out: int, level: int, algo) -> spconv.SparseSequential:
     """Stride-2 sparse conv (kernel 2): level `level` -> `level + 1`, + BN + ReLU."""
     return spconv.SparseSequential(
-        spconv.SparseConv3d(c_in, c_out, 2, stride=2, bias=False, indice_key=down_key(level),
-                            algo=algo),
+        spconv.SparseConv3d(c_in, c_out, 2, stride=2, bias=False, indice_key=down_key(level), algo=algo),
         *norm_relu(c_out),
     )
 
@@ -54,8 +52,7 @@ def down_conv_bn_relu(c_in: int, c_out: int, level: int, algo) -> spconv.SparseS
 def up_conv_bn_relu(c_in: int, c_out: int, level: int, algo) -> spconv.SparseSequential:
     """Inverse of the stride-2 conv that left `level`: back to its sites, + BN + ReLU."""
     return spconv.SparseSequential(
-        spconv.SparseInverseConv3d(c_in, c_out, 2, indice_key=down_key(level), bias=False,
-                                   algo=algo),
+        spconv.SparseInverseConv3d(c_in, c_out, 2, indice_key=down_key(level), bias=False, algo=algo),
         *norm_relu(c_out),
     )
 
@@ -70,11 +67,9 @@ class BasicBlock(spconv.SparseModule):
     def __init__(self, c_in: int, c_out: int, level: int, algo):
         super().__init__()
         key = subm_key(level)
-        self.conv1 = spconv.SubMConv3d(c_in, c_out, 3, padding=1, bias=False, indice_key=key,
-                                       algo=algo)
+        self.conv1 = spconv.SubMConv3d(c_in, c_out, 3, padding=1, bias=False, indice_key=key, algo=algo)
         self.norm1 = nn.BatchNorm1d(c_out)
-        self.conv2 = spconv.SubMConv3d(c_out, c_out, 3, padding=1, bias=False, indice_key=key,
-                                       algo=algo)
+        self.conv2 = spconv.SubMConv3d(c_out, c_out, 3, padding=1, bias=False, indice_key=key, algo=algo)
         self.norm2 = nn.BatchNorm1d(c_out)
         self.project = None
         if c_in != c_out:

@@ -33,7 +33,11 @@ _REDUCE = {"max": "amax", "mean": "mean"}
 
 
 def pool_columns(
-    features: torch.Tensor, batch: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor, bev_size: int,
+    features: torch.Tensor,
+    batch: torch.Tensor,
+    iy: torch.Tensor,
+    ix: torch.Tensor,
+    bev_size: int,
     reduce: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pool (N, C) rows sharing a (batch, iy, ix) cell -> (K, C) features, (K, 3) int64 indices."""
@@ -43,8 +47,9 @@ def pool_columns(
     index = inverse.unsqueeze(1).expand_as(features)  # (N, C)
     out = features.new_zeros(len(cells), features.shape[1])
     pooled = out.scatter_reduce(0, index, features, _REDUCE[reduce], include_self=False)  # (K, C)
-    indices = torch.stack([cells // (bev_size * bev_size), (cells // bev_size) % bev_size,
-                           cells % bev_size], dim=1)  # (K, 3) batch, iy, ix
+    indices = torch.stack(
+        [cells // (bev_size * bev_size), (cells // bev_size) % bev_size, cells % bev_size], dim=1
+    )  # (K, 3) batch, iy, ix
     return pooled, indices
 
 
@@ -62,8 +67,16 @@ class IPVHead(nn.Module):
 class BEVHead(nn.Module):
     """Sparse voxel features -> unit-norm BEV cell features and their (batch, iy, ix) indices."""
 
-    def __init__(self, in_channels: int, feature_dim: int, variant: str, stride: int,
-                 bev_size: int, pool: str, algo: spconv.ConvAlgo | None):
+    def __init__(
+        self,
+        in_channels: int,
+        feature_dim: int,
+        variant: str,
+        stride: int,
+        bev_size: int,
+        pool: str,
+        algo: spconv.ConvAlgo | None,
+    ):
         super().__init__()
         if variant not in ("strided", "column"):
             raise ValueError(f"bev_head must be 'strided' or 'column', got {variant!r}")
@@ -73,12 +86,15 @@ class BEVHead(nn.Module):
         self.reduce_xy = None
         if variant == "strided":
             steps = int(round(math.log2(stride)))
-            if 2 ** steps != stride:
+            if 2**steps != stride:
                 raise ValueError(f"the strided BEV head needs a power-of-two stride, got {stride}")
             layers: list[nn.Module] = []
             for _ in range(steps):
-                layers.append(spconv.SparseConv3d(in_channels, in_channels, (1, 2, 2),
-                                                  stride=(1, 2, 2), bias=False, algo=algo))
+                layers.append(
+                    spconv.SparseConv3d(
+                        in_channels, in_channels, (1, 2, 2), stride=(1, 2, 2), bias=False, algo=algo
+                    )
+                )
                 layers.extend(norm_relu(in_channels))
             self.reduce_xy = spconv.SparseSequential(*layers)
         self.proj = nn.Linear(in_channels, feature_dim)

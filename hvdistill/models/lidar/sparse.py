@@ -15,7 +15,7 @@ algorithm is left to spconv (`None`). spconv stores every weight in the same KRS
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import spconv.pytorch as spconv
 import torch
@@ -34,16 +34,19 @@ def sparse_input(
 ) -> spconv.SparseConvTensor:
     """(V, 4) int (batch, z, y, x) coords + (V, C) features on a [Z, Y, X] grid -> sparse tensor."""
     if voxel_coords.ndim != 2 or voxel_coords.shape[1] != 4:
-        raise ValueError("voxel_coords must be (V, 4) = (batch, z, y, x), "
-                         f"got {tuple(voxel_coords.shape)}")
+        raise ValueError(f"voxel_coords must be (V, 4) = (batch, z, y, x), got {tuple(voxel_coords.shape)}")
     if voxel_features.ndim != 2 or voxel_features.shape[0] != voxel_coords.shape[0]:
-        raise ValueError(f"voxel_features must be (V, C) with V = {voxel_coords.shape[0]}, "
-                         f"got {tuple(voxel_features.shape)}")
+        raise ValueError(
+            f"voxel_features must be (V, C) with V = {voxel_coords.shape[0]}, "
+            f"got {tuple(voxel_features.shape)}"
+        )
     if len(spatial_shape) != 3:
         raise ValueError(f"spatial_shape must be [Z, Y, X], got {list(spatial_shape)}")
     if voxel_coords.device != voxel_features.device:
-        raise ValueError(f"voxel_coords on {voxel_coords.device} but voxel_features on "
-                         f"{voxel_features.device}; move both to one device")
+        raise ValueError(
+            f"voxel_coords on {voxel_coords.device} but voxel_features on "
+            f"{voxel_features.device}; move both to one device"
+        )
     coords = voxel_coords.to(torch.int32).contiguous()  # (V, 4)
     feats = voxel_features.contiguous()  # (V, C)
     return spconv.SparseConvTensor(feats, coords, [int(s) for s in spatial_shape], int(batch_size))

@@ -18,7 +18,8 @@ is switched off for the sparse side otherwise (spconv has no bf16). Heads comput
 from __future__ import annotations
 
 import contextlib
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -40,8 +41,14 @@ class LidarOutput(NamedTuple):
 class LidarStudent(nn.Module):
     """Voxels -> per-voxel features, IPV features and BEV cell features."""
 
-    def __init__(self, cfg: LidarModelConfig, feature_dim: int, bev_stride: int, bev_size: int,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        cfg: LidarModelConfig,
+        feature_dim: int,
+        bev_stride: int,
+        bev_size: int,
+        device: torch.device | str = "cpu",
+    ):
         super().__init__()
         algo = conv_algo(device)
         self.device_type = torch.device(device).type
@@ -49,8 +56,7 @@ class LidarStudent(nn.Module):
         self.backbone = SparseUNet(cfg, algo)
         out = self.backbone.out_channels
         self.ipv_head = IPVHead(out, feature_dim)
-        self.bev_head = BEVHead(out, feature_dim, cfg.bev_head, bev_stride, bev_size, cfg.bev_pool,
-                                algo)
+        self.bev_head = BEVHead(out, feature_dim, cfg.bev_head, bev_stride, bev_size, cfg.bev_pool, algo)
 
     def _sparse_context(self) -> contextlib.AbstractContextManager:
         """fp16 autocast for the sparse convs when configured (CUDA only), else nothing."""
@@ -58,14 +64,20 @@ class LidarStudent(nn.Module):
             return torch.autocast(device_type="cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
-    def forward(self, voxel_coords: torch.Tensor, voxel_features: torch.Tensor,
-                spatial_shape: Sequence[int], batch_size: int) -> LidarOutput:
+    def forward(
+        self,
+        voxel_coords: torch.Tensor,
+        voxel_features: torch.Tensor,
+        spatial_shape: Sequence[int],
+        batch_size: int,
+    ) -> LidarOutput:
         """(V, 4) int (batch, z, y, x) coords, (V, C_in) features on a [Z, Y, X] grid."""
         if voxel_features.device.type != self.device_type:
             raise RuntimeError(
                 f"this LidarStudent was built for {self.device_type} (spconv's conv algorithm is "
                 f"fixed at construction) but got {voxel_features.device.type} inputs; build it "
-                f"with build_lidar_model(..., device='{voxel_features.device.type}')")
+                f"with build_lidar_model(..., device='{voxel_features.device.type}')"
+            )
         x = sparse_input(voxel_coords, voxel_features.float(), spatial_shape, batch_size)
         with torch.autocast(device_type=voxel_features.device.type, enabled=False):
             with self._sparse_context():
@@ -82,31 +94,42 @@ def bev_stride(geometry: GeometryConfig) -> int:
     return int(round(geometry.bev_resolution / geometry.voxel_size))
 
 
-def lidar_model_problems(cfg: LidarModelConfig, geometry: GeometryConfig,
-                         device: torch.device | str) -> list[str]:
+def lidar_model_problems(
+    cfg: LidarModelConfig, geometry: GeometryConfig, device: torch.device | str
+) -> list[str]:
     """Every inconsistency between the model config, the grids and the device, with its fix."""
     p: list[str] = []
     stride = bev_stride(geometry)
     if stride < 1 or abs(stride * geometry.voxel_size - geometry.bev_resolution) > 1e-6 * stride:
-        p.append(f"geometry.bev_resolution: {geometry.bev_resolution} must be a whole multiple of "
-                 f"geometry.voxel_size={geometry.voxel_size}")
+        p.append(
+            f"geometry.bev_resolution: {geometry.bev_resolution} must be a whole multiple of "
+            f"geometry.voxel_size={geometry.voxel_size}"
+        )
     elif stride != cfg.bev_head_stride:
-        p.append(f"model.lidar.bev_head_stride: {cfg.bev_head_stride} disagrees with "
-                 f"bev_resolution / voxel_size = {stride}; "
-                 f"set model.lidar.bev_head_stride={stride}")
+        p.append(
+            f"model.lidar.bev_head_stride: {cfg.bev_head_stride} disagrees with "
+            f"bev_resolution / voxel_size = {stride}; "
+            f"set model.lidar.bev_head_stride={stride}"
+        )
     else:
         nx, ny, _ = grid_shape(geometry.point_range, geometry.voxel_size)
         if -(-nx // stride) > geometry.bev_size or -(-ny // stride) > geometry.bev_size:
-            p.append(f"geometry.bev_size: {geometry.bev_size} cells do not cover the {nx} x {ny} "
-                     f"voxel grid at stride {stride}; set geometry.bev_size="
-                     f"{max(-(-nx // stride), -(-ny // stride))}")
+            p.append(
+                f"geometry.bev_size: {geometry.bev_size} cells do not cover the {nx} x {ny} "
+                f"voxel grid at stride {stride}; set geometry.bev_size="
+                f"{max(-(-nx // stride), -(-ny // stride))}"
+            )
     nx, ny, _ = grid_shape(geometry.point_range, geometry.voxel_size)
     if cfg.bev_head == "strided" and stride >= 1 and (nx % stride or ny % stride):
-        p.append(f"model.lidar.bev_head: 'strided' drops the last voxel rows of a {nx} x {ny} grid "
-                 f"not divisible by {stride}; adjust geometry.point_range or use model.lidar.bev_head=column")
+        p.append(
+            f"model.lidar.bev_head: 'strided' drops the last voxel rows of a {nx} x {ny} grid "
+            f"not divisible by {stride}; adjust geometry.point_range or use model.lidar.bev_head=column"
+        )
     if cfg.bev_head == "strided" and stride >= 1 and stride & (stride - 1):
-        p.append(f"model.lidar.bev_head: 'strided' needs a power-of-two stride, got {stride}; "
-                 f"use model.lidar.bev_head=column")
+        p.append(
+            f"model.lidar.bev_head: 'strided' needs a power-of-two stride, got {stride}; "
+            f"use model.lidar.bev_head=column"
+        )
     if len(cfg.planes) != 8 or len(cfg.encoder_blocks) != 4 or len(cfg.decoder_blocks) != 4:
         p.append("model.lidar: planes needs 8 entries, encoder_blocks and decoder_blocks 4 each")
     if cfg.sparse_dtype == "float16" and torch.device(device).type != "cuda":
@@ -114,12 +137,14 @@ def lidar_model_problems(cfg: LidarModelConfig, geometry: GeometryConfig,
     return p
 
 
-def build_lidar_model(model_cfg: ModelConfig, geometry: GeometryConfig,
-                      device: torch.device | str = "cpu") -> LidarStudent:
+def build_lidar_model(
+    model_cfg: ModelConfig, geometry: GeometryConfig, device: torch.device | str = "cpu"
+) -> LidarStudent:
     """The 3D student for `device` (spconv's conv algorithm is chosen here, once)."""
     problems = lidar_model_problems(model_cfg.lidar, geometry, device)
     if problems:
         raise ValueError("invalid LiDAR model config:\n  " + "\n  ".join(problems))
-    model = LidarStudent(model_cfg.lidar, model_cfg.feature_dim, bev_stride(geometry),
-                         geometry.bev_size, device)
+    model = LidarStudent(
+        model_cfg.lidar, model_cfg.feature_dim, bev_stride(geometry), geometry.bev_size, device
+    )
     return model.to(device)

@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from hvdistill.config import LidarModelConfig
-from hvdistill.models.lidar.blocks import (basic_stage, down_conv_bn_relu, subm_conv_bn_relu,
-                                           up_conv_bn_relu)
+from hvdistill.models.lidar.blocks import basic_stage, down_conv_bn_relu, subm_conv_bn_relu, up_conv_bn_relu
 
 NUM_STAGES = 4  # the MinkUNet layout: four encoder and four decoder stages
 
@@ -42,8 +41,7 @@ class SparseUNet(nn.Module):
         self.encoder = nn.ModuleList()
         for i in range(NUM_STAGES):
             self.down.append(down_conv_bn_relu(enc_in[i], enc_in[i], i, algo))
-            self.encoder.append(basic_stage(enc_in[i], planes[i], cfg.encoder_blocks[i], i + 1,
-                                            algo))
+            self.encoder.append(basic_stage(enc_in[i], planes[i], cfg.encoder_blocks[i], i + 1, algo))
         # Decoder stage i returns from level 4 - i to level 3 - i and concatenates its skip.
         skips = [planes[2], planes[1], planes[0], stem]
         dec_in = [planes[3]] + planes[4:7]
@@ -52,8 +50,9 @@ class SparseUNet(nn.Module):
         for i in range(NUM_STAGES):
             level = NUM_STAGES - 1 - i
             self.up.append(up_conv_bn_relu(dec_in[i], planes[4 + i], level, algo))
-            self.decoder.append(basic_stage(planes[4 + i] + skips[i], planes[4 + i],
-                                            cfg.decoder_blocks[i], level, algo))
+            self.decoder.append(
+                basic_stage(planes[4 + i] + skips[i], planes[4 + i], cfg.decoder_blocks[i], level, algo)
+            )
 
     def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
         """Sparse input (V, in_channels) -> sparse output (V, planes[7]) on the same sites/order."""

@@ -8,15 +8,22 @@ from pathlib import Path
 import pytest
 
 from hvdistill.config import SynthConfig
-from hvdistill.data.synthetic import write_nuscenes, write_semantickitti
+from hvdistill.synthetic import write_nuscenes, write_semantickitti
 
 NUSCENES_VERSION = "v1.0-trainval"
 
 
 def tiny_synth_config() -> SynthConfig:
     """2 scenes x 2 frames, small images, a sparse LiDAR: seconds to generate."""
-    return SynthConfig(scenes=2, frames_per_scene=2, seed=3, image_width=192, image_height=108,
-                       lidar_beams=16, lidar_points_per_beam=360)
+    return SynthConfig(
+        scenes=2,
+        frames_per_scene=2,
+        seed=3,
+        image_width=192,
+        image_height=108,
+        lidar_beams=16,
+        lidar_points_per_beam=360,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,22 @@ from hvdistill.data.sources.cli import main
 
 
 def test_inspect_nuscenes_reports_scenes_cameras_labels_and_pairs(nuscenes_root, capsys):
-    assert hvdistill_main(["inspect", "--source", "nuscenes", "--root", str(nuscenes_root),
-                           "--split", "train", "--limit", "0"]) == 0
+    assert (
+        hvdistill_main(
+            [
+                "inspect",
+                "--source",
+                "nuscenes",
+                "--root",
+                str(nuscenes_root),
+                "--split",
+                "train",
+                "--limit",
+                "0",
+            ]
+        )
+        == 0
+    )
     out_train = capsys.readouterr().out
     assert main(["--source", "nuscenes", "--root", str(nuscenes_root), "--split", "val"]) == 0
     out_val = capsys.readouterr().out

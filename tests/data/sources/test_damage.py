@@ -116,8 +116,12 @@ def test_nuscenes_malformed_intrinsics(nuscenes_copy):
 def kitti_files(src, key):
     seq, frame = key.split("_")
     d = src.sequences_dir / seq
-    return (d / "velodyne" / f"{frame}.bin", d / "image_2" / f"{frame}.png",
-            d / "labels" / f"{frame}.label", d / "calib.txt")
+    return (
+        d / "velodyne" / f"{frame}.bin",
+        d / "image_2" / f"{frame}.png",
+        d / "labels" / f"{frame}.label",
+        d / "calib.txt",
+    )
 
 
 def test_kitti_truncated_point_file_and_nan(kitti_copy):

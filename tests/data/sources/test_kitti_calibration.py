@@ -8,9 +8,9 @@ from hvdistill.data.sources.semantickitti import camera_calibration, read_calibr
 from hvdistill.geometry.transforms import invert_transform, make_transform, yaw_rotation
 
 # Sequence 00's published P2 and a Tr of the same kind (velodyne -> camera 0 axes swap + offset).
-P2 = np.array([[718.856, 0.0, 607.1928, 45.38225],
-               [0.0, 718.856, 185.2157, -0.1130887],
-               [0.0, 0.0, 1.0, 0.003779761]])
+P2 = np.array(
+    [[718.856, 0.0, 607.1928, 45.38225], [0.0, 718.856, 185.2157, -0.1130887], [0.0, 0.0, 1.0, 0.003779761]]
+)
 AXES = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])  # velodyne -> camera axes
 
 
@@ -35,8 +35,15 @@ def test_projection_equals_p2_times_tr(tmp_path):
     np.testing.assert_allclose(ours, reference, rtol=1e-12, atol=1e-9)
 
 
-@pytest.mark.parametrize("line", ["P2: 1 2 3", "P2: 1 2 3 4 5 6 7 8 9 10 11 x",
-                                  "P2 1 2 3 4 5 6 7 8 9 10 11 12", "P2: 1 2 3 4 5 6 7 8 9 10 11 nan"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "P2: 1 2 3",
+        "P2: 1 2 3 4 5 6 7 8 9 10 11 x",
+        "P2 1 2 3 4 5 6 7 8 9 10 11 12",
+        "P2: 1 2 3 4 5 6 7 8 9 10 11 nan",
+    ],
+)
 def test_malformed_calibration_line_raises_naming_the_file(tmp_path, line):
     write_calib(tmp_path / "calib.txt")
     text = (tmp_path / "calib.txt").read_text().splitlines()

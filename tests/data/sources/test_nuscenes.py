@@ -24,8 +24,14 @@ MIN_DIST, BORDER = 1.0, 1.0  # map_pointcloud_to_image defaults
 
 
 def all_sources(root, split_file=""):
-    return [build_source(SourceConfig(name="nuscenes", root=str(root), version=NUSCENES_VERSION,
-                                      split=s, split_file=split_file)) for s in ("train", "val")]
+    return [
+        build_source(
+            SourceConfig(
+                name="nuscenes", root=str(root), version=NUSCENES_VERSION, split=s, split_file=split_file
+            )
+        )
+        for s in ("train", "val")
+    ]
 
 
 def all_keys(root):
@@ -35,8 +41,12 @@ def all_keys(root):
 def chain_magnitude(sample, cam_index: int) -> float:
     """Largest coordinate the devkit's chain holds (lidar, ego, global, ego, camera frames)."""
     cam = sample.cameras[cam_index]
-    steps = [sample.lidar_to_ego, sample.ego_to_global, invert_transform(cam.ego_to_global),
-             invert_transform(cam.cam_to_ego)]
+    steps = [
+        sample.lidar_to_ego,
+        sample.ego_to_global,
+        invert_transform(cam.ego_to_global),
+        invert_transform(cam.cam_to_ego),
+    ]
     xyz, biggest = sample.points[:, :3].astype(np.float64), 0.0
     for step in steps:
         xyz = apply_transform(step, xyz)
@@ -62,8 +72,7 @@ def match_devkit_points(uv, depth, dev_uv, dev_depth, tol_px, tol_depth, candida
         while c < len(candidates):
             i = candidates[c]
             c += 1
-            if (abs(depth[i] - dev_depth[j]) <= tol_depth
-                    and np.abs(uv[i] - dev_uv[j]).max() <= tol_px[i]):
+            if abs(depth[i] - dev_depth[j]) <= tol_depth and np.abs(uv[i] - dev_uv[j]).max() <= tol_px[i]:
                 found.append(i)
                 break
         else:
@@ -115,10 +124,16 @@ def compare_with_devkit(sample, ci, dev_uv, dev_depth):
     near &= (uv[:, 0] > lo) & (uv[:, 0] < hi_u) & (uv[:, 1] > lo) & (uv[:, 1] < hi_v)
     dev_index = match_devkit_points(uv, depth, dev_uv, dev_depth, tol_px, delta, np.flatnonzero(near))
 
-    ours = project_points(sample.points[:, :3], sample.lidar_to_camera(ci), k, width, height,
-                          min_depth=MIN_DIST, border=BORDER)
-    edges = [(depth, MIN_DIST, delta), (uv[:, 0], BORDER, tol_px), (uv[:, 0], width - BORDER, tol_px),
-             (uv[:, 1], BORDER, tol_px), (uv[:, 1], height - BORDER, tol_px)]
+    ours = project_points(
+        sample.points[:, :3], sample.lidar_to_camera(ci), k, width, height, min_depth=MIN_DIST, border=BORDER
+    )
+    edges = [
+        (depth, MIN_DIST, delta),
+        (uv[:, 0], BORDER, tol_px),
+        (uv[:, 0], width - BORDER, tol_px),
+        (uv[:, 1], BORDER, tol_px),
+        (uv[:, 1], height - BORDER, tol_px),
+    ]
     in_band = near & np.any([np.abs(value - edge) <= tol for value, edge, tol in edges], axis=0)
     disagree = np.setxor1d(ours.index, dev_index)
     assert in_band[disagree].all(), f"{sample.key} {cam.name}: {disagree[~in_band[disagree]]} differ"
@@ -225,8 +240,10 @@ def test_mini_version_uses_the_mini_splits(nuscenes_copy):
     scene_table = nuscenes_copy / "v1.0-mini" / "scene.json"
     train_scene = next(n for n in create_splits_scenes()["train"] if n in scene_table.read_text())
     scene_table.write_text(scene_table.read_text().replace(f'"{train_scene}"', '"scene-0553"'))
-    mini = {s: build_source(SourceConfig(name="nuscenes", root=str(nuscenes_copy), version="v1.0-mini",
-                                         split=s)) for s in ("train", "val")}
+    mini = {
+        s: build_source(SourceConfig(name="nuscenes", root=str(nuscenes_copy), version="v1.0-mini", split=s))
+        for s in ("train", "val")
+    }
     assert mini["train"].chunks() == ["scene-0553"] and mini["val"].chunks() == ["scene-0103"]
     assert "scene-0553" in create_splits_scenes()["val"]
     sample = mini["train"].read(mini["train"].keys("scene-0553")[0])

@@ -11,9 +11,9 @@ from hvdistill.config import SourceConfig
 from hvdistill.data.errors import DatasetLayoutError
 from hvdistill.data.sources import build_source
 from hvdistill.data.sources.labels import SEMANTICKITTI_LEARNING_MAP, semantickitti_lookup
-from hvdistill.data.synthetic import read_side_outputs
 from hvdistill.geometry.projection import project_points
 from hvdistill.geometry.transforms import invert_transform
+from hvdistill.synthetic import read_side_outputs
 
 
 def source(root, split="train", split_file="", cameras=None):
@@ -75,8 +75,7 @@ def test_points_land_on_pixels_of_their_own_class(kitti_root):
         for key in [k for c in src.chunks() for k in src.keys(c)]:
             sample = src.read(key)
             cam = sample.cameras[0]
-            proj = project_points(sample.points[:, :3], sample.lidar_to_camera(0), cam.intrinsics,
-                                  *cam.size)
+            proj = project_points(sample.points[:, :3], sample.lidar_to_camera(0), cam.intrinsics, *cam.size)
             seq, frame = key.split("_")
             classes, depth = read_side_outputs(kitti_root, f"sequences/{seq}/image_2/{frame}.png")
             rows, cols = np.floor(proj.uv[:, 1] + 0.5).astype(int), np.floor(proj.uv[:, 0] + 0.5).astype(int)

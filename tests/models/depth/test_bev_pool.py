@@ -15,10 +15,19 @@ Z_RANGE = (-5.0, 3.0)
 def geometry_cells(rig: dict, grid: BEVGrid) -> tuple[torch.Tensor, torch.Tensor]:
     frustum = make_frustum(*CROP, 4, 1.0, 60.0, 0.5)
     offset = rig["image_batch"] * grid.num_cells
-    fast = ray_cells(frustum, grid, rig["intrinsics"], rig["camera_to_lidar"], rig["image_aug"],
-                     rig["lidar_aug"], Z_RANGE, offset)
-    ref = frustum_cells(frustum, grid, rig["intrinsics"], rig["camera_to_lidar"], rig["image_aug"],
-                        rig["lidar_aug"], Z_RANGE)
+    fast = ray_cells(
+        frustum,
+        grid,
+        rig["intrinsics"],
+        rig["camera_to_lidar"],
+        rig["image_aug"],
+        rig["lidar_aug"],
+        Z_RANGE,
+        offset,
+    )
+    ref = frustum_cells(
+        frustum, grid, rig["intrinsics"], rig["camera_to_lidar"], rig["image_aug"], rig["lidar_aug"], Z_RANGE
+    )
     ref = torch.where(ref >= 0, ref + offset.view(-1, 1, 1, 1), ref)
     return fast, ref
 

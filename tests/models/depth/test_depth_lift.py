@@ -22,8 +22,24 @@ def test_camera_parameters_follow_bevdepth_layout(rig):
     p = camera_parameters(r["intrinsics"], r["image_aug"], r["camera_to_lidar"], r["lidar_aug"])
     assert p.shape == (6, 27) and p.dtype == torch.float32
     k, a, m, s = r["intrinsics"][2], r["image_aug"][2], r["lidar_aug"][2], r["camera_to_lidar"][2]
-    expected = [k[0, 0], k[1, 1], k[0, 2], k[1, 2], a[0, 0], a[0, 1], a[0, 2], a[1, 0], a[1, 1], a[1, 2],
-                m[0, 0], m[0, 1], m[1, 0], m[1, 1], m[2, 2], *s[:3, :4].reshape(-1)]
+    expected = [
+        k[0, 0],
+        k[1, 1],
+        k[0, 2],
+        k[1, 2],
+        a[0, 0],
+        a[0, 1],
+        a[0, 2],
+        a[1, 0],
+        a[1, 1],
+        a[1, 2],
+        m[0, 0],
+        m[0, 1],
+        m[1, 0],
+        m[1, 1],
+        m[2, 2],
+        *s[:3, :4].reshape(-1),
+    ]
     torch.testing.assert_close(p[2], torch.stack(expected).float())
 
 
@@ -46,8 +62,9 @@ def test_lift_outputs_normalised_per_sample_tables(rig):
     lift = build_depth_lift(cfg.model, cfg.geometry, cfg.precision)
     r = rig(2, (64, 96), 2)
     features = torch.randn(12, 64, 16, 24, requires_grad=True)
-    out = lift(features, r["intrinsics"], r["camera_to_lidar"], r["image_aug"], r["lidar_aug"],
-               r["image_batch"])
+    out = lift(
+        features, r["intrinsics"], r["camera_to_lidar"], r["image_aug"], r["lidar_aug"], r["image_batch"]
+    )
     cells = 256 * 256
     assert out.depth_logits.shape == (12, 118, 16, 24) and out.depth_logits.dtype == torch.float32
     assert out.bev.shape == (2 * cells, 16) and out.occupied.shape == (2 * cells,)
@@ -69,5 +86,11 @@ def test_lift_refuses_feature_maps_of_the_wrong_size(rig):
     lift = build_depth_lift(cfg.model, cfg.geometry)
     r = rig(1, (64, 96), 3)
     with pytest.raises(ValueError, match="frustum"):
-        lift(torch.randn(6, 64, 8, 12), r["intrinsics"], r["camera_to_lidar"], r["image_aug"],
-             r["lidar_aug"], r["image_batch"])
+        lift(
+            torch.randn(6, 64, 8, 12),
+            r["intrinsics"],
+            r["camera_to_lidar"],
+            r["image_aug"],
+            r["lidar_aug"],
+            r["image_batch"],
+        )

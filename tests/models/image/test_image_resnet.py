@@ -36,8 +36,9 @@ RESNET18_KEYS = [
 ]
 
 
-@pytest.mark.parametrize("build, expected, count", [(resnet50, RESNET50_KEYS, 320),
-                                                     (resnet18, RESNET18_KEYS, 122)])
+@pytest.mark.parametrize(
+    "build, expected, count", [(resnet50, RESNET50_KEYS, 320), (resnet18, RESNET18_KEYS, 122)]
+)
 def test_state_dict_keys_match_torchvision(build, expected, count):
     for dilation in (None, [True, True, True]):
         sd = build(dilation).state_dict()

@@ -8,8 +8,14 @@ from hvdistill.models.image import ImageTeacher
 
 def make_teacher(dtype=torch.float32) -> ImageTeacher:
     torch.manual_seed(0)
-    return ImageTeacher("resnet18", feature_dim=64, output_stride=4, mean=[0.485, 0.456, 0.406],
-                        std=[0.229, 0.224, 0.225], compute_dtype=dtype)
+    return ImageTeacher(
+        "resnet18",
+        feature_dim=64,
+        output_stride=4,
+        mean=[0.485, 0.456, 0.406],
+        std=[0.229, 0.224, 0.225],
+        compute_dtype=dtype,
+    )
 
 
 def test_shapes_stride_and_normalisation():

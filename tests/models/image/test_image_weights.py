@@ -117,8 +117,9 @@ def test_random_init_must_be_explicit(tmp_path):
     precision = PrecisionConfig(image_dtype="float32")
     with pytest.raises(ValueError, match="random_init"):
         build_image_teacher(ModelConfig(image=ImageModelConfig(arch="resnet18")), precision)
-    teacher = build_image_teacher(ModelConfig(image=ImageModelConfig(arch="resnet18", random_init=True)),
-                                  precision)
+    teacher = build_image_teacher(
+        ModelConfig(image=ImageModelConfig(arch="resnet18", random_init=True)), precision
+    )
     assert teacher.load_report is None
     state = source_state()
     torch.save(state, tmp_path / "tv.pth")

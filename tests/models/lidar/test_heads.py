@@ -39,8 +39,9 @@ def test_bev_head_cells_are_the_voxel_columns(variant):
     coords, feats = random_voxels(1)
     head = BEVHead(CHANNELS, DIM, variant, STRIDE, BEV_SIZE, "max", conv_algo("cpu"))
     bev, indices = head(sparse_input(coords, feats, SHAPE, 2))
-    expected = torch.unique(torch.stack([coords[:, 0], coords[:, 2] // STRIDE,
-                                         coords[:, 3] // STRIDE], 1).long(), dim=0)
+    expected = torch.unique(
+        torch.stack([coords[:, 0], coords[:, 2] // STRIDE, coords[:, 3] // STRIDE], 1).long(), dim=0
+    )
     assert torch.equal(indices, expected)  # unique, sorted, one per non-empty column
     assert bev.shape == (len(expected), DIM)
     torch.testing.assert_close(bev.norm(dim=1), torch.ones(len(bev)))
@@ -51,8 +52,9 @@ def test_strided_head_reduces_x_y_by_the_stride_and_keeps_z():
     head = BEVHead(CHANNELS, DIM, "strided", STRIDE, BEV_SIZE, "max", conv_algo("cpu"))
     out = head.reduce_xy(sparse_input(coords, feats, SHAPE, 2))
     assert out.spatial_shape == [SHAPE[0], BEV_SIZE, BEV_SIZE]
-    expected = torch.unique(torch.stack([coords[:, 0], coords[:, 1], coords[:, 2] // STRIDE,
-                                         coords[:, 3] // STRIDE], 1), dim=0)
+    expected = torch.unique(
+        torch.stack([coords[:, 0], coords[:, 1], coords[:, 2] // STRIDE, coords[:, 3] // STRIDE], 1), dim=0
+    )
     assert torch.equal(torch.unique(out.indices, dim=0), expected)
 
 

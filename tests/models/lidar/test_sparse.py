@@ -51,8 +51,7 @@ def leaf(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
 
 
-def grads(out: torch.Tensor, upstream: torch.Tensor,
-          *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def grads(out: torch.Tensor, upstream: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return torch.autograd.grad((out * upstream).sum(), inputs)
 
 
@@ -98,8 +97,9 @@ def test_strided_conv_matches_dense_conv3d_forward_and_backward():
     ref = at_sites(dense_out, out.indices)
     torch.testing.assert_close(out.features, ref, **TOL)
     upstream = leaf(tuple(ref.shape), 6).detach()
-    for a, b in zip(grads(out.features, upstream, feats, down.weight),
-                    grads(ref, upstream, feats, down.weight)):
+    for a, b in zip(
+        grads(out.features, upstream, feats, down.weight), grads(ref, upstream, feats, down.weight)
+    ):
         torch.testing.assert_close(a, b, **TOL)
 
 
@@ -117,8 +117,9 @@ def test_inverse_conv_matches_dense_transposed_conv_forward_and_backward():
     ref = at_sites(dense_out, sites)
     torch.testing.assert_close(out.features, ref, **TOL)
     upstream = leaf(tuple(ref.shape), 11).detach()
-    for a, b in zip(grads(out.features, upstream, coarse_feats, up.weight),
-                    grads(ref, upstream, coarse_feats, up.weight)):
+    for a, b in zip(
+        grads(out.features, upstream, coarse_feats, up.weight), grads(ref, upstream, coarse_feats, up.weight)
+    ):
         torch.testing.assert_close(a, b, **TOL)
 
 

@@ -25,8 +25,9 @@ def tiny_config(bev_head: str = "strided") -> Config:
 def surface_cloud(rng: np.random.Generator, n: int) -> np.ndarray:
     """(n, 4) x, y, z, intensity on a ground patch and a wall: voxels with real neighbours."""
     ground = np.c_[rng.uniform(-4, 4, (n // 2, 2)), rng.normal(-1.8, 0.03, n // 2)]
-    wall = np.c_[rng.uniform(-4, 4, n - n // 2), rng.normal(3.0, 0.03, n - n // 2),
-                 rng.uniform(-1.8, 1.0, n - n // 2)]
+    wall = np.c_[
+        rng.uniform(-4, 4, n - n // 2), rng.normal(3.0, 0.03, n - n // 2), rng.uniform(-1.8, 1.0, n - n // 2)
+    ]
     xyz = np.r_[ground, wall]
     return np.c_[xyz, rng.uniform(0, 1, n)].astype(np.float32)
 
@@ -43,8 +44,13 @@ def voxel_batch(cfg: Config, seed: int = 0, samples: int = 2, n: int = 1500):
         feats.append(cloud[vox.kept, 3:4])
         clouds.append(cloud[vox.in_range])
     shape = list(vox.spatial_shape[::-1])  # Z, Y, X
-    return (torch.from_numpy(np.concatenate(coords)).int(), torch.from_numpy(np.concatenate(feats)),
-            shape, samples, clouds)
+    return (
+        torch.from_numpy(np.concatenate(coords)).int(),
+        torch.from_numpy(np.concatenate(feats)),
+        shape,
+        samples,
+        clouds,
+    )
 
 
 def build(cfg: Config, seed: int = 0) -> LidarStudent:
@@ -80,8 +86,9 @@ def test_bev_cells_match_the_bev_grid_of_the_points(head):
     idx = out.bev_indices
     assert len(torch.unique(idx, dim=0)) == len(idx)
     size = cfg.geometry.bev_size
-    expected = torch.unique(torch.stack([coords[:, 0], coords[:, 2] // 4, coords[:, 3] // 4], 1)
-                            .long(), dim=0)
+    expected = torch.unique(
+        torch.stack([coords[:, 0], coords[:, 2] // 4, coords[:, 3] // 4], 1).long(), dim=0
+    )
     assert torch.equal(idx, expected)
     grid = BEVGrid.from_config(cfg.geometry)
     for b, cloud in enumerate(clouds):

@@ -10,20 +10,25 @@ metres, 0 where the ray hits nothing): the side outputs the writers can store.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from hvdistill.config import SynthConfig
-from hvdistill.data.synthetic.layout import build_world
-from hvdistill.data.synthetic.raycast import cast, corner_cache
-from hvdistill.data.synthetic.render import lidar_intensity, shade
-from hvdistill.data.synthetic.sensors import (
-    Camera, Lidar, build_cameras, build_lidar, camera_candidates, lidar_candidates, lidar_rays,
-)
-from hvdistill.data.synthetic.world import World
 from hvdistill.geometry.transforms import invert_transform
+from hvdistill.synthetic.layout import build_world
+from hvdistill.synthetic.raycast import cast, corner_cache
+from hvdistill.synthetic.render import lidar_intensity, shade
+from hvdistill.synthetic.sensors import (
+    Camera,
+    Lidar,
+    build_cameras,
+    build_lidar,
+    camera_candidates,
+    lidar_candidates,
+    lidar_rays,
+)
+from hvdistill.synthetic.world import World
 
 LIDAR_MIN_RANGE = 1.0  # metres; closer returns (the ego's own body) are discarded
 CAMERA_MAX_DEPTH = 250.0  # metres; rays are cast this far
@@ -90,8 +95,9 @@ def sweep(world: World, lidar: Lidar, t: float, cfg: SynthConfig, rng: np.random
     return pts, hits.cls[keep], hits.inst[keep]
 
 
-def render_camera(world: World, cam: Camera, t: float, cfg: SynthConfig, rng: np.random.Generator,
-                  corners: list) -> CameraImage:
+def render_camera(
+    world: World, cam: Camera, t: float, cfg: SynthConfig, rng: np.random.Generator, corners: list
+) -> CameraImage:
     """Ray-cast one camera at time t: RGB, world-class map, depth map."""
     to_local = world.ego_local(t) @ cam.cam_to_ego
     to_cam = invert_transform(to_local)
@@ -104,18 +110,30 @@ def render_camera(world: World, cam: Camera, t: float, cfg: SynthConfig, rng: np
     rgb = shade(world, hits, dirs, rng, cfg.image_noise_std)
     h, w = cam.height, cam.width
     depth = np.where(hits.hit, hits.t, 0.0).astype(np.float32)  # rays have camera z = 1
-    return CameraImage(cam.name, rgb.reshape(h, w, 3), hits.cls.astype(np.uint8).reshape(h, w),
-                       depth.reshape(h, w), cam.intrinsics, cam.cam_to_ego,
-                       world.local_to_global @ world.ego_local(t), t)
+    return CameraImage(
+        cam.name,
+        rgb.reshape(h, w, 3),
+        hits.cls.astype(np.uint8).reshape(h, w),
+        depth.reshape(h, w),
+        cam.intrinsics,
+        cam.cam_to_ego,
+        world.local_to_global @ world.ego_local(t),
+        t,
+    )
 
 
 def camera_times(cfg: SynthConfig, t_lidar: float, n: int) -> list[float]:
     return [t_lidar + cfg.camera_delay_s + i * cfg.camera_stagger_s for i in range(n)]
 
 
-def generate_frame(cfg: SynthConfig, scene_index: int = 0, frame_index: int = 0,
-                   world: World | None = None, rig: Rig | None = None,
-                   camera_times_s: list[float] | None = None) -> Frame:
+def generate_frame(
+    cfg: SynthConfig,
+    scene_index: int = 0,
+    frame_index: int = 0,
+    world: World | None = None,
+    rig: Rig | None = None,
+    camera_times_s: list[float] | None = None,
+) -> Frame:
     """Frame `frame_index` of scene `scene_index` (deterministic in cfg.seed and both indices).
 
     `world`/`rig` may be passed to reuse them across frames; `camera_times_s` overrides the

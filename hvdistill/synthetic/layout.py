@@ -15,15 +15,31 @@ from collections.abc import Iterator
 import numpy as np
 
 from hvdistill.config import SynthConfig
-from hvdistill.data.synthetic.classes import albedo_table, class_id
-from hvdistill.data.synthetic.primitives import PrimitiveBuilder
-from hvdistill.data.synthetic.world import (
-    LANE_WIDTH, PARKING_OUTER, SEGMENT_LENGTH, SIDEWALK_OUTER, WORLD_MARGIN, ObjectBox, Road, World,
-)
 from hvdistill.geometry.transforms import make_transform, yaw_rotation
+from hvdistill.synthetic.classes import albedo_table, class_id
+from hvdistill.synthetic.primitives import PrimitiveBuilder
+from hvdistill.synthetic.world import (
+    LANE_WIDTH,
+    PARKING_OUTER,
+    SEGMENT_LENGTH,
+    SIDEWALK_OUTER,
+    WORLD_MARGIN,
+    ObjectBox,
+    Road,
+    World,
+)
 
-CAR_COLOURS = np.array([[0.75, 0.1, 0.1], [0.9, 0.9, 0.92], [0.08, 0.08, 0.1], [0.6, 0.62, 0.65],
-                        [0.1, 0.2, 0.6], [0.15, 0.4, 0.2]], dtype=np.float32)
+CAR_COLOURS = np.array(
+    [
+        [0.75, 0.1, 0.1],
+        [0.9, 0.9, 0.92],
+        [0.08, 0.08, 0.1],
+        [0.6, 0.62, 0.65],
+        [0.1, 0.2, 0.6],
+        [0.15, 0.4, 0.2],
+    ],
+    dtype=np.float32,
+)
 
 
 class Layout:
@@ -59,12 +75,26 @@ class Layout:
         """Register an annotated object standing on the ground; returns its instance id."""
         inst = self.next_inst
         self.next_inst += 1
-        self.objects.append(ObjectBox(inst, class_id(name), np.array([x, y, size[2] / 2]),
-                                      np.array(size, dtype=float), float(yaw)))
+        self.objects.append(
+            ObjectBox(
+                inst, class_id(name), np.array([x, y, size[2] / 2]), np.array(size, dtype=float), float(yaw)
+            )
+        )
         return inst
 
-    def part(self, x: float, y: float, yaw: float, fwd: float, left: float, z0: float,
-             size: tuple[float, float, float], name: str, inst: int, colour) -> None:
+    def part(
+        self,
+        x: float,
+        y: float,
+        yaw: float,
+        fwd: float,
+        left: float,
+        z0: float,
+        size: tuple[float, float, float],
+        name: str,
+        inst: int,
+        colour,
+    ) -> None:
         """A box part of an object: offset (fwd, left) in the object frame, size (len, wid, h)."""
         px = x + fwd * np.cos(yaw) - left * np.sin(yaw)
         py = y + fwd * np.sin(yaw) + left * np.cos(yaw)
@@ -83,8 +113,14 @@ def add_buildings(lay: Layout, side: int) -> None:
         depth, height = lay.rng.uniform(8, 16), lay.rng.uniform(6, 22)
         d_front = SIDEWALK_OUTER + lay.road.verge[(side + 1) // 2]
         x, y, heading = lay.place(s + length / 2, side * (d_front + depth / 2))
-        lay.b.box((x, y, height / 2), (length / 2, depth / 2, height / 2), heading,
-                  class_id("building"), 0, lay.colour("building", 0.25))
+        lay.b.box(
+            (x, y, height / 2),
+            (length / 2, depth / 2, height / 2),
+            heading,
+            class_id("building"),
+            0,
+            lay.colour("building", 0.25),
+        )
         s += length + gap
 
 
@@ -92,8 +128,13 @@ def add_tree(lay: Layout, x: float, y: float) -> None:
     trunk_r, trunk_h = lay.rng.uniform(0.12, 0.28), lay.rng.uniform(1.8, 3.2)
     rxy, rz = lay.rng.uniform(1.3, 2.6), lay.rng.uniform(1.2, 2.2)
     lay.b.cylinder((x, y), 0.0, trunk_h + 0.3 * rz, trunk_r, class_id("trunk"), 0, lay.colour("trunk"))
-    lay.b.ellipsoid((x, y, trunk_h + 0.6 * rz), (rxy, rxy * lay.rng.uniform(0.8, 1.2), rz),
-                    class_id("vegetation"), 0, lay.colour("vegetation", 0.2))
+    lay.b.ellipsoid(
+        (x, y, trunk_h + 0.6 * rz),
+        (rxy, rxy * lay.rng.uniform(0.8, 1.2), rz),
+        class_id("vegetation"),
+        0,
+        lay.colour("vegetation", 0.2),
+    )
 
 
 def add_vegetation(lay: Layout, side: int) -> None:
@@ -105,8 +146,14 @@ def add_vegetation(lay: Layout, side: int) -> None:
         length, width = lay.rng.uniform(3, 8), lay.rng.uniform(0.8, 1.2)
         x, y, heading = lay.place(s, side * (SIDEWALK_OUTER + min(verge, 2.0) * 0.5))
         h = lay.rng.uniform(0.8, 1.5)
-        lay.b.box((x, y, h / 2), (length / 2, width / 2, h / 2), heading, class_id("vegetation"), 0,
-                  lay.colour("vegetation", 0.2))
+        lay.b.box(
+            (x, y, h / 2),
+            (length / 2, width / 2, h / 2),
+            heading,
+            class_id("vegetation"),
+            0,
+            lay.colour("vegetation", 0.2),
+        )
 
 
 def add_street_furniture(lay: Layout, side: int) -> None:
@@ -117,8 +164,14 @@ def add_street_furniture(lay: Layout, side: int) -> None:
         x, y, heading = lay.place(s, side * (PARKING_OUTER + 0.35))
         h = lay.rng.uniform(2.2, 2.6)
         lay.b.cylinder((x, y), 0.0, h, 0.04, class_id("pole"), 0, lay.colour("pole"))
-        lay.b.box((x, y, h + 0.3), (0.03, 0.35, 0.35), heading, class_id("traffic_sign"), 0,
-                  lay.colour("traffic_sign", 0.1))
+        lay.b.box(
+            (x, y, h + 0.3),
+            (0.03, 0.35, 0.35),
+            heading,
+            class_id("traffic_sign"),
+            0,
+            lay.colour("traffic_sign", 0.1),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,8 +183,9 @@ def add_car(lay: Layout, x: float, y: float, yaw: float) -> None:
     inst = lay.thing("car", x, y, (width, length, 1.5), yaw)
     colour = CAR_COLOURS[lay.rng.integers(len(CAR_COLOURS))]
     lay.part(x, y, yaw, 0.0, 0.0, 0.18, (length, width, 0.75), "car", inst, colour)
-    lay.part(x, y, yaw, -0.08 * length, 0.0, 0.93, (0.55 * length, width - 0.15, 0.57), "car", inst,
-             colour * 0.55)
+    lay.part(
+        x, y, yaw, -0.08 * length, 0.0, 0.93, (0.55 * length, width - 0.15, 0.57), "car", inst, colour * 0.55
+    )
 
 
 def add_truck(lay: Layout, x: float, y: float, yaw: float) -> None:
@@ -172,8 +226,13 @@ def add_pedestrian(lay: Layout, x: float, y: float, yaw: float) -> None:
     inst = lay.thing("pedestrian", x, y, (0.65, 0.7, height), yaw)
     colour = np.clip(lay.colour("pedestrian") * lay.rng.uniform(0.5, 1.8, 3), 0, 1)
     lay.b.cylinder((x, y), 0.0, height - 0.24, radius, class_id("pedestrian"), inst, colour)
-    lay.b.ellipsoid((x, y, height - 0.12), (0.1, 0.1, 0.12), class_id("pedestrian"), inst,
-                    np.array([0.85, 0.65, 0.5], np.float32))
+    lay.b.ellipsoid(
+        (x, y, height - 0.12),
+        (0.1, 0.1, 0.12),
+        class_id("pedestrian"),
+        inst,
+        np.array([0.85, 0.65, 0.5], np.float32),
+    )
 
 
 def add_cone(lay: Layout, x: float, y: float) -> None:
@@ -191,9 +250,15 @@ VEHICLES = {"car": add_car, "truck": add_truck, "bus": add_bus, "motorcycle": ad
 VEHICLE_LENGTH = {"car": 4.9, "truck": 10.3, "bus": 12.5, "motorcycle": 2.1}
 
 
-def add_vehicle_row(lay: Layout, d: float, backwards: bool, mix: dict[str, float],
-                    gap: tuple[float, float], skip: tuple[float, float] | None = None,
-                    parking_side: int | None = None) -> None:
+def add_vehicle_row(
+    lay: Layout,
+    d: float,
+    backwards: bool,
+    mix: dict[str, float],
+    gap: tuple[float, float],
+    skip: tuple[float, float] | None = None,
+    parking_side: int | None = None,
+) -> None:
     """Vehicles in a row at lateral offset d (a lane or a parking strip)."""
     names, probs = list(mix), np.array(list(mix.values()))
     s = lay.s0 + lay.rng.uniform(0, gap[1])
@@ -251,8 +316,14 @@ def populate(lay: Layout, s_end: float) -> None:
         add_vegetation(lay, side)
         add_street_furniture(lay, side)
         add_people(lay, side)
-        add_vehicle_row(lay, side * (LANE_WIDTH + 1.25), side > 0, {"car": 0.8, "truck": 0.1, "motorcycle": 0.1},
-                        (0.8, 6.0), parking_side=(side + 1) // 2)
+        add_vehicle_row(
+            lay,
+            side * (LANE_WIDTH + 1.25),
+            side > 0,
+            {"car": 0.8, "truck": 0.1, "motorcycle": 0.1},
+            (0.8, 6.0),
+            parking_side=(side + 1) // 2,
+        )
     oncoming = {"car": 0.7, "truck": 0.15, "bus": 0.15}
     add_vehicle_row(lay, LANE_WIDTH / 2, True, oncoming, (10.0, 35.0))
     # the ego lane: only ahead of the drive's end and behind its start
@@ -278,6 +349,12 @@ def build_world(cfg: SynthConfig, scene_index: int, duration_s: float) -> World:
     offset = np.array([300.0 + 250.0 * scene_index, 900.0 + rng.uniform(-100, 100), 0.0])
     sun_azimuth = float(rng.uniform(-np.pi, np.pi))
     sun = np.array([np.cos(sun_azimuth), np.sin(sun_azimuth), 1.4])  # local frame
-    return World(road=road, prims=lay.b.build(), objects=lay.objects,
-                 local_to_global=make_transform(yaw_rotation(heading), offset),
-                 ego_speed=cfg.ego_speed_mps, sun=sun / np.linalg.norm(sun), seed=cfg.seed)
+    return World(
+        road=road,
+        prims=lay.b.build(),
+        objects=lay.objects,
+        local_to_global=make_transform(yaw_rotation(heading), offset),
+        ego_speed=cfg.ego_speed_mps,
+        sun=sun / np.linalg.norm(sun),
+        seed=cfg.seed,
+    )

@@ -56,16 +56,38 @@ NUM_WORLD_CLASSES = len(WORLD_CLASSES)
 
 # The official nuScenes-lidarseg category list (index = position), as in category.json.
 NUSCENES_LIDARSEG_CATEGORIES: tuple[str, ...] = (
-    "noise", "animal", "human.pedestrian.adult", "human.pedestrian.child",
-    "human.pedestrian.construction_worker", "human.pedestrian.personal_mobility",
-    "human.pedestrian.police_officer", "human.pedestrian.stroller",
-    "human.pedestrian.wheelchair", "movable_object.barrier", "movable_object.debris",
-    "movable_object.pushable_pullable", "movable_object.trafficcone",
-    "static_object.bicycle_rack", "vehicle.bicycle", "vehicle.bus.bendy", "vehicle.bus.rigid",
-    "vehicle.car", "vehicle.construction", "vehicle.emergency.ambulance",
-    "vehicle.emergency.police", "vehicle.motorcycle", "vehicle.trailer", "vehicle.truck",
-    "flat.driveable_surface", "flat.other", "flat.sidewalk", "flat.terrain", "static.manmade",
-    "static.other", "static.vegetation", "vehicle.ego",
+    "noise",
+    "animal",
+    "human.pedestrian.adult",
+    "human.pedestrian.child",
+    "human.pedestrian.construction_worker",
+    "human.pedestrian.personal_mobility",
+    "human.pedestrian.police_officer",
+    "human.pedestrian.stroller",
+    "human.pedestrian.wheelchair",
+    "movable_object.barrier",
+    "movable_object.debris",
+    "movable_object.pushable_pullable",
+    "movable_object.trafficcone",
+    "static_object.bicycle_rack",
+    "vehicle.bicycle",
+    "vehicle.bus.bendy",
+    "vehicle.bus.rigid",
+    "vehicle.car",
+    "vehicle.construction",
+    "vehicle.emergency.ambulance",
+    "vehicle.emergency.police",
+    "vehicle.motorcycle",
+    "vehicle.trailer",
+    "vehicle.truck",
+    "flat.driveable_surface",
+    "flat.other",
+    "flat.sidewalk",
+    "flat.terrain",
+    "static.manmade",
+    "static.other",
+    "static.vegetation",
+    "vehicle.ego",
 )
 
 
@@ -103,5 +125,7 @@ def check_table() -> None:
     """Raise if a class names a nuScenes category at the wrong index (guards edits)."""
     for c in WORLD_CLASSES:
         if NUSCENES_LIDARSEG_CATEGORIES[c.nuscenes_index] != c.nuscenes_name:
-            raise ValueError(f"class {c.name}: nuScenes index {c.nuscenes_index} is "
-                             f"{NUSCENES_LIDARSEG_CATEGORIES[c.nuscenes_index]}, not {c.nuscenes_name}")
+            raise ValueError(
+                f"class {c.name}: nuScenes index {c.nuscenes_index} is "
+                f"{NUSCENES_LIDARSEG_CATEGORIES[c.nuscenes_index]}, not {c.nuscenes_name}"
+            )

@@ -9,10 +9,16 @@ kitti_writer.py (SemanticKITTI layout), side_outputs.py (per-pixel class and dep
 cli.py (`hvdistill synth`), pictures.py (the doc pictures).
 """
 
-from hvdistill.data.synthetic.frame import Frame, generate_frame
-from hvdistill.data.synthetic.kitti_writer import write_semantickitti
-from hvdistill.data.synthetic.nuscenes_writer import write_nuscenes
-from hvdistill.data.synthetic.side_outputs import read_side_outputs, side_output_paths
+from hvdistill.synthetic.frame import Frame, generate_frame
+from hvdistill.synthetic.kitti_writer import write_semantickitti
+from hvdistill.synthetic.nuscenes_writer import write_nuscenes
+from hvdistill.synthetic.side_outputs import read_side_outputs, side_output_paths
 
-__all__ = ["Frame", "generate_frame", "write_nuscenes", "write_semantickitti", "read_side_outputs",
-           "side_output_paths"]
+__all__ = [
+    "Frame",
+    "generate_frame",
+    "write_nuscenes",
+    "write_semantickitti",
+    "read_side_outputs",
+    "side_output_paths",
+]

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hvdistill.data.synthetic.classes import class_id
-from hvdistill.data.synthetic.primitives import PrimitiveSet
 from hvdistill.geometry.transforms import make_transform, yaw_rotation
+from hvdistill.synthetic.classes import class_id
+from hvdistill.synthetic.primitives import PrimitiveSet
 
 # Cross-section of the road (metres of lateral offset |d| from the centre line).
 LANE_WIDTH = 3.5
@@ -73,11 +73,15 @@ class Road:
         """(N,) world class of the ground at local (x, y)."""
         d = self.lateral(x, y)
         ad = np.abs(d)
-        seg = np.clip((x // SEGMENT_LENGTH).astype(np.int64) + len(self.parking) // 2, 0, len(self.parking) - 1)
+        seg = np.clip(
+            (x // SEGMENT_LENGTH).astype(np.int64) + len(self.parking) // 2, 0, len(self.parking) - 1
+        )
         has_parking = self.parking[seg, (d > 0).astype(np.int64)]
         out = np.full(x.shape, class_id("terrain"), dtype=np.int16)
         out[ad < SIDEWALK_OUTER] = class_id("sidewalk")
-        out[ad < PARKING_OUTER] = np.where(has_parking, class_id("parking"), class_id("road"))[ad < PARKING_OUTER]
+        out[ad < PARKING_OUTER] = np.where(has_parking, class_id("parking"), class_id("road"))[
+            ad < PARKING_OUTER
+        ]
         out[ad < LANE_WIDTH] = class_id("road")
         return out
 

@@ -16,11 +16,11 @@ from nuscenes.utils.color_map import get_colormap
 from PIL import Image, ImageDraw
 
 from hvdistill.config import SynthConfig
-from hvdistill.data.synthetic.classes import WORLD_CLASSES
-from hvdistill.data.synthetic.frame import Frame, build_rig, generate_frame
-from hvdistill.data.synthetic.layout import build_world
 from hvdistill.geometry.projection import project_points
 from hvdistill.geometry.transforms import invert_transform
+from hvdistill.synthetic.classes import WORLD_CLASSES
+from hvdistill.synthetic.frame import Frame, build_rig, generate_frame
+from hvdistill.synthetic.layout import build_world
 
 BEV_RANGE, BEV_PIXELS = 50.0, 800  # metres either side of the LiDAR, image size
 
@@ -48,8 +48,12 @@ def class_panel(frame: Frame) -> Image.Image:
     cols = class_colours()
     cam = frame.cameras[0]
     h, w = cam.classes.shape
-    chain = invert_transform(cam.cam_to_ego) @ invert_transform(cam.ego_to_global) @ frame.ego_to_global \
+    chain = (
+        invert_transform(cam.cam_to_ego)
+        @ invert_transform(cam.ego_to_global)
+        @ frame.ego_to_global
         @ frame.lidar_to_ego
+    )
     proj = project_points(frame.points[:, :3], chain, cam.intrinsics, w, h)
     overlay = Image.fromarray((cam.image * 0.5).astype(np.uint8))
     draw = ImageDraw.Draw(overlay)
@@ -88,11 +92,15 @@ def class_statistics(cfg: SynthConfig) -> str:
             counts += np.bincount(frame.classes, minlength=len(WORLD_CLASSES))
             for cam in frame.cameras:
                 pixels += np.bincount(cam.classes.ravel(), minlength=len(WORLD_CLASSES))
-    lines = ["| class | nuScenes category (index) | SemanticKITTI id | points | share | image pixels |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| class | nuScenes category (index) | SemanticKITTI id | points | share | image pixels |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in WORLD_CLASSES[1:]:
-        lines.append(f"| {c.name} | {c.nuscenes_name} ({c.nuscenes_index}) | {c.kitti_id} | {counts[c.id]:,} | "
-                     f"{100 * counts[c.id] / counts.sum():.2f}% | {pixels[c.id]:,} |")
+        lines.append(
+            f"| {c.name} | {c.nuscenes_name} ({c.nuscenes_index}) | {c.kitti_id} | {counts[c.id]:,} | "
+            f"{100 * counts[c.id] / counts.sum():.2f}% | {pixels[c.id]:,} |"
+        )
     lines.append(f"| (sky) | | | | | {pixels[0]:,} |")
     return "\n".join(lines)
 

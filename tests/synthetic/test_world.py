@@ -7,11 +7,14 @@ import pytest
 from nuscenes.utils.color_map import get_colormap
 
 from hvdistill.config import SynthConfig
-from hvdistill.data.synthetic.classes import (
-    NUSCENES_LIDARSEG_CATEGORIES, WORLD_CLASSES, check_table, class_id,
+from hvdistill.synthetic.classes import (
+    NUSCENES_LIDARSEG_CATEGORIES,
+    WORLD_CLASSES,
+    check_table,
+    class_id,
 )
-from hvdistill.data.synthetic.frame import generate_frame
-from hvdistill.data.synthetic.layout import build_world
+from hvdistill.synthetic.frame import generate_frame
+from hvdistill.synthetic.layout import build_world
 
 TINY = dict(scenes=1, frames_per_scene=2, image_width=160, image_height=90)
 
@@ -23,7 +26,13 @@ def test_class_table_matches_the_devkit_category_order():
     assert NUSCENES_LIDARSEG_CATEGORIES.index("vehicle.car") == 17
     assert NUSCENES_LIDARSEG_CATEGORIES.index("movable_object.trafficcone") == 12
     kitti = {c.name: c.kitti_id for c in WORLD_CLASSES}
-    assert (kitti["car"], kitti["road"], kitti["vegetation"], kitti["trunk"], kitti["pole"]) == (10, 40, 70, 71, 80)
+    assert (kitti["car"], kitti["road"], kitti["vegetation"], kitti["trunk"], kitti["pole"]) == (
+        10,
+        40,
+        70,
+        71,
+        80,
+    )
 
 
 def test_frame_is_deterministic_for_a_seed():

@@ -11,9 +11,9 @@ from nuscenes.utils.splits import create_splits_scenes
 from pyquaternion import Quaternion
 
 from hvdistill.config import NUSCENES_CAMERAS, SynthConfig
-from hvdistill.data.synthetic import read_side_outputs, write_nuscenes
 from hvdistill.geometry.projection import project_points
 from hvdistill.geometry.transforms import make_transform
+from hvdistill.synthetic import read_side_outputs, write_nuscenes
 
 VERSION = "v1.0-trainval"
 CFG = dict(scenes=2, frames_per_scene=2, image_width=320, image_height=180, seed=5)
@@ -21,8 +21,9 @@ CFG = dict(scenes=2, frames_per_scene=2, image_width=320, image_height=180, seed
 
 @pytest.fixture(scope="module")
 def nusc(tmp_path_factory):
-    root = write_nuscenes(tmp_path_factory.mktemp("nus"), SynthConfig(**CFG), VERSION, side_outputs=True,
-                          progress=False)
+    root = write_nuscenes(
+        tmp_path_factory.mktemp("nus"), SynthConfig(**CFG), VERSION, side_outputs=True, progress=False
+    )
     return NuScenes(version=VERSION, dataroot=str(root), verbose=False)
 
 
@@ -48,11 +49,14 @@ def test_lidarseg_loads_through_the_devkit(nusc, capsys):
     out = capsys.readouterr().out
     assert "vehicle.car" in out and "flat.driveable_surface" in out
     points, colours, image = nusc.explorer.map_pointcloud_to_image(
-        sample["data"]["LIDAR_TOP"], sample["data"]["CAM_FRONT"], show_lidarseg=True)
+        sample["data"]["LIDAR_TOP"], sample["data"]["CAM_FRONT"], show_lidarseg=True
+    )
     assert points.shape[0] == 3 and points.shape[1] > 500 and image.size == (320, 180)
     lidar = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
     pts = np.fromfile(f"{nusc.dataroot}/{lidar['filename']}", dtype=np.float32).reshape(-1, 5)
-    labels = np.fromfile(f"{nusc.dataroot}/{nusc.get('lidarseg', lidar['token'])['filename']}", dtype=np.uint8)
+    labels = np.fromfile(
+        f"{nusc.dataroot}/{nusc.get('lidarseg', lidar['token'])['filename']}", dtype=np.uint8
+    )
     assert len(labels) == len(pts) and labels.max() < 32
 
 
@@ -71,9 +75,15 @@ def test_points_project_onto_pixels_of_their_class(nusc, channel):
         pts = np.fromfile(f"{nusc.dataroot}/{lidar['filename']}", dtype=np.float32).reshape(-1, 5)
         labels = np.fromfile(f"{nusc.dataroot}/{nusc.get('lidarseg', lidar['token'])['filename']}", np.uint8)
         cs_l, cs_c = (nusc.get("calibrated_sensor", r["calibrated_sensor_token"]) for r in (lidar, cam))
-        chain = (np.linalg.inv(_pose(cs_c)) @ np.linalg.inv(_pose(nusc.get("ego_pose", cam["ego_pose_token"])))
-                 @ _pose(nusc.get("ego_pose", lidar["ego_pose_token"])) @ _pose(cs_l))
-        proj = project_points(pts[:, :3], chain, np.array(cs_c["camera_intrinsic"]), cam["width"], cam["height"])
+        chain = (
+            np.linalg.inv(_pose(cs_c))
+            @ np.linalg.inv(_pose(nusc.get("ego_pose", cam["ego_pose_token"])))
+            @ _pose(nusc.get("ego_pose", lidar["ego_pose_token"]))
+            @ _pose(cs_l)
+        )
+        proj = project_points(
+            pts[:, :3], chain, np.array(cs_c["camera_intrinsic"]), cam["width"], cam["height"]
+        )
         classes, depth = read_side_outputs(nusc.dataroot, cam["filename"])
         rows, cols = np.floor(proj.uv[:, 1] + 0.5).astype(int), np.floor(proj.uv[:, 0] + 0.5).astype(int)
         agree += int((classes[rows, cols] == labels[proj.index]).sum())
@@ -89,7 +99,8 @@ def test_writing_is_deterministic(tmp_path):
     a = write_nuscenes(tmp_path / "a", cfg, VERSION, progress=False)
     b = write_nuscenes(tmp_path / "b", cfg, VERSION, progress=False)
     for table in ("sample_data", "ego_pose", "sample_annotation", "lidarseg"):
-        assert json.loads((a / VERSION / f"{table}.json").read_text()) == \
-            json.loads((b / VERSION / f"{table}.json").read_text())
+        assert json.loads((a / VERSION / f"{table}.json").read_text()) == json.loads(
+            (b / VERSION / f"{table}.json").read_text()
+        )
     files = sorted(p.relative_to(a) for p in a.rglob("*.bin"))
     assert files and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)

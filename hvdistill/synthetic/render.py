@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from hvdistill.data.synthetic.classes import class_id, reflectivity_table, texture_table
-from hvdistill.data.synthetic.raycast import Hits
-from hvdistill.data.synthetic.world import LANE_WIDTH, World
+from hvdistill.synthetic.classes import class_id, reflectivity_table, texture_table
+from hvdistill.synthetic.raycast import Hits
+from hvdistill.synthetic.world import LANE_WIDTH, World
 
 MARKING_HALF_WIDTH = 0.08  # metres
 DASH_PERIOD, DASH_LENGTH = 6.0, 3.0  # centre-line dashes (metres)
@@ -47,8 +47,9 @@ def surface_detail(world: World, hits: Hits) -> tuple[np.ndarray, np.ndarray]:
     return marking, window
 
 
-def lidar_intensity(world: World, hits: Hits, dirs: np.ndarray, rng: np.random.Generator,
-                    noise: float) -> np.ndarray:
+def lidar_intensity(
+    world: World, hits: Hits, dirs: np.ndarray, rng: np.random.Generator, noise: float
+) -> np.ndarray:
     """(N,) float32 intensity in [0, 255] (nuScenes scale) of hits along unit `dirs`."""
     marking, window = surface_detail(world, hits)
     refl = reflectivity_table()[hits.cls]
@@ -58,7 +59,9 @@ def lidar_intensity(world: World, hits: Hits, dirs: np.ndarray, rng: np.random.G
     return np.clip(value, 0.0, 255.0).astype(np.float32)
 
 
-def shade(world: World, hits: Hits, dirs: np.ndarray, rng: np.random.Generator, noise_std: float) -> np.ndarray:
+def shade(
+    world: World, hits: Hits, dirs: np.ndarray, rng: np.random.Generator, noise_std: float
+) -> np.ndarray:
     """(N, 3) uint8 RGB of camera rays `dirs` (N, 3) (local frame) with their hits."""
     marking, window = surface_detail(world, hits)
     amp = texture_table()[hits.cls][:, None]

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hvdistill.data.synthetic.classes import albedo_table
-from hvdistill.data.synthetic.primitives import PrimitiveSet, hull_corners, intersect, normals
-from hvdistill.data.synthetic.world import World
+from hvdistill.synthetic.classes import albedo_table
+from hvdistill.synthetic.primitives import PrimitiveSet, hull_corners, intersect, normals
+from hvdistill.synthetic.world import World
 
 # candidates(kind_index, prims) -> (ray indices (M,), primitive indices (M,))
 Candidates = Callable[[int, PrimitiveSet], tuple[np.ndarray, np.ndarray]]

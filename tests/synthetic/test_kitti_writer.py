@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 
 from hvdistill.config import SynthConfig
-from hvdistill.data.synthetic import read_side_outputs, write_semantickitti
+from hvdistill.synthetic import read_side_outputs, write_semantickitti
 
 CFG = dict(frames_per_scene=2, image_width=320, image_height=180, seed=2)
 
 
 @pytest.fixture(scope="module")
 def kitti(tmp_path_factory):
-    return write_semantickitti(tmp_path_factory.mktemp("kitti"), SynthConfig(**CFG), side_outputs=True,
-                               progress=False)
+    return write_semantickitti(
+        tmp_path_factory.mktemp("kitti"), SynthConfig(**CFG), side_outputs=True, progress=False
+    )
 
 
 def _calib(path) -> dict[str, np.ndarray]:
@@ -42,7 +43,9 @@ def test_files_have_kitti_dtypes_and_shapes(kitti):
         poses = np.loadtxt(d / "poses.txt").reshape(-1, 3, 4)
         np.testing.assert_allclose(poses[0], np.eye(4)[:3], atol=1e-9)
         # camera 0 looks along z: the ego moves forward, so frame 1 lies ahead along +z
-        assert poses[1][2, 3] == pytest.approx(SynthConfig().ego_speed_mps * SynthConfig().frame_interval_s, rel=0.05)
+        assert poses[1][2, 3] == pytest.approx(
+            SynthConfig().ego_speed_mps * SynthConfig().frame_interval_s, rel=0.05
+        )
         np.testing.assert_allclose(np.loadtxt(d / "times.txt"), [0.0, 0.5])
 
 

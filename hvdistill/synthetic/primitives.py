@@ -46,7 +46,8 @@ class PrimitiveBuilder:
     """Accumulates primitives while a world is laid out, then freezes them into arrays."""
 
     rows: dict[str, list[tuple[list[float], int, int, tuple[float, float, float]]]] = field(
-        default_factory=lambda: {"box": [], "cylinder": [], "ellipsoid": []})
+        default_factory=lambda: {"box": [], "cylinder": [], "ellipsoid": []}
+    )
 
     def box(self, centre, half, yaw: float, cls: int, inst: int, color) -> None:
         self.rows["box"].append(([*centre, *half, yaw], cls, inst, tuple(color)))
@@ -61,13 +62,15 @@ class PrimitiveBuilder:
         widths = {"box": 7, "cylinder": 5, "ellipsoid": 6}
         out = []
         for kind, rows in self.rows.items():
-            out.append(PrimitiveSet(
-                kind=kind,
-                params=np.array([r[0] for r in rows], dtype=np.float32).reshape(-1, widths[kind]),
-                cls=np.array([r[1] for r in rows], dtype=np.int16),
-                inst=np.array([r[2] for r in rows], dtype=np.int32),
-                color=np.array([r[3] for r in rows], dtype=np.float32).reshape(-1, 3),
-            ))
+            out.append(
+                PrimitiveSet(
+                    kind=kind,
+                    params=np.array([r[0] for r in rows], dtype=np.float32).reshape(-1, widths[kind]),
+                    cls=np.array([r[1] for r in rows], dtype=np.int16),
+                    inst=np.array([r[2] for r in rows], dtype=np.int32),
+                    color=np.array([r[3] for r in rows], dtype=np.float32).reshape(-1, 3),
+                )
+            )
         return out
 
 

@@ -26,7 +26,9 @@ def side_output_paths(root: str | Path, image_relpath: str | Path) -> tuple[Path
     return base.with_name(base.name + "_class.png"), base.with_name(base.name + "_depth.png")
 
 
-def write_side_outputs(root: str | Path, image_relpath: str | Path, labels: np.ndarray, depth: np.ndarray) -> None:
+def write_side_outputs(
+    root: str | Path, image_relpath: str | Path, labels: np.ndarray, depth: np.ndarray
+) -> None:
     """Write the (H, W) label map (uint8 label space) and the (H, W) depth in metres."""
     class_path, depth_path = side_output_paths(root, image_relpath)
     class_path.parent.mkdir(parents=True, exist_ok=True)

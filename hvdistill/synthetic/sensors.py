@@ -57,8 +57,11 @@ class Lidar:
 
 def build_lidar(cfg: SynthConfig) -> Lidar:
     elev = np.deg2rad(np.linspace(cfg.lidar_fov_up_deg, cfg.lidar_fov_down_deg, cfg.lidar_beams))
-    return Lidar(make_transform(yaw_rotation(np.deg2rad(LIDAR_YAW_DEG)), LIDAR_TRANSLATION),
-                 elev, cfg.lidar_points_per_beam)
+    return Lidar(
+        make_transform(yaw_rotation(np.deg2rad(LIDAR_YAW_DEG)), LIDAR_TRANSLATION),
+        elev,
+        cfg.lidar_points_per_beam,
+    )
 
 
 def build_camera(name: str, width: int, height: int) -> Camera:
@@ -66,10 +69,13 @@ def build_camera(name: str, width: int, height: int) -> Camera:
     sx, sy = width / 1600.0, height / 900.0
     k = np.array([[f * sx, 0.0, cx * sx], [0.0, f * sy, cy * sy], [0.0, 0.0, 1.0]])
     rotation = yaw_rotation(np.deg2rad(yaw)) @ CAMERA_BASE
-    u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))  # (H, W) centres
+    u, v = np.meshgrid(
+        np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64)
+    )  # (H, W) centres
     rays = np.stack([(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], np.ones_like(u)], axis=-1)
-    return Camera(name, k, make_transform(rotation, translation), width, height,
-                  rays.reshape(-1, 3).astype(np.float32))
+    return Camera(
+        name, k, make_transform(rotation, translation), width, height, rays.reshape(-1, 3).astype(np.float32)
+    )
 
 
 def build_cameras(cfg: SynthConfig, names: tuple[str, ...] = NUSCENES_CAMERAS) -> list[Camera]:
@@ -97,8 +103,14 @@ def rect_pairs(r0, r1, c0, c1, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
     return row * n_cols + col, prim
 
 
-def lidar_candidates(lidar: Lidar, azimuth0: float, to_sensor: np.ndarray, centres: np.ndarray,
-                     radii: np.ndarray, max_range: float) -> tuple[np.ndarray, np.ndarray]:
+def lidar_candidates(
+    lidar: Lidar,
+    azimuth0: float,
+    to_sensor: np.ndarray,
+    centres: np.ndarray,
+    radii: np.ndarray,
+    max_range: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """(ray, primitive) pairs of the LiDAR grid whose rays can reach each bounding sphere."""
     v = centres @ to_sensor[:3, :3].T + to_sensor[:3, 3]  # (P, 3) sphere centres, LiDAR frame
     dist, dxy = np.linalg.norm(v, axis=1), np.hypot(v[:, 0], v[:, 1])
@@ -115,7 +127,10 @@ def lidar_candidates(lidar: Lidar, azimuth0: float, to_sensor: np.ndarray, centr
     c1 = np.floor((az + az_half - azimuth0) / step).astype(np.int64) + 1
     c1 = np.minimum(c1, c0 + lidar.azimuths)
     r0, r1 = np.where(inside, 0, r0), np.where(inside, len(elev), r1)
-    c0, c1 = np.where(inside | (az_half >= np.pi), 0, c0), np.where(inside | (az_half >= np.pi), lidar.azimuths, c1)
+    c0, c1 = (
+        np.where(inside | (az_half >= np.pi), 0, c0),
+        np.where(inside | (az_half >= np.pi), lidar.azimuths, c1),
+    )
     far = dist - radii > max_range
     r1 = np.where(far, r0, r1)
     return rect_pairs(r0, r1, c0, c1, lidar.azimuths)
@@ -155,8 +170,9 @@ def pixel_bounds(cam: Camera, pts: np.ndarray) -> tuple[np.ndarray, ...]:
     return r0, r1, c0, c1
 
 
-def camera_candidates(cam: Camera, to_cam: np.ndarray, corners: np.ndarray, max_range: float
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def camera_candidates(
+    cam: Camera, to_cam: np.ndarray, corners: np.ndarray, max_range: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(pixel, primitive) pairs whose pixel rays can reach the primitives with hull `corners`.
 
     `corners` (P, 8, 3), local frame: any 8 points whose convex hull contains the primitive.

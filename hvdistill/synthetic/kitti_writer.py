@@ -24,12 +24,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from hvdistill.config import SynthConfig
-from hvdistill.data.synthetic.classes import WORLD_CLASSES, kitti_lut
-from hvdistill.data.synthetic.frame import Rig, generate_frame
-from hvdistill.data.synthetic.layout import build_world
-from hvdistill.data.synthetic.sensors import Lidar, build_camera
-from hvdistill.data.synthetic.side_outputs import write_side_outputs
 from hvdistill.geometry.transforms import invert_transform, make_transform
+from hvdistill.synthetic.classes import WORLD_CLASSES, kitti_lut
+from hvdistill.synthetic.frame import Rig, generate_frame
+from hvdistill.synthetic.layout import build_world
+from hvdistill.synthetic.sensors import Lidar, build_camera
+from hvdistill.synthetic.side_outputs import write_side_outputs
 
 VELODYNE_TRANSLATION = (0.0, 0.0, 1.73)  # ego frame; KITTI's HDL-64 height
 CAM0_TRANSLATION = (0.27, 0.0, 1.65)  # rectified camera 0, ego frame
@@ -61,8 +61,13 @@ def calib_text(rig: Rig, cam0_to_ego: np.ndarray) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_semantickitti(out_dir: str | Path, cfg: SynthConfig, sequences: list[str] | None = None,
-                        side_outputs: bool = False, progress: bool = True) -> Path:
+def write_semantickitti(
+    out_dir: str | Path,
+    cfg: SynthConfig,
+    sequences: list[str] | None = None,
+    side_outputs: bool = False,
+    progress: bool = True,
+) -> Path:
     """Write each sequence (cfg.frames_per_scene frames) under out_dir/sequences; returns out_dir."""
     root = Path(out_dir)
     sequences = ["00", "08"] if sequences is None else list(sequences)
@@ -75,8 +80,9 @@ def write_semantickitti(out_dir: str | Path, cfg: SynthConfig, sequences: list[s
     return root
 
 
-def _write_sequence(root: Path, seq: str, cfg: SynthConfig, rig: Rig, cam0_to_ego: np.ndarray,
-                    side_outputs: bool, bar: tqdm) -> None:
+def _write_sequence(
+    root: Path, seq: str, cfg: SynthConfig, rig: Rig, cam0_to_ego: np.ndarray, side_outputs: bool, bar: tqdm
+) -> None:
     seq_dir = root / "sequences" / seq
     for sub in ("velodyne", "labels", "image_2"):
         (seq_dir / sub).mkdir(parents=True, exist_ok=True)
