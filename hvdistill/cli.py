@@ -12,7 +12,7 @@ import sys
 
 # verb -> (module with main(argv), one-line help)
 VERBS: dict[str, tuple[str, str]] = {
-    "config": ("hvdistill.config_cli", "show the resolved config: config show CONFIG [key=value ...]"),
+    "config": ("hvdistill.config.cli", "show the resolved config: config show CONFIG [key=value ...]"),
     "synth": ("hvdistill.synthetic.cli", "generate the synthetic world in nuScenes / SemanticKITTI format"),
     "inspect": ("hvdistill.data.sources.cli", "read a dataset through its source and print what it holds"),
     "shard": ("sharding.cli", "convert a dataset into WebDataset shards with Ray; `shard verify DIR`"),

@@ -17,8 +17,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from hvdistill.config import Config, ConfigError, SourceConfig, semantic_problems
-from hvdistill.config_loader import apply_overrides, load_yaml_diff
+from hvdistill.config import RUN_SECTIONS, Config, ConfigError, SourceConfig
+from hvdistill.config import problems as problems_of
+from hvdistill.config.loader import apply_overrides, load_yaml_diff
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,9 +57,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[SourceConfig, Config]:
         cfg.data.shard_size_mb = args.shard_size_mb
     if args.max_bad_fraction is not None:
         cfg.data.max_bad_fraction = args.max_bad_fraction
-    problems += [p for p in semantic_problems(cfg) if p.startswith("data")]
-    if cfg.data.shard_size_mb <= 0 or cfg.data.shard_task_samples <= 0:
-        problems.append("data.shard_size_mb / data.shard_task_samples: must be > 0")
+    problems += problems_of(cfg, RUN_SECTIONS["shard"])
     if args.workers is not None and args.workers <= 0:
         problems.append("--workers: must be >= 1")
     if problems:

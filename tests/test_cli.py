@@ -6,7 +6,7 @@ import sys
 import yaml
 
 from hvdistill import cli
-from hvdistill.config_cli import main as config_main
+from hvdistill.config.cli import main as config_main
 
 
 def test_help_lists_verbs(capsys):

@@ -1,6 +1,8 @@
 """The public 3D student: sparse UNet backbone + IPV and BEV heads, built from the config.
 
-`build_lidar_model(model_cfg, geometry, device)` checks that the voxel and BEV grids agree,
+`build_lidar_model(model_cfg, geometry, device)` checks that the voxel and BEV grids agree
+(the config's own checks, `bev_grid_problems` and `lidar_problems` in hvdistill/config/, which
+`load_config` runs too),
 picks spconv's conv algorithm for `device` at construction (Native on CPU, spconv's choice on
 GPU; see `sparse.conv_algo`) and returns a `LidarStudent` on that device. A model built for
 GPU refuses CPU inputs with an explanation (spconv's GPU algorithms would fail deep inside);
@@ -25,7 +27,8 @@ import torch
 from torch import nn
 
 from hvdistill.config import GeometryConfig, LidarModelConfig, ModelConfig
-from hvdistill.geometry.voxel import grid_shape
+from hvdistill.config.geometry import bev_grid_problems, bev_stride
+from hvdistill.config.model import lidar_problems
 from hvdistill.models.lidar.heads import BEVHead, IPVHead
 from hvdistill.models.lidar.sparse import conv_algo, sparse_input
 from hvdistill.models.lidar.unet import SparseUNet
@@ -89,49 +92,11 @@ class LidarStudent(nn.Module):
         return LidarOutput(voxel_feats, ipv, bev, bev_indices)
 
 
-def bev_stride(geometry: GeometryConfig) -> int:
-    """Voxels per BEV cell side: bev_resolution / voxel_size (4 for 0.1 m voxels, 0.4 m cells)."""
-    return int(round(geometry.bev_resolution / geometry.voxel_size))
-
-
 def lidar_model_problems(
     cfg: LidarModelConfig, geometry: GeometryConfig, device: torch.device | str
 ) -> list[str]:
-    """Every inconsistency between the model config, the grids and the device, with its fix."""
-    p: list[str] = []
-    stride = bev_stride(geometry)
-    if stride < 1 or abs(stride * geometry.voxel_size - geometry.bev_resolution) > 1e-6 * stride:
-        p.append(
-            f"geometry.bev_resolution: {geometry.bev_resolution} must be a whole multiple of "
-            f"geometry.voxel_size={geometry.voxel_size}"
-        )
-    elif stride != cfg.bev_head_stride:
-        p.append(
-            f"model.lidar.bev_head_stride: {cfg.bev_head_stride} disagrees with "
-            f"bev_resolution / voxel_size = {stride}; "
-            f"set model.lidar.bev_head_stride={stride}"
-        )
-    else:
-        nx, ny, _ = grid_shape(geometry.point_range, geometry.voxel_size)
-        if -(-nx // stride) > geometry.bev_size or -(-ny // stride) > geometry.bev_size:
-            p.append(
-                f"geometry.bev_size: {geometry.bev_size} cells do not cover the {nx} x {ny} "
-                f"voxel grid at stride {stride}; set geometry.bev_size="
-                f"{max(-(-nx // stride), -(-ny // stride))}"
-            )
-    nx, ny, _ = grid_shape(geometry.point_range, geometry.voxel_size)
-    if cfg.bev_head == "strided" and stride >= 1 and (nx % stride or ny % stride):
-        p.append(
-            f"model.lidar.bev_head: 'strided' drops the last voxel rows of a {nx} x {ny} grid "
-            f"not divisible by {stride}; adjust geometry.point_range or use model.lidar.bev_head=column"
-        )
-    if cfg.bev_head == "strided" and stride >= 1 and stride & (stride - 1):
-        p.append(
-            f"model.lidar.bev_head: 'strided' needs a power-of-two stride, got {stride}; "
-            f"use model.lidar.bev_head=column"
-        )
-    if len(cfg.planes) != 8 or len(cfg.encoder_blocks) != 4 or len(cfg.decoder_blocks) != 4:
-        p.append("model.lidar: planes needs 8 entries, encoder_blocks and decoder_blocks 4 each")
+    """The config's own BEV-grid and LiDAR checks (hvdistill/config/) plus the device's, with fixes."""
+    p = bev_grid_problems(geometry) + lidar_problems(cfg, geometry)
     if cfg.sparse_dtype == "float16" and torch.device(device).type != "cuda":
         p.append("model.lidar.sparse_dtype: float16 needs a CUDA device; set it to float32")
     return p

@@ -3,7 +3,8 @@
 Works on any tree of dataclasses. Values are parsed with `yaml.safe_load` (so `1e-3`, `true`,
 `[1, 2]` read naturally), checked against the field's annotation, and coerced only where it
 loses nothing (int -> float). Every problem is returned as one line that names the key and the
-fix; callers raise them together in a `ConfigError`.
+fix; callers raise them together in a `ConfigError`. The section modules beside this one share
+its small range and pair checks.
 """
 
 from __future__ import annotations
@@ -202,3 +203,15 @@ def flatten_dataclass(obj: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def check_range(problems: list[str], key: str, value: float, lo: float, hi: float) -> None:
+    """Append a problem when `value` lies outside [lo, hi] (the section checks share this)."""
+    if not lo <= value <= hi:
+        problems.append(f"{key}: {value} is outside [{lo}, {hi}]; set {key}=<value in range>")
+
+
+def check_pair(problems: list[str], key: str, pair: list[float]) -> None:
+    """Append a problem unless `pair` is [low, high] with low <= high."""
+    if len(pair) != 2 or pair[0] > pair[1]:
+        problems.append(f"{key}: expected [low, high] with low <= high, got {pair}")

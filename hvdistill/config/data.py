@@ -1,0 +1,98 @@
+"""The `data` section: raw sources, sharding and streaming settings, and their checks.
+
+Other sections' checks that read `data` keys live with the section that owns the dependent key
+(see hvdistill/config/__init__.py); the ones here read only `data`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from hvdistill.config.loader import check_range
+
+if TYPE_CHECKING:
+    from hvdistill.config import Config
+
+NUSCENES_CAMERAS = (
+    "CAM_FRONT",
+    "CAM_FRONT_RIGHT",
+    "CAM_BACK_RIGHT",
+    "CAM_BACK",
+    "CAM_BACK_LEFT",
+    "CAM_FRONT_LEFT",
+)
+
+
+@dataclass(slots=True, kw_only=True)
+class SourceConfig:
+    """One raw dataset and its weight in the training mix."""
+
+    name: Literal["nuscenes", "semantickitti"] = "nuscenes"
+    root: str = "data/synthetic-nuscenes"
+    version: str = "v1.0-mini"  # nuScenes table folder; ignored for SemanticKITTI
+    split: Literal["train", "val"] = "train"
+    split_file: str = ""  # optional file listing scene names (nuScenes) or sequences (KITTI)
+    weight: float = 1.0  # sampling weight when several datasets are mixed
+
+
+@dataclass(slots=True, kw_only=True)
+class SuperpixelConfig:
+    """SLIC superpixels, computed once at sharding time (scikit-image)."""
+
+    n_segments: int = 150
+    compactness: float = 6.0
+    sigma: float = 3.0
+    start_label: int = 0
+
+
+@dataclass(slots=True, kw_only=True)
+class DataConfig:
+    """Where training data comes from and how it is streamed."""
+
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    shards: list[str] = field(default_factory=list)  # shard dirs / manifest.json paths
+    cameras: list[str] = field(default_factory=lambda: list(NUSCENES_CAMERAS))
+    stored_image_width: int = 800  # images stored in shards at this width (crops need ~800x450)
+    stored_image_height: int = 450
+    jpeg_quality: int = 90
+    min_depth: float = 1.0  # pairs keep depth > min_depth (nuscenes-devkit's rule)
+    image_border: float = 1.0  # pairs keep border < u < W - border, border < v < H - border
+    superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
+    shard_size_mb: float = 256.0
+    shard_task_samples: int = 256  # samples per Ray sharding task; longer chunks are split
+    max_bad_fraction: float = 0.01  # sharding fails past this fraction of bad samples
+    shard_splits: list[str] = field(default_factory=lambda: ["train"])  # splits the reader streams
+    max_consecutive_bad: int = 100  # the reader stops after this many bad shards/samples in a row
+    shuffle_buffer: int = 256
+    resampled: bool = True  # sample shards with replacement, fixed epoch length per rank
+    epoch_samples: int = 0  # samples per epoch per rank in resampled mode; 0 = dataset size
+    loader_workers: int = 2
+    prefetch_factor: int = 2
+
+
+def data_problems(cfg: Config) -> list[str]:
+    """Every inconsistency inside the `data` section, each with its fix."""
+    p: list[str] = []
+    d = cfg.data
+    if not 1 <= d.superpixels.n_segments <= 30000:
+        p.append(
+            f"data.superpixels.n_segments: {d.superpixels.n_segments} must be in 1..30000 "
+            f"(ids are stored as int16)"
+        )
+    if d.stored_image_width <= 0 or d.stored_image_height <= 0:
+        p.append("data.stored_image_width / data.stored_image_height: must be > 0")
+    if not 1 <= d.jpeg_quality <= 100:
+        p.append(f"data.jpeg_quality: {d.jpeg_quality} must be in 1..100")
+    check_range(p, "data.max_bad_fraction", d.max_bad_fraction, 0.0, 1.0)
+    if d.shard_size_mb <= 0 or d.shard_task_samples <= 0:
+        p.append("data.shard_size_mb / data.shard_task_samples: must be > 0")
+    if not d.sources and not d.shards:
+        p.append("data: neither data.sources nor data.shards is set; give at least one")
+    if any(s.weight <= 0 for s in d.sources):
+        p.append("data.sources[*].weight: weights must be > 0")
+    if not d.shard_splits or any(s not in ("train", "val") for s in d.shard_splits):
+        p.append(f"data.shard_splits: {d.shard_splits} must list 'train' and/or 'val'")
+    if d.max_consecutive_bad < 1:
+        p.append(f"data.max_consecutive_bad: {d.max_consecutive_bad} must be >= 1")
+    return p

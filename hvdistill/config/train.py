@@ -1,0 +1,135 @@
+"""The pretraining sections (`loss`, `optim`, `precision`, `dist`, `train`, `tracking`) and their checks.
+
+`loss.depth_target_pool` is checked against `geometry.feature_stride` here, with the loss that
+owns the dependent key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from hvdistill.config import Config
+
+
+@dataclass(slots=True, kw_only=True)
+class LossConfig:
+    temperature: float = 0.07
+    weight_ipv: float = 1.0
+    weight_depth: float = 60.0
+    weight_bev: float = 0.25
+    gather_across_ranks: bool = True  # the loss owns the gather; identical with one process
+    queue_size: int = 0  # momentum queue of past keys; 0 = off
+    tile_size: int = 4096  # keys per tile in the tiled InfoNCE; 0 = untiled
+    depth_target_pool: int = 4  # min non-zero depth in each 4x4 patch
+    bev_start_epoch: int = 0  # two-stage schedule: BEV loss joins at this epoch
+    max_bev_anchors: int = 0  # subsample BEV anchors per sample; 0 = all
+    depth_reduction: Literal["cells_x_bins", "cells"] = "cells_x_bins"  # see docs/models.md
+    renormalize_pooled: bool = True  # L2-normalise superpoint/superpixel means (SLidR: false)
+
+
+@dataclass(slots=True, kw_only=True)
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.5
+    momentum: float = 0.9
+    dampening: float = 0.1
+    weight_decay: float = 1e-4
+    reference_batch: int = 16  # lr is scaled by global_batch / reference_batch
+    scale_lr: bool = True
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = 0
+    grad_clip: float = 0.0  # 0 = off
+
+
+@dataclass(slots=True, kw_only=True)
+class PrecisionConfig:
+    image_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # sparse side: float32 on CPU; float16 is a GPU-only option (see LidarModelConfig)
+    logits_dtype: Literal["float32"] = "float32"
+
+
+@dataclass(slots=True, kw_only=True)
+class DistConfig:
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    zero_stage: int = 0
+    num_workers: int = 1  # Ray Train workers
+    use_gpu: bool = False
+    sync_batchnorm: bool = True
+
+
+@dataclass(slots=True, kw_only=True)
+class TrainConfig:
+    epochs: int = 50
+    global_batch: int = 16
+    micro_batch: int = 4  # per rank
+    seed: int = 0
+    steps_per_epoch: int = 0  # 0 = derived from the dataset
+    log_every: int = 10
+    checkpoint_every: int = 1000
+    output_dir: str = "runs"
+    max_nonfinite_steps: int = 0
+
+
+@dataclass(slots=True, kw_only=True)
+class TrackingConfig:
+    enabled: bool = True
+    uri: str = ""  # empty = sqlite:///mlruns.db in the output dir
+    experiment: str = "hvdistill"
+    run_name: str = ""
+
+
+def loss_problems(cfg: Config) -> list[str]:
+    """Every inconsistency of the `loss` section (its depth grid against the geometry's)."""
+    p: list[str] = []
+    if cfg.loss.temperature <= 0:
+        p.append("loss.temperature: must be > 0")
+    if cfg.loss.tile_size < 0 or cfg.loss.queue_size < 0:
+        p.append("loss.tile_size / loss.queue_size: must be >= 0 (0 turns them off)")
+    if cfg.loss.depth_target_pool != cfg.geometry.feature_stride:
+        p.append(
+            f"loss.depth_target_pool: {cfg.loss.depth_target_pool} must equal "
+            f"geometry.feature_stride={cfg.geometry.feature_stride} (targets live on the depth grid)"
+        )
+    return p
+
+
+def optim_problems(cfg: Config) -> list[str]:
+    """Every inconsistency of the `optim` section."""
+    o = cfg.optim
+    p: list[str] = []
+    if o.lr <= 0 or o.reference_batch <= 0:
+        p.append("optim.lr / optim.reference_batch: must be > 0")
+    if o.warmup_steps < 0 or o.grad_clip < 0:
+        p.append("optim.warmup_steps / optim.grad_clip: must be >= 0 (0 turns them off)")
+    return p
+
+
+def dist_problems(cfg: Config) -> list[str]:
+    """Every inconsistency of the `dist` section."""
+    p: list[str] = []
+    if cfg.dist.zero_stage not in (0, 1, 2, 3):
+        p.append(f"dist.zero_stage: {cfg.dist.zero_stage} is not one of 0, 1, 2, 3")
+    if cfg.dist.num_workers < 1:
+        p.append(f"dist.num_workers: {cfg.dist.num_workers} must be >= 1")
+    return p
+
+
+def train_problems(cfg: Config) -> list[str]:
+    """Every inconsistency of the `train` section."""
+    t = cfg.train
+    p: list[str] = []
+    if t.micro_batch <= 0 or t.global_batch <= 0 or t.global_batch % t.micro_batch:
+        p.append(
+            f"train.global_batch: {t.global_batch} must be a positive multiple of "
+            f"train.micro_batch={t.micro_batch}"
+        )
+    if t.log_every < 1 or t.checkpoint_every < 1:
+        p.append("train.log_every / train.checkpoint_every: must be >= 1")
+    return p
+
+
+def no_problems(cfg: Config) -> list[str]:
+    """For sections whose fields are fully checked by their types (precision, tracking)."""
+    return []
