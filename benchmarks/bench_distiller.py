@@ -65,8 +65,7 @@ def step(model, loss_fn, sample, cfg, rng, times):
     """One forward + backward with per-component timings."""
     from hvdistill.data.augment import augment_sample
     from hvdistill.data.collate import collate
-    from hvdistill.losses.pooling import pair_superpixel_ids
-    from hvdistill.losses.total import LossInputs
+    from hvdistill.loss_inputs import LossInputs, pair_superpixel_ids
 
     b = timed(
         times,

@@ -30,21 +30,6 @@ class PooledSuperpixels:
     ids: torch.Tensor  # (S,) int64 superpixel id of each row, ascending
 
 
-def pair_superpixel_ids(
-    superpixels: torch.Tensor, pair_image: torch.Tensor, pair_uv: torch.Tensor
-) -> torch.Tensor:
-    """(Q,) int64 superpixel id under each pair's pixel; -1 where there is none.
-
-    superpixels (N_img, H, W); pair_uv (Q, 2) sub-pixel (u = column, v = row) with pixel
-    centres at integer coordinates (as hvdistill/geometry/frustum.py), so the pixel is the
-    rounded coordinate.
-    """
-    _, height, width = superpixels.shape
-    col = torch.round(pair_uv[:, 0]).long().clamp(0, width - 1)  # (Q,)
-    row = torch.round(pair_uv[:, 1]).long().clamp(0, height - 1)  # (Q,)
-    return superpixels[pair_image.long(), row, col]
-
-
 def _slots(ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Position of each value in the sorted `ids`; len(ids) where it is absent."""
     n = ids.numel()

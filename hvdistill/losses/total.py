@@ -2,9 +2,9 @@
 
 `HybridViewLoss` is the one loss module of pretraining. It owns the cross-rank gathering and
 the key queues (one per contrastive term, module buffers, so they are checkpointed), takes
-the distiller's named features in a `LossInputs`, and returns the named terms in `LossTerms`.
-Weights default to 1 / 60 / 0.25 (LossConfig). Two-stage schedule: before
-LossConfig.bev_start_epoch the BEV term is 0 and is not computed at all.
+the distiller's named features in a `LossInputs` (hvdistill/loss_inputs.py), and returns
+the named terms in `LossTerms`. Weights default to 1 / 60 / 0.25 (LossConfig). Two-stage
+schedule: before LossConfig.bev_start_epoch the BEV term is 0 and is not computed at all.
 
 Normalisation: every term is this rank's sum divided by the global count of its rows / cells
 (see hvdistill/losses/infonce.py). Summed over ranks the terms are the single-process losses
@@ -22,29 +22,11 @@ from torch import nn
 
 from hvdistill import dist
 from hvdistill.config import Config, GeometryConfig, LossConfig, ModelConfig
+from hvdistill.loss_inputs import LossInputs
 from hvdistill.losses.bev import bev_loss
 from hvdistill.losses.depth import depth_loss, depth_targets
 from hvdistill.losses.infonce import build_infonce
 from hvdistill.losses.pooling import pool_superpixels
-
-
-@dataclass
-class LossInputs:
-    """What the distiller hands to the loss (C = ModelConfig.feature_dim)."""
-
-    pair_point_features: torch.Tensor  # (Q, C) 3D feature of each pair's point (its voxel's)
-    pair_superpixel: torch.Tensor  # (Q,) int64 superpixel id of each pair, -1 = none
-    image_features: torch.Tensor  # (N_img, C, H, W) 2D features at crop resolution
-    superpixels: torch.Tensor  # (N_img, H, W) int64 ids unique across the batch, -1 = none
-    depth_logits: torch.Tensor | None = None  # (N_img, D, H / 4, W / 4) before softmax
-    pair_image: torch.Tensor | None = None  # (Q',) int64 image of each depth pair (Q' >= Q: may
-    # include points outside the voxel crop, which supervise depth only)
-    pair_uv: torch.Tensor | None = None  # (Q, 2) (u = column, v = row) crop pixels
-    pair_depth: torch.Tensor | None = None  # (Q,) camera depth in metres
-    lidar_bev_features: torch.Tensor | None = None  # (K, C) non-empty LiDAR BEV cells
-    lidar_bev_indices: torch.Tensor | None = None  # (K, 3) (sample, iy, ix) or (K,) flat
-    image_bev: torch.Tensor | None = None  # (B, C, S, S) or flat (B * S * S, C)
-    image_bev_occupied: torch.Tensor | None = None  # (B * S * S,) bool cells the lift reached
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """The distiller: 3D student + frozen 2D teacher + trainable heads and depth lift.
 
 `Distiller.forward(batch)` returns the features the hybrid-view loss consumes, as a
-`LossInputs` (hvdistill/losses/total.py), never a loss: the loss owns the cross-rank gather
-and this module stays single-device with no collective calls. `parameter_groups()` lists the
+`LossInputs` (hvdistill/loss_inputs.py, a layer below both models/ and losses/), never a
+loss: the loss owns the cross-rank gather and this module stays single-device with no
+collective calls. `parameter_groups()` lists the
 trainable parameters by component for the optimiser; the frozen teacher backbone is in none.
 
 Data flow for a batch of B samples with n_cam cameras (N = B * n_cam images):
@@ -20,8 +21,7 @@ from torch import nn
 
 from hvdistill.batch import Batch
 from hvdistill.config import Config
-from hvdistill.losses.pooling import pair_superpixel_ids
-from hvdistill.losses.total import LossInputs
+from hvdistill.loss_inputs import LossInputs, pair_superpixel_ids
 from hvdistill.models.depth.lift import BEVLift, build_depth_lift
 from hvdistill.models.image.teacher import ImageTeacher, build_image_teacher
 from hvdistill.models.lidar.student import LidarStudent, build_lidar_model

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hvdistill.losses.pooling import pair_superpixel_ids, pool_superpixels
+from hvdistill.loss_inputs import pair_superpixel_ids
+from hvdistill.losses.pooling import pool_superpixels
 
 N_IMG, C, H, W = 3, 8, 12, 16
 

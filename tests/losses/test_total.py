@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from hvdistill.config import Config, GeometryConfig, LossConfig
-from hvdistill.losses import HybridViewLoss, LossInputs, build_hybrid_view_loss
-from hvdistill.losses.pooling import pair_superpixel_ids
+from hvdistill.loss_inputs import LossInputs, pair_superpixel_ids
+from hvdistill.losses import HybridViewLoss, build_hybrid_view_loss
 
 N_IMG, C, H, W, BEV = 2, 8, 16, 24, 8
 GEOMETRY = GeometryConfig(depth_min=1.0, depth_max=9.0, depth_step=0.5, bev_size=BEV)  # 16 bins
