@@ -64,6 +64,7 @@ class DataConfig:
     max_bad_fraction: float = 0.01  # sharding fails past this fraction of bad samples
     shard_splits: list[str] = field(default_factory=lambda: ["train"])  # splits the reader streams
     max_consecutive_bad: int = 100  # the reader stops after this many bad shards/samples in a row
+    datasets: list[str] = field(default_factory=list)  # reader: stream only these datasets; [] = all
     shuffle_buffer: int = 256
     resampled: bool = True  # sample shards with replacement, fixed epoch length per rank
     epoch_samples: int = 0  # samples per epoch per rank in resampled mode; 0 = dataset size
@@ -95,4 +96,6 @@ def data_problems(cfg: Config) -> list[str]:
         p.append(f"data.shard_splits: {d.shard_splits} must list 'train' and/or 'val'")
     if d.max_consecutive_bad < 1:
         p.append(f"data.max_consecutive_bad: {d.max_consecutive_bad} must be >= 1")
+    if len(set(d.datasets)) != len(d.datasets) or not all(d.datasets):
+        p.append(f"data.datasets: {d.datasets} must name each dataset once (empty list = all)")
     return p
