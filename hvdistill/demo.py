@@ -40,84 +40,34 @@ def _check(rc: int, what: str) -> None:
 
 
 def run_data_stages(cfg: Config, out: Path, config_path: str, overrides: list[str], workers: int) -> Path:
-    """Stages 1-4; returns the shard directory."""
+    """Stages 1-4 (the config and overrides passed through to each command); returns the shard directory."""
     from hvdistill.cli import main as hvdistill
 
     src = cfg.data.sources[0]
     root, shards = Path(src.root), out / "shards"
     t = _stage(f"1. synthesise {cfg.synth.scenes} scenes x {cfg.synth.frames_per_scene} frames -> {root}")
-    _check(
-        hvdistill(
-            [
-                "synth",
-                "--format",
-                "nuscenes",
-                "--config",
-                config_path,
-                "--scenes",
-                str(cfg.synth.scenes),
-                "--frames-per-scene",
-                str(cfg.synth.frames_per_scene),
-                "--seed",
-                str(cfg.synth.seed),
-                "--width",
-                str(cfg.synth.image_width),
-                "--height",
-                str(cfg.synth.image_height),
-                "--version",
-                src.version,
-                "--out",
-                str(root),
-                "--no-progress",
-            ]
-        ),
-        "synth",
-    )
+    synth = ["synth", "--format", "nuscenes", "--version", src.version, "--out", str(root), "--no-progress"]
+    _check(hvdistill([*synth, "--config", config_path, *overrides]), "synth")
     _done(t)
     t = _stage("2. read it back through nuscenes-devkit")
-    for split in ("train", "val"):
-        _check(
-            hvdistill(
-                [
-                    "inspect",
-                    "--source",
-                    "nuscenes",
-                    "--root",
-                    str(root),
-                    "--version",
-                    src.version,
-                    "--split",
-                    split,
-                ]
-            ),
-            f"inspect ({split})",
-        )
+    for s in cfg.data.sources:
+        inspect = [
+            "inspect",
+            "--source",
+            s.name,
+            "--root",
+            s.root,
+            "--version",
+            s.version,
+            "--split",
+            s.split,
+        ]
+        _check(hvdistill(inspect), f"inspect ({s.split})")
     _done(t)
-    t = _stage(f"3. shard with Ray ({workers} workers) -> {shards}")
-    for split in ("train", "val"):
-        _check(
-            hvdistill(
-                [
-                    "shard",
-                    "--source",
-                    "nuscenes",
-                    "--root",
-                    str(root),
-                    "--version",
-                    src.version,
-                    "--split",
-                    split,
-                    "--out",
-                    str(shards),
-                    "--workers",
-                    str(workers),
-                    "--config",
-                    config_path,
-                    *overrides,
-                ]
-            ),
-            f"shard ({split})",
-        )
+    splits = "+".join(s.split for s in cfg.data.sources)
+    t = _stage(f"3. shard every data.sources entry ({splits}) with Ray ({workers} workers) -> {shards}")
+    shard = ["shard", "--out", str(shards), "--workers", str(workers), "--no-progress"]
+    _check(hvdistill([*shard, "--config", config_path, *overrides]), "shard")
     _done(t)
     t = _stage("4. verify the shards")
     _check(hvdistill(["shard", "verify", str(shards)]), "shard verify")
@@ -199,8 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    overrides = [f"data.sources.0.root={out / 'synthetic-nuscenes'}"] + args.overrides
     try:
+        n_sources = len(load_config(args.config, args.overrides, sections=()).data.sources)
+        # every source of the demo config is read from the world written under --out
+        roots = [f"data.sources.{i}.root={out / 'synthetic-nuscenes'}" for i in range(n_sources)]
+        overrides = roots + args.overrides
         cfg = load_config(args.config, overrides)
     except ConfigError as exc:
         print(f"hvdistill demo: {exc}", file=sys.stderr)

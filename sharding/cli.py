@@ -1,12 +1,17 @@
-"""`hvdistill shard ...` (convert a dataset into WebDataset shards with Ray) and `shard verify DIR`.
+"""`hvdistill shard` (every configured dataset into WebDataset shards, with Ray) and `shard verify DIR`.
 
-    hvdistill shard --source nuscenes --root data/nuscenes --version v1.0-trainval --split train
-                    --out shards/ [--ray-address ADDR] [--workers N] [--shard-size-mb 256]
-                    [--max-bad-fraction 0.01] [--config YAML] [key=value ...]
+    hvdistill shard --out shards/ [--config YAML] [--ray-address ADDR] [--workers N] [--no-progress]
+                    [key=value ...]
+    hvdistill shard --out shards/ data.sources.0.root=data/nuscenes data.sources.0.version=v1.0-trainval
     hvdistill shard verify shards/
 
-Without --ray-address a local Ray is started on 127.0.0.1 with --workers CPUs and shut down
-at the end. Re-running the same command after a crash finishes only what is missing.
+Every entry of `data.sources` (name, root, version, split, split_file) is sharded into the one
+output directory, in order, so a multi-dataset config shards in one command; `data.shard_size_mb`,
+`data.max_bad_fraction` and the rest of the `data` section are ordinary overrides, and only that
+section is validated. The flags are not config values: --out is this command's output,
+--ray-address, --workers and --no-progress say where and how it runs. Without --ray-address a
+local Ray is started on 127.0.0.1 with --workers CPUs and shut down at the end. Re-running the
+same command after a crash finishes only what is missing.
 """
 
 from __future__ import annotations
@@ -17,21 +22,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from hvdistill.config import RUN_SECTIONS, Config, ConfigError, SourceConfig
-from hvdistill.config import problems as problems_of
-from hvdistill.config.loader import apply_overrides, load_yaml_diff
+from hvdistill.config import RUN_SECTIONS, Config, ConfigError, SourceConfig, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hvdistill shard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--source", required=True, choices=["nuscenes", "semantickitti"])
-    p.add_argument("--root", required=True, help="dataset root directory")
-    p.add_argument("--version", default=None, help="nuScenes table version (e.g. v1.0-trainval)")
-    p.add_argument("--split", required=True, choices=["train", "val"])
-    p.add_argument("--split-file", default=None, help="file listing scenes/sequences to keep")
-    p.add_argument("--out", required=True, help="output directory (shared by several sources)")
+    p.add_argument("--out", required=True, help="output directory (shared by all sources)")
+    p.add_argument("--config", default=None, help="YAML diff over the default config")
     p.add_argument("--ray-address", default=None, help="existing Ray cluster; default: local")
     p.add_argument(
         "--workers",
@@ -40,75 +39,71 @@ def build_parser() -> argparse.ArgumentParser:
         help="concurrent tasks; CPUs of the local Ray cluster (default: all cores; "
         "with --ray-address: one task per cluster CPU)",
     )
-    p.add_argument("--shard-size-mb", type=float, default=None)
-    p.add_argument("--max-bad-fraction", type=float, default=None)
-    p.add_argument("--config", default=None, help="YAML diff over the default config")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
+    p.add_argument("overrides", nargs="*", help="key.sub=value config overrides, e.g. data.shard_size_mb=64")
     return p
 
 
-def resolve_config(args: argparse.Namespace) -> tuple[SourceConfig, Config]:
-    """Defaults <- YAML <- overrides <- flags; only the data section is validated here."""
-    cfg = Config()
-    problems = load_yaml_diff(cfg, args.config) if args.config else []
-    problems += apply_overrides(cfg, list(args.overrides))
-    if args.shard_size_mb is not None:
-        cfg.data.shard_size_mb = args.shard_size_mb
-    if args.max_bad_fraction is not None:
-        cfg.data.max_bad_fraction = args.max_bad_fraction
-    problems += problems_of(cfg, RUN_SECTIONS["shard"])
+def resolve_config(args: argparse.Namespace) -> tuple[list[SourceConfig], Config]:
+    """Defaults <- YAML <- overrides; the `data` section validated; sources with absolute roots."""
+    problems: list[str] = []
+    try:
+        cfg = load_config(args.config, list(args.overrides), sections=RUN_SECTIONS["shard"])
+    except ConfigError as exc:
+        problems, cfg = exc.problems, None
     if args.workers is not None and args.workers <= 0:
         problems.append("--workers: must be >= 1")
+    if cfg is not None and not cfg.data.sources:
+        problems.append("data.sources: empty; list the datasets to shard (name, root, version, split)")
     if problems:
         raise ConfigError(problems)
-    base = next((s for s in cfg.data.sources if s.name == args.source), SourceConfig(name=args.source))
-    source = replace(
-        base,
-        root=str(Path(args.root).resolve()),
-        split=args.split,
-        version=args.version or base.version,
-        split_file=args.split_file if args.split_file is not None else base.split_file,
-    )
-    return source, cfg
+    sources = [replace(s, root=str(Path(s.root).resolve())) for s in cfg.data.sources]
+    return sources, cfg
+
+
+def _shard_all(sources: list[SourceConfig], cfg: Config, args: argparse.Namespace) -> int:
+    """Run the job once per source; stop at the first failure (a re-run resumes)."""
+    from sharding.job import ShardingError, run_sharding
+
+    out = Path(args.out).resolve()
+    for i, source in enumerate(sources):
+        what = f"data.sources.{i} ({source.name} {source.split} at {source.root})"
+        try:
+            result = run_sharding(
+                source, cfg.data, out, progress=not args.no_progress, max_in_flight=args.workers or 0
+            )
+        except ShardingError as exc:
+            print(f"hvdistill shard: {what}: FAILED\n{exc}", file=sys.stderr)
+            return 1
+        except ValueError as exc:
+            print(f"hvdistill shard: {what}: {exc}", file=sys.stderr)
+            return 2
+        m = result.manifest
+        print(
+            f"hvdistill shard: {what} -> {args.out}/manifest.json: {m['samples']} samples in "
+            f"{len(m['shards'])} shards, {len(m['skipped'])} skipped "
+            f"({result.converted_units} units converted, {result.skipped_units} already done)"
+        )
+    return 0
 
 
 def shard(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        source_cfg, cfg = resolve_config(args)
+        sources, cfg = resolve_config(args)
     except ConfigError as exc:
         print(f"hvdistill shard: {exc}", file=sys.stderr)
         return 2
     import ray
 
-    from sharding.job import ShardingError, init_ray, run_sharding
+    from sharding.job import init_ray
 
     started = init_ray(args.ray_address, args.workers or os.cpu_count() or 1)
     try:
-        result = run_sharding(
-            source_cfg,
-            cfg.data,
-            Path(args.out).resolve(),
-            progress=not args.no_progress,
-            max_in_flight=args.workers or 0,
-        )
-    except ShardingError as exc:
-        print(f"hvdistill shard: FAILED\n{exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:
-        print(f"hvdistill shard: {exc}", file=sys.stderr)
-        return 2
+        return _shard_all(sources, cfg, args)
     finally:
         if started:
             ray.shutdown()
-    m = result.manifest
-    print(
-        f"hvdistill shard: {args.out}/manifest.json: {m['samples']} samples in "
-        f"{len(m['shards'])} shards, {len(m['skipped'])} skipped "
-        f"({result.converted_units} units converted, {result.skipped_units} already done)"
-    )
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

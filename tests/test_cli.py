@@ -44,3 +44,43 @@ def test_console_script_runs():
         [sys.executable, "-m", "hvdistill.cli", "--help"], capture_output=True, text=True, check=True
     )
     assert "config" in out.stdout
+
+
+def test_shard_takes_every_source_from_the_config(tmp_path):
+    from sharding.cli import build_parser, resolve_config
+
+    config = tmp_path / "two.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {
+                    "sources": [
+                        {"name": "nuscenes", "root": "data/nus", "split": "train"},
+                        {"name": "semantickitti", "root": "data/kitti", "split": "val"},
+                    ]
+                }
+            }
+        )
+    )
+    argv = ["--out", str(tmp_path / "s"), "--config", str(config), "data.shard_size_mb=64"]
+    # only the data section is validated: an unusable model section does not block sharding
+    sources, cfg = resolve_config(build_parser().parse_args([*argv, "model.lidar.bev_head_stride=3"]))
+    assert [(s.name, s.split) for s in sources] == [("nuscenes", "train"), ("semantickitti", "val")]
+    assert all(s.root.startswith("/") and s.root.endswith(("data/nus", "data/kitti")) for s in sources)
+    assert cfg.data.shard_size_mb == 64.0
+
+
+def test_shard_refuses_bad_data_config_before_starting_ray(tmp_path, capsys):
+    from sharding.cli import main as shard_main
+
+    out = tmp_path / "shards"
+    argv = ["--out", str(out), "--workers", "0", "data.max_bad_fraction=2", "data.shard_size_mb=0"]
+    assert shard_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "data.max_bad_fraction" in err and "data.shard_size_mb" in err and "--workers" in err
+    assert shard_main(["--out", str(out), "data.sources=[]", "data.shards=[x]"]) == 2
+    assert "data.sources: empty" in capsys.readouterr().err
+    twice = "data.sources=[{name: nuscenes, split: train}, {name: nuscenes, split: train}]"
+    assert shard_main(["--out", str(out), twice]) == 2
+    assert "twice" in capsys.readouterr().err
+    assert not out.exists()

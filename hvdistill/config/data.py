@@ -62,6 +62,8 @@ class DataConfig:
     shard_size_mb: float = 256.0
     shard_task_samples: int = 256  # samples per Ray sharding task; longer chunks are split
     max_bad_fraction: float = 0.01  # sharding fails past this fraction of bad samples
+    shard_shuffle: bool = True  # units (hence shards) draw samples from the whole split, not a scene
+    shard_shuffle_seed: int = 0  # seed of that deterministic, hash-based order of the keys
     shard_splits: list[str] = field(default_factory=lambda: ["train"])  # splits the reader streams
     max_consecutive_bad: int = 100  # the reader stops after this many bad shards/samples in a row
     datasets: list[str] = field(default_factory=list)  # reader: stream only these datasets; [] = all
@@ -90,6 +92,12 @@ def data_problems(cfg: Config) -> list[str]:
         p.append("data.shard_size_mb / data.shard_task_samples: must be > 0")
     if not d.sources and not d.shards:
         p.append("data: neither data.sources nor data.shards is set; give at least one")
+    pairs = [(s.name, s.split) for s in d.sources]
+    if len(set(pairs)) != len(pairs):
+        p.append(
+            f"data.sources: {pairs} lists a (name, split) twice; shards and the manifest know a "
+            f"source by its name and split, so give each once"
+        )
     if any(s.weight <= 0 for s in d.sources):
         p.append("data.sources[*].weight: weights must be > 0")
     if not d.shard_splits or any(s not in ("train", "val") for s in d.shard_splits):

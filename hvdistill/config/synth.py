@@ -6,7 +6,7 @@ pretraining run does not carry it (see `RUN_SECTIONS` in hvdistill/config/__init
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hvdistill.config.loader import check_range
@@ -21,8 +21,9 @@ MIN_IMAGE_SIDE = 16  # smaller images leave the renderer nothing to draw objects
 class SynthConfig:
     """The procedural LiDAR+camera world used for demos, tests and benchmarks."""
 
-    scenes: int = 2
-    frames_per_scene: int = 4
+    scenes: int = 2  # nuScenes layout: scenes written
+    kitti_sequences: list[str] = field(default_factory=lambda: ["00", "08"])  # SemanticKITTI layout
+    frames_per_scene: int = 4  # keyframes per scene / sequence
     seed: int = 0
     image_width: int = 800
     image_height: int = 450
@@ -54,6 +55,8 @@ def synth_problems(cfg: Config) -> list[str]:
     for key in ("image_width", "image_height"):
         if getattr(s, key) < MIN_IMAGE_SIDE:
             p.append(f"synth.{key}: {getattr(s, key)} must be at least {MIN_IMAGE_SIDE} pixels")
+    if not s.kitti_sequences or len(set(s.kitti_sequences)) != len(s.kitti_sequences):
+        p.append(f"synth.kitti_sequences: {s.kitti_sequences} must name at least one sequence, each once")
     if s.lidar_fov_down_deg >= s.lidar_fov_up_deg:
         p.append("synth.lidar_fov_down_deg: must be below synth.lidar_fov_up_deg")
     if s.lidar_max_range <= 0 or s.frame_interval_s <= 0:

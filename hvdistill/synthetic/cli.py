@@ -1,12 +1,15 @@
 """`hvdistill synth`: generate the synthetic world in the nuScenes or SemanticKITTI layout.
 
-    hvdistill synth --format nuscenes --scenes 2 --frames-per-scene 4 --seed 0 --out DIR
-                    [--config YAML] [--width W --height H] [--version v1.0-trainval] [--side-outputs]
-    hvdistill synth --format semantickitti --sequences 00 08 --out DIR ...
-    hvdistill synth docs [--out docs/images]      regenerate the pictures of docs/synthetic-world.md
+    hvdistill synth --out DIR [--format nuscenes] [--version v1.0-trainval] [--config YAML]
+                    [--side-outputs] [--no-progress] [synth.KEY=VALUE ...]
+    hvdistill synth --out DIR --format semantickitti synth.kitti_sequences=[00,08] synth.frames_per_scene=4
 
-Values come from the `synth` section of the config (YAML diff over the defaults), then from
-the flags. Output is deterministic for a seed.
+What the world holds comes from the `synth` section of the config (defaults <- --config YAML
+<- `key=value` overrides such as `synth.scenes=2 synth.seed=0 synth.image_width=800`); only
+that section is validated. The flags are not config values: --out, --format and --version say
+where and in which layout (and nuScenes table folder) the same world is written, --side-outputs
+adds debugging maps beside it, --config and --no-progress steer the command. Output is
+deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hvdistill.config import ConfigError, SynthConfig, load_config
+from hvdistill.config import RUN_SECTIONS, ConfigError, SynthConfig, load_config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,51 +27,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["nuscenes", "semantickitti"], default="nuscenes")
     p.add_argument("--out", help="output directory (the dataset root)")
     p.add_argument("--config", help="YAML config diff; its `synth` section is used")
-    p.add_argument("--scenes", type=int, help="nuScenes scenes (default: synth.scenes)")
-    p.add_argument("--frames-per-scene", type=int, help="keyframes per scene / sequence")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--width", type=int, help="image width (default: synth.image_width)")
-    p.add_argument("--height", type=int, help="image height (default: synth.image_height)")
     p.add_argument("--version", default="v1.0-trainval", help="nuScenes table folder name")
-    p.add_argument("--sequences", nargs="+", default=None, help="SemanticKITTI sequences (default 00 08)")
     p.add_argument(
         "--side-outputs",
         action="store_true",
         help="also write per-pixel class and depth maps under DIR/side_outputs/",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("overrides", nargs="*", help="synth.KEY=VALUE config overrides, applied in order")
     return p
 
 
 def resolve_config(args: argparse.Namespace) -> SynthConfig:
-    """The synth config: defaults <- --config YAML <- flags."""
-    cfg = load_config(args.config).synth if args.config else SynthConfig()
-    for flag, key in (
-        ("scenes", "scenes"),
-        ("frames_per_scene", "frames_per_scene"),
-        ("seed", "seed"),
-        ("width", "image_width"),
-        ("height", "image_height"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            setattr(cfg, key, value)
-    problems = [
-        f"--{k.replace('_', '-')} must be >= 1" for k in ("scenes", "frames_per_scene") if getattr(cfg, k) < 1
-    ]
-    if cfg.image_width < 16 or cfg.image_height < 16:
-        problems.append("--width/--height must be at least 16 pixels")
-    if problems:
-        raise ConfigError(problems)
-    return cfg
+    """The synth config: defaults <- --config YAML <- overrides; only `synth` is validated."""
+    return load_config(args.config, list(args.overrides), sections=RUN_SECTIONS["synth"]).synth
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "docs":
-        from hvdistill.synthetic.pictures import main as docs_main  # noqa: PLC0415
-
-        return docs_main(argv[1:])
     args = _parser().parse_args(argv)
     if not args.out:
         print("hvdistill synth: --out DIR is required (the dataset root to write)", file=sys.stderr)
@@ -85,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         root = write_nuscenes(args.out, cfg, args.version, side_outputs=args.side_outputs, progress=progress)
     else:
         root = write_semantickitti(
-            args.out, cfg, args.sequences, side_outputs=args.side_outputs, progress=progress
+            args.out, cfg, cfg.kitti_sequences, side_outputs=args.side_outputs, progress=progress
         )
     print(f"wrote {args.format} to {root}")
     return 0

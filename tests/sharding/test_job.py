@@ -29,19 +29,15 @@ STORED_CFG = DataConfig(stored_image_width=96, stored_image_height=54)
 
 def shard_args(name: str, root: Path, out: Path, address: str, *overrides: str) -> list[str]:
     return [
-        "--source",
-        name,
-        "--root",
-        str(root),
-        "--version",
-        NUSCENES_VERSION,
-        "--split",
-        split_with_data(name, root),
         "--out",
         str(out),
         "--ray-address",
         address,
         "--no-progress",
+        f"data.sources.0.name={name}",
+        f"data.sources.0.root={root}",
+        f"data.sources.0.version={NUSCENES_VERSION}",
+        f"data.sources.0.split={split_with_data(name, root)}",
         *STORED,
         *overrides,
     ]
@@ -188,7 +184,7 @@ def test_damaged_samples_are_skipped_and_listed(ray_address, nuscenes_root, tmp_
     root = Path(shutil.copytree(nuscenes_root, tmp_path / "nuscenes"))
     bad = damage_inputs(root, source_of("nuscenes", root))
     out = tmp_path / "shards"
-    assert main(shard_args("nuscenes", root, out, ray_address, "--max-bad-fraction", "1.0")) == 0
+    assert main(shard_args("nuscenes", root, out, ray_address, "data.max_bad_fraction=1.0")) == 0
     m = manifest(out)
     assert sorted(s["key"] for s in m["skipped"]) == sorted(bad)
     for entry in m["skipped"]:
@@ -198,7 +194,7 @@ def test_damaged_samples_are_skipped_and_listed(ray_address, nuscenes_root, tmp_
     assert sorted(s.key for s in reader) == sorted(good) and m["samples"] == len(good)
     assert verify_main([str(out)]) == 0
     capsys.readouterr()
-    assert main(shard_args("nuscenes", root, out, ray_address, "--max-bad-fraction", "0.1")) == 1
+    assert main(shard_args("nuscenes", root, out, ray_address, "data.max_bad_fraction=0.1")) == 1
     err = capsys.readouterr().err
     assert f"{len(bad)} of {len(bad) + len(good)} samples are bad" in err and "truncated" in err
 
