@@ -14,20 +14,28 @@
     pairs.npy       (M, 5) float32 point index, camera index, row v, column u, depth (m)
     meta.json       dataset, key, timestamps, tokens, camera names, the source's meta dict
 
-Decoding never unpickles: npy with allow_pickle=False, JSON, JPEG and PNG via Pillow.
+Decoding never unpickles and never trusts a size it has not checked: npy headers are parsed
+first and must match the member's byte length (no pickle, no Fortran order, exact dtype);
+JPEG/PNG sizes are read from the image header and checked against calib.json and
+`DecodeLimits` before Pillow decodes anything; any exception Pillow or numpy's header parser
+raises on these outside bytes becomes a `SchemaError` naming the member. `decode_sample` then
+range-checks the whole sample (hvdistill/data/sample_checks.py).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import re
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from hvdistill.config import DataConfig
 from hvdistill.data.sample import CameraFrame, Sample
+from hvdistill.data.sample_checks import DecodeLimits, SchemaError, check_sample
 
 SCHEMA_VERSION = 1
 POINTS = "points.npy"
@@ -37,10 +45,6 @@ PAIRS = "pairs.npy"
 META = "meta.json"
 _CAMERA_MEMBER = re.compile(r"^cam(\d+)\.(jpg|sp\.png)$")
 _KEY = re.compile(r"^[A-Za-z0-9_\-]+$")  # WebDataset splits names at the first dot
-
-
-class SchemaError(ValueError):
-    """A shard member is missing, malformed, or has the wrong dtype/shape."""
 
 
 def image_member(cam: int) -> str:
@@ -148,120 +152,225 @@ def encode_sample(sample: Sample, jpeg_quality: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Decoding
+# Decoding: every size is checked against the member's byte length or DecodeLimits before
+# anything is allocated; every defect is a SchemaError naming the member.
+
+DEFAULT_LIMITS = DecodeLimits.from_config(DataConfig())
+_MAX_TIMESTAMP = 2**63  # timestamps are int64 microseconds
 
 
-def decode_npy(data: bytes, dtype: np.dtype, ndim: int, columns: int | None = None) -> np.ndarray:
-    """npy bytes -> array of exactly `dtype` and `ndim` (and `columns`); never unpickles."""
+def _npy_header(buf: io.BytesIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(buf)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(buf)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(buf)
+    raise ValueError(f"npy format version {version} is not one this schema writes")
+
+
+def decode_npy(
+    data: bytes, dtype: np.dtype, ndim: int, columns: int | None = None, member: str = "npy"
+) -> np.ndarray:
+    """npy bytes -> array of exactly `dtype` and `ndim` (and `columns`); never unpickles.
+
+    The header is parsed first and its shape times the item size must equal the bytes that
+    follow it, so a header claiming a huge shape is refused before any allocation."""
+    buf = io.BytesIO(data)
     try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise SchemaError(f"unreadable npy: {e}") from e
-    if array.dtype != np.dtype(dtype) or array.ndim != ndim:
-        raise SchemaError(f"expected {np.dtype(dtype)} with {ndim} dims, got {array.dtype} {array.shape}")
-    if columns is not None and array.shape[1] != columns:
-        raise SchemaError(f"expected {columns} columns, got shape {array.shape}")
-    return array
+        shape, fortran_order, stored = _npy_header(buf)
+    except Exception as e:  # noqa: BLE001 - numpy's header parser on outside bytes: any error = bad member
+        raise SchemaError(f"{member}: unreadable npy header: {type(e).__name__}: {e}") from e
+    if stored != np.dtype(dtype) or fortran_order or len(shape) != ndim or min(shape, default=0) < 0:
+        raise SchemaError(
+            f"{member}: expected C-order {np.dtype(dtype)} with {ndim} dims, got "
+            f"{stored} {shape}{' (Fortran order)' if fortran_order else ''}"
+        )
+    if columns is not None and shape[1] != columns:
+        raise SchemaError(f"{member}: expected {columns} columns, got shape {shape}")
+    count, offset = math.prod(shape), buf.tell()
+    if count * np.dtype(dtype).itemsize != len(data) - offset:
+        raise SchemaError(
+            f"{member}: header shape {shape} needs {count * np.dtype(dtype).itemsize} bytes, "
+            f"the member holds {len(data) - offset}"
+        )
+    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape).copy()
 
 
-def decode_jpeg(data: bytes) -> np.ndarray:
-    """JPEG bytes -> (H, W, 3) uint8 RGB."""
+def _decode_image(
+    data: bytes,
+    fmt: str,
+    modes: tuple[str, ...],
+    member: str,
+    size: tuple[int, int] | None,
+    limits: DecodeLimits,
+) -> np.ndarray:
+    """Open (header only), check the size against `size` / `limits`, then decode."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+            limits.check_size(*im.size, member)
+            if size is not None and im.size != tuple(size):
+                raise SchemaError(f"{member}: size {im.size} differs from calib.json's {tuple(size)}")
+            if im.mode not in modes:
+                raise SchemaError(f"{member}: mode {im.mode} is not one of {modes}")
             im.load()
-            return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
-    except OSError as e:
-        raise SchemaError(f"undecodable JPEG: {e}") from e
+            return np.asarray(im)
+    except SchemaError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Pillow on outside bytes raises many types (incl. DecompressionBombError)
+        raise SchemaError(f"{member}: undecodable {fmt}: {type(e).__name__}: {e}") from e
 
 
-def decode_superpixels(data: bytes) -> np.ndarray:
+def decode_jpeg(
+    data: bytes,
+    size: tuple[int, int] | None = None,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    member: str = "jpg",
+) -> np.ndarray:
+    """JPEG bytes -> (H, W, 3) uint8 RGB; `size` = expected (width, height), checked before decoding."""
+    return _decode_image(data, "JPEG", ("RGB",), member, size, limits)
+
+
+def decode_superpixels(
+    data: bytes,
+    size: tuple[int, int] | None = None,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    member: str = "sp.png",
+) -> np.ndarray:
     """PNG bytes -> (H, W) int16 superpixel ids, -1 where the stored value is the maximum."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            stored = np.asarray(im)
-    except OSError as e:
-        raise SchemaError(f"undecodable superpixel PNG: {e}") from e
-    none_value = np.iinfo(np.uint8).max if stored.dtype == np.uint8 else np.iinfo(np.uint16).max
+    stored = _decode_image(data, "PNG", ("L", "I;16"), member, size, limits)
+    none_value = np.iinfo(stored.dtype).max
+    if stored.size and int(stored[stored != none_value].max(initial=0)) > np.iinfo(np.int16).max:
+        raise SchemaError(f"{member}: superpixel id above {np.iinfo(np.int16).max}")
     ids = stored.astype(np.int16)  # (H, W)
     ids[stored == none_value] = -1
     return ids
 
 
 def _json(record: dict[str, Any], member: str) -> dict[str, Any]:
+    if member not in record:
+        raise SchemaError(f"{member}: missing")
     try:
-        return json.loads(record[member])
-    except (KeyError, ValueError, UnicodeDecodeError) as e:
+        value = json.loads(record[member])
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise SchemaError(f"{member}: {type(e).__name__}: {e}") from e
+    if not isinstance(value, dict):
+        raise SchemaError(f"{member}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
-def _array(values: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
+def _field(obj: Any, name: str, kind: type, member: str) -> Any:
+    """obj[name] if it is a `kind` (bool never counts as int); else a SchemaError."""
+    value = obj.get(name) if isinstance(obj, dict) else None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise SchemaError(f"{member}: field {name!r} must be a {kind.__name__}, got {value!r:.80}")
+    return value
+
+
+def _int_list(obj: dict[str, Any], name: str, n: int, member: str) -> list[int]:
+    values = _field(obj, name, list, member)
+    if len(values) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise SchemaError(f"{member}: {name!r} must list {n} integers")
+    if not all(0 <= v < _MAX_TIMESTAMP for v in values):
+        raise SchemaError(f"{member}: {name!r} holds a value outside [0, 2**63)")
+    return values
+
+
+def _json_matrix(obj: Any, name: str, shape: tuple[int, ...], member: str) -> np.ndarray:
+    values = _field(obj, name, list, member)
     try:
         array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as e:  # ragged or non-numeric lists
-        raise SchemaError(f"{what}: not a numeric {shape} array ({e})") from e
-    if array.shape != shape or not np.all(np.isfinite(array)):
-        raise SchemaError(f"{what}: expected finite {shape}, got {array.shape}")
+    except (TypeError, ValueError, OverflowError) as e:  # ragged or non-numeric lists
+        raise SchemaError(f"{member}: {name!r} is not a numeric {shape} array ({e})") from e
+    if array.shape != shape:
+        raise SchemaError(f"{member}: {name!r} expected shape {shape}, got {array.shape}")
     return array
 
 
-def _camera(record: dict[str, Any], i: int, calib: dict[str, Any], meta: dict[str, Any]) -> CameraFrame:
-    if image_member(i) not in record:
-        raise SchemaError(f"missing {image_member(i)}")
-    image = decode_jpeg(record[image_member(i)])
-    size = (int(calib["width"]), int(calib["height"]))
-    if (image.shape[1], image.shape[0]) != size:
-        raise SchemaError(f"{image_member(i)}: size {image.shape[1::-1]} != calib {size}")
-    superpixels = None
-    if superpixel_member(i) in record:
-        superpixels = decode_superpixels(record[superpixel_member(i)])
-        if superpixels.shape != image.shape[:2]:
-            raise SchemaError(f"{superpixel_member(i)}: shape {superpixels.shape} != image")
+def _check_members(record: dict[str, Any], n_cam: int) -> None:
+    """Every required member present and no member this schema does not write."""
+    cams = {image_member(i) for i in range(n_cam)} | {superpixel_member(i) for i in range(n_cam)}
+    required = {POINTS, PAIRS, CALIB, META} | cams
+    present = {m for m in record if not m.startswith("__")}
+    if required - present:
+        raise SchemaError(f"{sorted(required - present)[0]}: missing")
+    if present - required - {LABELS}:
+        raise SchemaError(f"{sorted(present - required - {LABELS})[0]}: not a member of this schema")
+
+
+def _camera(
+    record: dict[str, Any], i: int, calib: Any, meta: dict[str, Any], limits: DecodeLimits
+) -> CameraFrame:
+    where = f"{CALIB} cameras[{i}]"
+    width, height = _field(calib, "width", int, where), _field(calib, "height", int, where)
+    limits.check_size(width, height, where)  # before decoding anything of this camera
+    intrinsics = _json_matrix(calib, "intrinsics", (3, 3), where)
+    cam_to_ego = _json_matrix(calib, "cam_to_ego", (4, 4), where)
+    ego_to_global = _json_matrix(calib, "ego_to_global", (4, 4), where)
+    image = decode_jpeg(record[image_member(i)], (width, height), limits, image_member(i))
+    sp = decode_superpixels(record[superpixel_member(i)], (width, height), limits, superpixel_member(i))
     return CameraFrame(
-        name=calib["name"],
+        name=_field(calib, "name", str, where),
         image=image,
-        intrinsics=_array(calib["intrinsics"], (3, 3), f"cam{i} intrinsics"),
-        cam_to_ego=_array(calib["cam_to_ego"], (4, 4), f"cam{i} cam_to_ego"),
-        ego_to_global=_array(calib["ego_to_global"], (4, 4), f"cam{i} ego_to_global"),
-        timestamp=int(meta["camera_timestamps"][i]),
-        token=str(meta["camera_tokens"][i]),
-        superpixels=superpixels,
+        intrinsics=intrinsics,
+        cam_to_ego=cam_to_ego,
+        ego_to_global=ego_to_global,
+        timestamp=meta["camera_timestamps"][i],
+        token=meta["camera_tokens"][i],
+        superpixels=sp,
     )
 
 
-def decode_sample(record: dict[str, Any]) -> Sample:
-    """WebDataset record (member -> bytes) -> Sample; raises SchemaError on any defect."""
-    for member in (POINTS, CALIB, META):
-        if member not in record:
-            raise SchemaError(f"missing {member}")
+def _identity(meta: dict[str, Any], n_cam: int) -> dict[str, Any]:
+    """meta.json checked: schema, key, dataset, timestamps, tokens, the source's meta dict."""
+    if meta.get("schema") != SCHEMA_VERSION:
+        raise SchemaError(f"{META}: schema {meta.get('schema')!r:.20} is not {SCHEMA_VERSION}")
+    key = _field(meta, "key", str, META)
+    if not _KEY.match(key):
+        raise SchemaError(f"{META}: key {key!r:.80} must match {_KEY.pattern}")
+    _field(meta, "dataset", str, META)
+    if not 0 <= _field(meta, "timestamp", int, META) < _MAX_TIMESTAMP:
+        raise SchemaError(f"{META}: 'timestamp' is outside [0, 2**63)")
+    _int_list(meta, "camera_timestamps", n_cam, META)
+    tokens = _field(meta, "camera_tokens", list, META)
+    if len(tokens) != n_cam or not all(isinstance(t, str) for t in tokens):
+        raise SchemaError(f"{META}: 'camera_tokens' must list {n_cam} strings")
+    _field(meta, "meta", dict, META)
+    return meta
+
+
+def decode_sample(record: dict[str, Any], limits: DecodeLimits | None = None) -> Sample:
+    """WebDataset record (member -> bytes) -> Sample; raises SchemaError on any defect.
+
+    Decodes only with the decoders above, checks every size before allocating, and finally
+    range-checks the whole sample (hvdistill/data/sample_checks.py), so what it returns is safe
+    for augmentation and collate. `limits` bounds image sizes (default: DataConfig's stored
+    size)."""
+    limits = limits or DEFAULT_LIMITS
     calib, meta = _json(record, CALIB), _json(record, META)
-    try:
-        cameras = [_camera(record, i, c, meta) for i, c in enumerate(calib["cameras"])]
-        lidar_to_ego = _array(calib["lidar_to_ego"], (4, 4), "lidar_to_ego")
-        ego_to_global = _array(calib["ego_to_global"], (4, 4), "ego_to_global")
-        key, dataset, timestamp = str(meta["key"]), str(meta["dataset"]), int(meta["timestamp"])
-        if not isinstance(meta.get("meta", {}), dict):
-            raise TypeError("meta.json 'meta' must be an object")
-    except (KeyError, TypeError, IndexError, ValueError) as e:
-        raise SchemaError(f"malformed calib/meta: {type(e).__name__}: {e}") from e
-    if record.get("__key__", key) != key:
-        raise SchemaError(f"tar key {record['__key__']!r} differs from meta.json key {key!r}")
-    points = decode_npy(record[POINTS], np.float32, 2, columns=4)
-    labels = decode_npy(record[LABELS], np.uint8, 1) if LABELS in record else None
-    if labels is not None and len(labels) != len(points):
-        raise SchemaError(f"{len(labels)} labels for {len(points)} points")
-    pairs = decode_npy(record[PAIRS], np.float32, 2, columns=5) if PAIRS in record else None
-    return Sample(
-        key=key,
-        dataset=dataset,
+    cams = _field(calib, "cameras", list, CALIB)
+    _check_members(record, len(cams))
+    meta = _identity(meta, len(cams))
+    if record.get("__key__", meta["key"]) != meta["key"]:
+        raise SchemaError(f"{META}: key {meta['key']!r} differs from the tar key {record['__key__']!r}")
+    lidar_to_ego = _json_matrix(calib, "lidar_to_ego", (4, 4), CALIB)
+    ego_to_global = _json_matrix(calib, "ego_to_global", (4, 4), CALIB)
+    points = decode_npy(record[POINTS], np.float32, 2, columns=4, member=POINTS)
+    labels = decode_npy(record[LABELS], np.uint8, 1, member=LABELS) if LABELS in record else None
+    pairs = decode_npy(record[PAIRS], np.float32, 2, columns=5, member=PAIRS)
+    sample = Sample(
+        key=meta["key"],
+        dataset=meta["dataset"],
         points=points,
         lidar_to_ego=lidar_to_ego,
         ego_to_global=ego_to_global,
-        cameras=cameras,
+        cameras=[_camera(record, i, c, meta, limits) for i, c in enumerate(cams)],
         labels=labels,
-        timestamp=timestamp,
+        timestamp=meta["timestamp"],
         pairs=pairs,
-        meta=meta.get("meta", {}),
+        meta=meta["meta"],
     )
+    check_sample(sample, limits)
+    return sample
 
 
 def camera_members(record: dict[str, Any]) -> list[int]:

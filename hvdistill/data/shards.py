@@ -1,34 +1,44 @@
-"""Streaming training samples from WebDataset shards written by `hvdistill shard`.
+"""Streaming training samples from the shards written by `hvdistill shard`: modes, ranks, resume.
 
 `build_shard_dataset(cfg)` returns an IterableDataset of `Sample`s, exactly the samples
 `prepare_sample(source.read(key))` gives (images after the JPEG coding they are stored with).
-The pipeline: shard list (from manifests, directories or tar paths) -> shard order shuffled
-with a seed shared by all ranks -> node split (rank / world size from torch.distributed or
-explicit) -> DataLoader worker split -> tar iteration -> bounded shuffle buffer -> decoding
-with the custom decoders of `hvdistill/data/schema.py` only (never webdataset's pickle-capable
-defaults).
+The pipeline: shard list (hvdistill/data/shard_index.py: manifests read as data, datasets
+filtered and weighted) -> record references from the tar headers (shard_tar.py, local files
+opened by the reader itself) -> bounded shuffle buffer of references -> skip to the resume
+position (nothing read or decoded) -> read and decode (schema.py, every size checked before
+allocating, every sample range-checked).
 
-Modes:
-- `resampled=False`: every sample of every shard exactly once per epoch across all ranks and
-  workers (ranks may then differ in length by up to a shard).
-- `resampled=True`: each rank/worker draws shards with replacement, datasets mixed with the
-  weights of DataConfig.sources[*].weight, and a fixed number of samples per rank per epoch
-  (DataConfig.epoch_samples, or the dataset size divided by the world size), so every rank
-  runs the same number of steps.
-Bad shards and samples are counted (`metrics()`, shared across DataLoader workers) and
-skipped, never fatal.
+Modes (`data.resampled`):
+- True (training): each worker draws shards with replacement, datasets mixed with
+  `data.sources[*].weight`. Every rank yields `batches_per_rank() * batch_size` samples: the
+  per-rank count (`data.epoch_samples`, or records / world size) rounded down to whole
+  batches, split over DataLoader workers in whole batches (shard_plan.worker_counts), so every
+  rank runs the same number of full micro-batches. Bad records are skipped and replaced by the
+  next record.
+- False (validation): every record once per epoch, ranks balanced to `ceil(records / world)`
+  samples each by repeating records from the start of the epoch's order; a record that cannot
+  be used (bad, or missing from a truncated shard) is replaced by a copy of a good sample. Every
+  rank therefore yields the same number of samples, even with more ranks than shards, and no
+  collective waits on a rank that ran out. Repeats carry `meta["padding"] = True` so
+  evaluation can drop them.
+
+Epoch and resume position live in shared memory, so `set_epoch` reaches persistent DataLoader
+workers. `state_dict(batches_done)` / `load_state_dict` resume mid-epoch: each worker skips the
+references of what it had delivered (DataLoader's round-robin order) without reading them.
+Counters (`metrics()`) are per-worker rows of a shared tensor. Nothing unpicklable is held, so
+the dataset can be built in, or sent to, a Ray Train worker and used with spawned workers.
 """
 
 from __future__ import annotations
 
-import json
+import copy
+import dataclasses
+import itertools
 import logging
-import multiprocessing
 import random
 import zlib
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,64 +47,24 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from hvdistill.config import DataConfig
 from hvdistill.data.sample import Sample
-from hvdistill.data.schema import SCHEMA_VERSION, SchemaError, decode_sample
+from hvdistill.data.sample_checks import DecodeLimits, SchemaError
+from hvdistill.data.schema import decode_sample
+from hvdistill.data.shard_index import ShardEntry, check_stored_sizes, resolve_shards, select_datasets
+from hvdistill.data.shard_plan import batches_consumed, per_rank, shard_order, slot_range, worker_counts
+from hvdistill.data.shard_tar import RecordRef, ShardError, read_record, scan_shard
 
 log = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
-_SEED_STRIDE = 1_000_003  # mixes epoch, rank and worker into distinct RNG seeds
+COUNTERS = ("samples", "bad_samples", "bad_shards", "missing_samples", "repeated")
+_EPOCH, _START_BATCH, _WORKERS, _EXPECT_WORKERS = range(4)  # slots of the shared state tensor
+_RESUME_KEYS = ("batch_size", "world_size", "seed", "resampled", "samples_per_rank")
 
 
-def _manifest_shards(path: Path, splits: list[str]) -> tuple[dict[str, list[str]], dict[str, int]]:
-    with open(path, encoding="utf-8") as f:
-        manifest = json.load(f)
-    if manifest.get("schema") != SCHEMA_VERSION:
-        raise SchemaError(
-            f"{path}: shard schema {manifest.get('schema')!r} is not this reader's "
-            f"{SCHEMA_VERSION!r}; re-shard the data with this version"
-        )
-    for source in manifest.get("sources", []):
-        if not source.get("complete", True) and source.get("split") in splits:
-            log.warning(
-                "%s: %s %s was not completely sharded (an interrupted job?); re-run "
-                "`hvdistill shard` to finish it",
-                path,
-                source.get("dataset"),
-                source.get("split"),
-            )
-    urls: dict[str, list[str]] = {}
-    counts: dict[str, int] = {}
-    for shard in manifest["shards"]:
-        if shard.get("split", splits[0] if splits else "") not in splits:
-            continue  # e.g. val shards sharing a directory with train shards
-        urls.setdefault(shard["dataset"], []).append(str(path.parent / shard["name"]))
-        counts[shard["dataset"]] = counts.get(shard["dataset"], 0) + int(shard["samples"])
-    return urls, counts
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """One place in a worker's stream: a record, or None for a planned record that is absent."""
 
-
-def resolve_shards(
-    paths: list[str], splits: list[str] | None = None
-) -> tuple[dict[str, list[str]], dict[str, int]]:
-    """({dataset: shard paths}, {dataset: samples}) from manifests, shard dirs or .tar paths.
-
-    Bare .tar paths carry no manifest; they are grouped under their dataset name prefix and
-    their sample counts are unknown (0).
-    """
-    urls: dict[str, list[str]] = {}
-    counts: dict[str, int] = {}
-    for entry in paths:
-        path = Path(entry)
-        manifest = path / MANIFEST if path.is_dir() else path
-        if manifest.name == MANIFEST:
-            if not manifest.exists():
-                raise FileNotFoundError(f"{manifest}: no manifest; run `hvdistill shard` first")
-            more, more_counts = _manifest_shards(manifest, list(splits or ["train"]))
-        else:
-            more, more_counts = {path.name.split("-")[0]: [str(path)]}, {}
-        for dataset, shard_urls in more.items():
-            urls.setdefault(dataset, []).extend(shard_urls)
-        for dataset, n in more_counts.items():
-            counts[dataset] = counts.get(dataset, 0) + n
-    return urls, counts
+    ref: RecordRef | None
+    padding: bool = False
 
 
 def distributed_rank_world() -> tuple[int, int]:
@@ -114,126 +84,250 @@ class ShardDataset(IterableDataset):
 
     def __init__(
         self,
-        urls: dict[str, list[str]],
-        counts: dict[str, int],
+        entries: list[ShardEntry],
         cfg: DataConfig,
         rank: int,
         world_size: int,
         seed: int = 0,
+        batch_size: int = 1,
+        max_workers: int | None = None,
     ):
         super().__init__()
-        if not any(urls.values()):
-            raise ValueError("no shards given; set data.shards to a shard dir or manifest.json")
-        self.urls, self.counts, self.cfg = urls, counts, cfg
-        self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.epoch = 0
-        self._failures_in_a_row = 0  # per worker process (each holds its own copy)
-        weights = {s.name: s.weight for s in cfg.sources}
-        self.weights = {d: float(weights.get(d, 1.0)) for d in urls}
-        self._counters = {k: multiprocessing.Value("q", 0) for k in ("samples", "bad_samples", "bad_shards")}
+        if not entries or sum(e.samples for e in entries) <= 0:
+            raise ValueError(
+                "no samples in the given shards; set data.shards to a shard dir or manifest.json"
+            )
+        if batch_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"batch_size {batch_size} must be >= 1 and rank {rank} in [0, {world_size})")
+        self.entries, self.cfg, self.seed, self.batch_size = list(entries), cfg, int(seed), int(batch_size)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.limits = DecodeLimits.from_config(cfg)
+        weights = {s.name: float(s.weight) for s in cfg.sources}
+        self.weights = {e.dataset: weights[e.dataset] for e in entries}
+        if self.batches_per_rank() < 1:
+            raise ValueError(
+                f"{self.samples_per_rank()} samples per rank make no batch of {batch_size}; "
+                f"raise data.epoch_samples or lower the batch size"
+            )
+        self.max_workers = max(1, int(cfg.loader_workers if max_workers is None else max_workers))
+        self._state = torch.zeros(4, dtype=torch.int64).share_memory_()  # epoch, resume, workers
+        self._counts = torch.zeros((self.max_workers + 1, len(COUNTERS)), dtype=torch.int64).share_memory_()
+        self._row, self._failures_in_a_row = 0, 0  # per process (each worker holds its own copy)
 
-    # ---- metrics ----
-    def _count(self, name: str) -> None:
-        with self._counters[name].get_lock():
-            self._counters[name].value += 1
+    # ---- sizes, epoch, position, metrics ----
+    def samples_per_rank(self) -> int:
+        """Samples this rank yields per epoch (equal on every rank)."""
+        if not self.cfg.resampled:
+            return per_rank(self.entries, self.world_size)
+        n = self.cfg.epoch_samples or sum(e.samples for e in self.entries) // self.world_size
+        return n // self.batch_size * self.batch_size
+
+    def batches_per_rank(self) -> int:
+        """Batches of `batch_size` per rank per epoch (the last one short only when not resampled)."""
+        return -(-self.samples_per_rank() // self.batch_size)
+
+    def __len__(self) -> int:
+        return self.samples_per_rank()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._state[_EPOCH])
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Epoch (shard order and shuffle seeds) and the batch to start it at; reaches
+        persistent DataLoader workers (shared memory), so call it before each epoch's iterator."""
+        if not 0 <= start_batch <= self.batches_per_rank():
+            raise ValueError(f"start_batch {start_batch} is outside [0, {self.batches_per_rank()}]")
+        self._state[_EPOCH], self._state[_START_BATCH] = int(epoch), int(start_batch)
+
+    def state_dict(self, batches_done: int) -> dict[str, int]:
+        """The position after this rank consumed `batches_done` batches of the current epoch."""
+        return {
+            "epoch": self.epoch,
+            "batches_done": int(batches_done),
+            "workers": int(self._state[_WORKERS]),
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+            "seed": self.seed,
+            "resampled": int(self.cfg.resampled),
+            "samples_per_rank": self.samples_per_rank(),
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume at a `state_dict` position (same batch size, world size, seed, mode, data)."""
+        now = self.state_dict(0)
+        changed = [k for k in _RESUME_KEYS if state.get(k) != now[k]]
+        if changed:
+            diffs = ", ".join(f"{k} was {state.get(k)}, now {now[k]}" for k in changed)
+            raise ValueError(f"cannot resume the data position: {diffs}")
+        self.set_epoch(state["epoch"], start_batch=state["batches_done"])
+        self._state[_EXPECT_WORKERS] = int(state.get("workers", 0))
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self._counts[self._row, COUNTERS.index(name)] += n
 
     def metrics(self) -> dict[str, int]:
-        """{"samples", "bad_samples", "bad_shards"} decoded/skipped so far, all workers."""
-        return {k: int(v.value) for k, v in self._counters.items()}
+        """Counts so far over all workers: samples yielded from records, bad records, unreadable
+        shard reads, planned records a shard did not hold, stand-in copies yielded."""
+        return dict(zip(COUNTERS, (int(v) for v in self._counts.sum(0))))
 
-    def set_epoch(self, epoch: int) -> None:
-        """Change the shard order and shuffle seeds (call before each epoch's iterator).
-
-        DataLoader workers copy the dataset when they start: use persistent_workers=False (the
-        default) so every epoch's workers see the new epoch."""
-        self.epoch = int(epoch)
-
-    # ---- pipeline pieces ----
-    def _shard_error(self, exn: Exception) -> bool:
-        self._count("bad_shards")
-        self._failures_in_a_row += 1
-        log.warning("skipping unreadable shard data: %s", exn)
-        self._check_failures()
-        return True
-
-    def _check_failures(self) -> None:
+    # ---- reading ----
+    def _failure(self) -> None:
         """Fail loudly when nothing decodes any more (resampling would otherwise spin forever)."""
+        self._failures_in_a_row += 1
         if self._failures_in_a_row > self.cfg.max_consecutive_bad:
             raise RuntimeError(
-                f"{self._failures_in_a_row} unreadable shards or bad samples in a row; "
-                f"see the warnings above (data.max_consecutive_bad="
-                f"{self.cfg.max_consecutive_bad})"
+                f"{self._failures_in_a_row} unreadable shards or bad samples in a row; see the "
+                f"warnings above (data.max_consecutive_bad={self.cfg.max_consecutive_bad})"
             )
 
-    def _decode(self, records: Iterator[dict[str, Any]]) -> Iterator[Sample]:
-        for record in records:
-            try:
-                sample = decode_sample(record)
-            except SchemaError as e:
-                self._count("bad_samples")
-                self._failures_in_a_row += 1
-                log.warning(
-                    "skipping bad sample %s in %s: %s", record.get("__key__"), record.get("__url__"), e
-                )
-                self._check_failures()
-                continue
-            self._failures_in_a_row = 0
-            self._count("samples")
-            yield sample
+    def _shard_refs(self, entry: ShardEntry, start: int = 0, stop: int | None = None) -> Iterator[RecordRef]:
+        """References [start, stop) of one shard (headers only); counts a broken shard and the
+        planned records it did not hold."""
+        stop = entry.samples if stop is None else stop
+        got, refs = 0, scan_shard(entry.path)
+        try:
+            for ref in refs:
+                if ref.index >= stop:
+                    if stop == entry.samples:
+                        raise ShardError(f"{entry.path}: holds more records than its manifest's {stop}")
+                    break
+                if ref.index >= start:
+                    got += 1
+                    yield ref
+        except ShardError as e:
+            self._count("bad_shards")
+            log.warning("skipping the rest of an unreadable shard: %s", e)
+            self._failure()
+        finally:
+            refs.close()
+        if got < stop - start:
+            self._count("missing_samples", stop - start - got)
 
     def _rng(self, worker: int, stream: str) -> random.Random:
         """An RNG independent for every (seed, epoch, rank, worker, stream)."""
         entropy = [self.seed, self.epoch, self.rank, worker, zlib.crc32(stream.encode())]
         return random.Random(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
 
-    def _samples(self, shard_urls: Iterator[str], worker: int) -> Iterator[Sample]:
-        src = ({"url": u} for u in shard_urls)
-        records = wds.tarfile_to_samples(handler=self._shard_error)(src)
-        if self.cfg.shuffle_buffer > 1:
-            records = wds.shuffle(
-                self.cfg.shuffle_buffer, initial=self.cfg.shuffle_buffer, rng=self._rng(worker, "shuffle")
-            )(records)
-        return self._decode(records)
+    def _shuffled(self, slots: Iterator[Slot], worker: int, stream: str) -> Iterator[Slot]:
+        if self.cfg.shuffle_buffer <= 1:
+            return slots
+        size = self.cfg.shuffle_buffer
+        return wds.shuffle(size, initial=size, rng=self._rng(worker, stream))(slots)
 
-    def _epoch_shards(self, worker: int, workers: int) -> list[str]:
-        """This rank's and worker's shards of one pass: a partition of all shards."""
-        shards = sorted(u for urls in self.urls.values() for u in urls)
-        random.Random(self.seed * _SEED_STRIDE + self.epoch).shuffle(shards)  # same on all ranks
-        return shards[self.rank :: self.world_size][worker::workers]
+    def _decode(self, slot: Slot) -> Sample | None:
+        """The slot's sample, or None (counted and logged once) if it cannot be used."""
+        if slot.ref is None:
+            return None
+        try:
+            if slot.ref.problem:
+                raise SchemaError(slot.ref.problem)
+            sample = decode_sample(read_record(slot.ref), self.limits)
+        except (SchemaError, OSError) as e:
+            self._count("bad_samples")
+            log.warning("skipping bad sample %s in %s: %s", slot.ref.key, slot.ref.shard, e)
+            self._failure()
+            return None
+        self._failures_in_a_row = 0
+        self._count("samples")
+        if slot.padding:
+            sample.meta = {**sample.meta, "padding": True}
+        return sample
 
-    def _resampled(self, dataset: str, worker: int) -> Iterator[str]:
-        rng, urls = self._rng(worker, f"shards:{dataset}"), sorted(self.urls[dataset])
+    # ---- resampled mode ----
+    def _dataset_slots(self, dataset: str, worker: int) -> Iterator[Slot]:
+        rng, entries = (
+            self._rng(worker, f"shards:{dataset}"),
+            [e for e in self.entries if e.dataset == dataset],
+        )
         while True:
-            yield rng.choice(urls)
+            entry = rng.choice(entries)
+            found = 0
+            for ref in self._shard_refs(entry):
+                found += 1
+                yield Slot(ref)
+            if not found:
+                self._failure()  # an empty or unreadable shard must not make this loop spin
 
-    def samples_per_rank(self) -> int:
-        if self.cfg.epoch_samples > 0:
-            return self.cfg.epoch_samples
-        if not self.counts:
-            raise ValueError(
-                "data.epoch_samples: the sample count of these shards is unknown (bare "
-                ".tar paths carry no manifest); give the shard directory or its "
-                "manifest.json, or set data.epoch_samples=<samples per rank per epoch>"
-            )
-        return max(1, sum(self.counts.values()) // self.world_size)
+    def _resampled(self, worker: int, quota: int, skip: int) -> Iterator[Sample]:
+        datasets = sorted(self.weights)
+        streams = [self._shuffled(self._dataset_slots(d, worker), worker, f"shuffle:{d}") for d in datasets]
+        weights, rng = [self.weights[d] for d in datasets], self._rng(worker, "mix")
+        slots = (next(streams[rng.choices(range(len(streams)), weights)[0]]) for _ in itertools.count())
+        samples = (s for s in map(self._decode, itertools.islice(slots, skip, None)) if s is not None)
+        yield from itertools.islice(samples, quota - skip)
 
-    def _mixed(self, worker: int) -> Iterator[Sample]:
-        datasets = sorted(self.urls)
-        streams = [self._samples(self._resampled(d, worker), worker) for d in datasets]
-        weights = [self.weights[d] for d in datasets]
-        rng = self._rng(worker, "mix")
-        while True:
-            yield next(streams[rng.choices(range(len(streams)), weights)[0]])
+    # ---- non-resampled mode ----
+    def _share(self, worker: int, workers: int) -> tuple[list[ShardEntry], int, int]:
+        order = shard_order(self.entries, self.seed, self.epoch)
+        counts = worker_counts(per_rank(order, self.world_size), workers, self.batch_size)
+        start = self.rank * per_rank(order, self.world_size) + sum(counts[:worker])
+        return order, start, start + counts[worker]
+
+    def _slots(self, order: list[ShardEntry], start: int, stop: int) -> Iterator[Slot]:
+        for seg in slot_range(order, start, stop):
+            found = 0
+            for ref in self._shard_refs(seg.entry, seg.start, seg.stop):
+                found += 1
+                yield Slot(ref, seg.padding)
+            yield from itertools.repeat(Slot(None, seg.padding), seg.stop - seg.start - found)
+
+    def _stand_in(self, sample: Sample) -> Sample:
+        self._count("repeated")
+        return dataclasses.replace(copy.deepcopy(sample), meta={**sample.meta, "padding": True})
+
+    def _borrow(self, order: list[ShardEntry], after: int) -> Sample:
+        """A good sample for a worker whose whole share was unusable: the next records of the
+        epoch's order (wrapping around once)."""
+        total = sum(e.samples for e in order)
+        for slot in self._slots(order, after, after + total):
+            if (sample := self._decode(slot)) is not None:
+                return sample
+        raise RuntimeError("no record of these shards decodes; see the warnings above")
+
+    def _once(self, worker: int, workers: int, skip: int) -> Iterator[Sample]:
+        order, start, stop = self._share(worker, workers)
+        slots = itertools.islice(
+            self._shuffled(self._slots(order, start, stop), worker, "shuffle"), skip, None
+        )
+        last, owed = None, 0
+        for sample in map(self._decode, slots):
+            if sample is None and last is None:
+                owed += 1
+                continue
+            last = sample if sample is not None else last
+            yield sample if sample is not None else self._stand_in(last)
+            for _ in range(owed):
+                yield self._stand_in(last)
+            owed = 0
+        if owed:
+            last = self._borrow(order, stop)
+            for _ in range(owed):
+                yield self._stand_in(last)
 
     def __iter__(self) -> Iterator[Sample]:
         worker, workers = _worker()
-        if not self.cfg.resampled:
-            yield from self._samples(iter(self._epoch_shards(worker, workers)), worker)
-            return
-        total = self.samples_per_rank()
-        quota = total // workers + (1 if worker < total % workers else 0)
-        for _, sample in zip(range(quota), self._mixed(worker)):
-            yield sample
+        if workers > self.max_workers:
+            raise ValueError(
+                f"DataLoader num_workers={workers} exceeds the reader's {self.max_workers} counter "
+                f"rows; use num_workers <= data.loader_workers (or build_shard_dataset(max_workers=...))"
+            )
+        self._row, self._failures_in_a_row = worker + 1 if get_worker_info() else 0, 0
+        expected, start_batch = int(self._state[_EXPECT_WORKERS]), int(self._state[_START_BATCH])
+        if start_batch and expected and expected != workers:
+            raise ValueError(
+                f"the resume position was recorded with {expected} DataLoader workers, not {workers}"
+            )
+        self._state[_WORKERS] = workers
+        # DataLoader asks worker 0 first on every iterator; after k batches the original order
+        # continues with worker k % workers, so on resume worker w plays that worker's role.
+        role = (worker + start_batch) % workers
+        counts = worker_counts(self.samples_per_rank(), workers, self.batch_size)
+        skip = min(counts[role], batches_consumed(start_batch, workers)[role] * self.batch_size)
+        if self.cfg.resampled:
+            yield from self._resampled(role, counts[role], skip)
+        else:
+            yield from self._once(role, workers, skip)
 
 
 def build_shard_dataset(
@@ -242,16 +336,19 @@ def build_shard_dataset(
     world_size: int | None = None,
     seed: int = 0,
     shards: list[str] | None = None,
+    batch_size: int = 1,
+    max_workers: int | None = None,
 ) -> ShardDataset:
-    """The training stream of `cfg.data.shards` (or `shards`) for this rank."""
-    urls, counts = resolve_shards(list(shards if shards is not None else cfg.shards), cfg.shard_splits)
-    if not urls:
+    """The stream of `cfg.shards` (or `shards`) for this rank; `batch_size` = the DataLoader's."""
+    paths = list(shards if shards is not None else cfg.shards)
+    entries, sizes = resolve_shards(paths, cfg.shard_splits)
+    entries = select_datasets(entries, cfg, str(paths))
+    if not entries:
         raise ValueError(
-            f"data.shards: no shards of split(s) {cfg.shard_splits} in {shards or cfg.shards}; "
-            f"check the paths or data.shard_splits"
+            f"data.shards: no shards of split(s) {cfg.shard_splits} and dataset(s) "
+            f"{cfg.datasets or 'any'} in {paths}; check the paths, data.shard_splits or data.datasets"
         )
+    check_stored_sizes(sizes, cfg, {e.dataset for e in entries})
     if rank is None or world_size is None:
         rank, world_size = distributed_rank_world()
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside world size {world_size}")
-    return ShardDataset(urls, counts, cfg, rank, world_size, seed)
+    return ShardDataset(entries, cfg, rank, world_size, seed, batch_size, max_workers)
