@@ -14,7 +14,7 @@ pay for their per-step index preparation:
   excluded), measured the same way for both sides.
 - Equality: max |difference| of the pooled table and of the depth and context gradients.
 
-    .venv/bin/python benchmarks/bench_bev_pool.py [--repeats 5 --cameras 6 --channels 64]
+    .venv/bin/python -m benchmarks.bench_bev_pool [--repeats 5 --cameras 6 --channels 64]
 """
 
 from __future__ import annotations
@@ -23,23 +23,18 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from peak_memory import PeakRSS  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-
-from hvdistill.config import GeometryConfig  # noqa: E402
-from hvdistill.geometry.augmentation import image_augmentation_matrix, lidar_augmentation_matrix  # noqa: E402
-from hvdistill.geometry.bev import BEVGrid  # noqa: E402
-from hvdistill.geometry.frustum import frustum_cells, make_frustum  # noqa: E402
-from hvdistill.geometry.transforms import yaw_rotation  # noqa: E402
-from hvdistill.models.depth.bev_pool import bev_pool, prepare_pool_index, ray_cells  # noqa: E402
+from benchmarks.peak_memory import PeakRSS, run_module
+from hvdistill.config import GeometryConfig
+from hvdistill.geometry.augmentation import image_augmentation_matrix, lidar_augmentation_matrix
+from hvdistill.geometry.bev import BEVGrid
+from hvdistill.geometry.frustum import frustum_cells, make_frustum
+from hvdistill.geometry.transforms import yaw_rotation
+from hvdistill.models.depth.bev_pool import bev_pool, prepare_pool_index, ray_cells
 
 CAM_TO_LIDAR_AXES = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
 STORED = (800, 450)  # stored image size the crops are taken from
@@ -148,9 +143,7 @@ def measure_memory(args, g: GeometryConfig, grid: BEVGrid, z_range) -> None:
 
 
 def memory_of(args, side: str) -> float:
-    cmd = [
-        sys.executable,
-        __file__,
+    child_args = [
         "--child-memory",
         "--side",
         side,
@@ -159,7 +152,7 @@ def memory_of(args, side: str) -> float:
         "--channels",
         str(args.channels),
     ]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    out = run_module("benchmarks.bench_bev_pool", child_args).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_added_mb"]
 
 

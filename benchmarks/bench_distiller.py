@@ -11,7 +11,7 @@ collated; then for each config the distiller and the hybrid-view loss run forwar
 - Peak memory: each config runs in a fresh subprocess that reports the Linux resident-set
   high-water mark (VmHWM) reset right before the measured steps, minus the resident size then.
 
-    .venv/bin/python benchmarks/bench_distiller.py [--configs configs/tiny.yaml paper]
+    .venv/bin/python -m benchmarks.bench_distiller [--configs configs/tiny.yaml paper]
         [--repeats 3]
 "paper" means the defaults (the published recipe) with a randomly initialised ResNet-50 teacher.
 """
@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,10 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from peak_memory import PeakRSS  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-
-from hvdistill.config import SourceConfig, SynthConfig, load_config  # noqa: E402
+from benchmarks.peak_memory import PeakRSS, run_module
+from hvdistill.config import SourceConfig, SynthConfig, load_config
 
 
 def make_sample(workdir: Path, data_cfg):
@@ -158,10 +154,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {args.repeats}")
     rows = []
     for config in args.configs:
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", config, "--repeats", str(args.repeats)],
-            capture_output=True,
-            text=True,
+        out = run_module(
+            "benchmarks.bench_distiller", ["--child", config, "--repeats", str(args.repeats)], check=False
         )
         lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
         if out.returncode or not lines:

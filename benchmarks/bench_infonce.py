@@ -8,7 +8,7 @@
   loss itself adds on top of its inputs. Measured the same way for both variants.
 - Equality: loss and gradients of the two variants, and each loss against a float64 loss.
 
-    .venv/bin/python benchmarks/bench_infonce.py [--anchors 4096 --keys 65536 --dim 64
+    .venv/bin/python -m benchmarks.bench_infonce [--anchors 4096 --keys 65536 --dim 64
         --tile 4096 --repeats 5]
 """
 
@@ -17,18 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from peak_memory import PeakRSS  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-
-from hvdistill.losses.infonce import infonce_sum  # noqa: E402
+from benchmarks.peak_memory import PeakRSS, run_module
+from hvdistill.losses.infonce import infonce_sum
 
 TEMPERATURE = 0.07
 
@@ -76,9 +71,7 @@ def measure_memory(args) -> None:
 
 
 def memory_of(args, tile: int) -> float:
-    cmd = [
-        sys.executable,
-        __file__,
+    child_args = [
         "--child-memory",
         "--tile",
         str(tile),
@@ -89,7 +82,7 @@ def memory_of(args, tile: int) -> float:
         "--dim",
         str(args.dim),
     ]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    out = run_module("benchmarks.bench_infonce", child_args).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_added_mb"]
 
 

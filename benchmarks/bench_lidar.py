@@ -14,7 +14,7 @@ allocated outside torch are not seen), (b) peak RSS growth of a fresh child proc
 forward + backward (VmHWM after minus VmRSS before: counts everything, including spconv's
 buffers and freed-but-cached allocator memory).
 
-Run: .venv/bin/python benchmarks/bench_lidar.py [--repeats 5] [--threads 2]
+Run: .venv/bin/python -m benchmarks.bench_lidar [--repeats 5] [--threads 2]
 """
 
 from __future__ import annotations
@@ -22,20 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from hvdistill.config import Config, SynthConfig, load_config  # noqa: E402
-from hvdistill.geometry.voxel import voxelize  # noqa: E402
-from hvdistill.models.lidar import LidarStudent, build_lidar_model  # noqa: E402
+from benchmarks.peak_memory import ROOT, run_module
+from hvdistill.config import Config, SynthConfig, load_config
+from hvdistill.geometry.voxel import voxelize
+from hvdistill.models.lidar import LidarStudent, build_lidar_model
 
 CONFIGS = {"tiny": "configs/tiny.yaml", "paper": "configs/paper.yaml"}
 HEADS = ("strided", "column")
@@ -127,8 +123,7 @@ def profiler_peak_bytes(model: LidarStudent, inputs) -> int:
 
 def rss_child(name: str, head: str, threads: int) -> int:
     """Peak RSS growth (bytes) of one fwd + bwd in a fresh process."""
-    cmd = [sys.executable, __file__, "--rss-child", name, head, "--threads", str(threads)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    out = run_module("benchmarks.bench_lidar", ["--rss-child", name, head, "--threads", str(threads)]).stdout
     return int(json.loads(out.strip().splitlines()[-1])["rss_growth"])
 
 

@@ -12,7 +12,7 @@ full resolution: decoding cost depends on size and segment count, not on the exa
 full-resolution SLIC for every image would dominate the set-up time.
 Repeats are interleaved; medians are reported. Also compares superpixel encodings.
 
-    .venv/bin/python benchmarks/bench_reading.py [--data /tmp/hvd-bench-nuscenes] [--repeats 5]
+    .venv/bin/python -m benchmarks.bench_reading [--data /tmp/hvd-bench-nuscenes] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_sharding import ensure_dataset, source_config  # noqa: E402  (same folder)
 from PIL import Image
 
+from benchmarks.bench_sharding import ensure_dataset, source_config
 from hvdistill.config import DataConfig
 from hvdistill.data.prepare import compute_pairs, compute_superpixels, stored_size
 

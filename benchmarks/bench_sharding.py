@@ -5,7 +5,7 @@ with 2 CPUs, and shards the same source repeatedly into fresh directories, alter
 concurrent tasks (interleaved repeats; the first round warms up the workers and is dropped).
 Prints medians, efficiency = throughput(2) / (2 * throughput(1)), shard sizes and bytes/sample.
 
-    .venv/bin/python benchmarks/bench_sharding.py [--data /tmp/hvd-bench-nuscenes] [--repeats 3]
+    .venv/bin/python -m benchmarks.bench_sharding [--data /tmp/hvd-bench-nuscenes] [--repeats 3]
 """
 
 from __future__ import annotations

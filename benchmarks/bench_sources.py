@@ -8,7 +8,7 @@ Both read the same sample of a synthetic nuScenes root (6 cameras at 1600x900, ~
   into SampleReadError (record sizes, finite points, image sizes vs the tables, label counts).
 Repeats are interleaved over all samples; medians per sample are reported, with the ratio.
 
-    .venv/bin/python benchmarks/bench_sources.py [--data /tmp/hvd-bench-nuscenes] [--repeats 5]
+    .venv/bin/python -m benchmarks.bench_sources [--data /tmp/hvd-bench-nuscenes] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_sharding import VERSION, ensure_dataset, source_config  # noqa: E402  (same folder)
 from PIL import Image
 
+from benchmarks.bench_sharding import VERSION, ensure_dataset, source_config
 from hvdistill.config import NUSCENES_CAMERAS
 from hvdistill.data.sources import build_source
 

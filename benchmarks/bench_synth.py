@@ -1,6 +1,6 @@
 """Synthetic world generation speed: frames/s of one sweep + six cameras, per resolution.
 
-    .venv/bin/python benchmarks/bench_synth.py [--repeats 3]
+    .venv/bin/python -m benchmarks.bench_synth [--repeats 3]
 
 Interleaves the configurations (the LiDAR sweep alone, six cameras at the default resolution,
 six cameras at 1600x900) and prints the median seconds per frame, frames/s, and each ratio

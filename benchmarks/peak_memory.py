@@ -1,5 +1,8 @@
 """Peak resident memory a block of code adds, the way every benchmark here measures it.
 
+`run_module` runs a benchmark module in a fresh process (`python -m benchmarks.bench_x ...`
+from the repository root), which is where each measured variant runs.
+
 Linux only: the resident-set high-water mark (VmHWM of /proc/self/status) is reset to the
 current resident size through /proc/self/clear_refs on entry; on exit `added_mb` is the new
 high-water mark minus the resident size at entry. Unlike tracemalloc or the torch profiler it
@@ -8,7 +11,11 @@ sees every allocator (torch's, spconv's, numpy's). Run each measured variant in 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository root: where `-m benchmarks.*` resolves
 
 
 def status_kib(field: str) -> int:
@@ -31,3 +38,9 @@ class PeakRSS:
 
     def __exit__(self, *exc) -> None:
         self.added_mb = (status_kib("VmHWM") - self.before) / 1024
+
+
+def run_module(module: str, args: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m module args` in a fresh process from the repository root, output captured."""
+    cmd = [sys.executable, "-m", module, *args]
+    return subprocess.run(cmd, cwd=ROOT, check=check, capture_output=True, text=True)

@@ -6,7 +6,8 @@ shapes and their ray intersections), sensors.py (LiDAR and camera rig, ray grids
 raycast.py (nearest hits), render.py (image shading and LiDAR intensity), frame.py
 (`generate_frame`), nuscenes_writer.py / nuscenes_tables.py (nuScenes layout),
 kitti_writer.py (SemanticKITTI layout), side_outputs.py (per-pixel class and depth maps),
-cli.py (`hvdistill synth`), pictures.py (the doc pictures).
+cli.py (`hvdistill synth`). The pictures of docs/synthetic-world.md are made by
+docs/make_synthetic_pictures.py.
 """
 
 from hvdistill.synthetic.frame import Frame, generate_frame

@@ -1,14 +1,18 @@
-"""The pictures and class statistics of docs/synthetic-world.md (`hvdistill synth docs`).
+"""Makes the pictures and the class table of docs/synthetic-world.md from the synthetic world.
 
-Writes under --out (default docs/images): synthetic-cameras.png (the six cameras of one frame),
-synthetic-classes.png (CAM_FRONT, its class map, and the sweep projected onto it coloured by
-class), synthetic-bev.png (a sweep from above, coloured by class). Prints the points-per-class
-table of a default-size dataset (SynthConfig defaults) as Markdown.
+    .venv/bin/python docs/make_synthetic_pictures.py [--out DIR] [--no-stats]
+
+Writes under --out (default: docs/images beside this script, whatever the working directory):
+synthetic-cameras.png (the six cameras of one frame), synthetic-classes.png (CAM_FRONT, its class
+map, and the sweep projected onto it coloured by class), synthetic-bev.png (a sweep from above,
+coloured by class). Prints the points-per-class table of a default-size dataset (SynthConfig
+defaults) as Markdown. A docs tool, not part of the library: nothing under hvdistill/ imports it.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +27,8 @@ from hvdistill.synthetic.frame import Frame, build_rig, generate_frame
 from hvdistill.synthetic.layout import build_world
 
 BEV_RANGE, BEV_PIXELS = 50.0, 800  # metres either side of the LiDAR, image size
+IMAGES = Path(__file__).resolve().parent / "images"
+PICTURE_SIZE = (480, 270)  # the camera pictures' image size (the BEV uses the default sweep)
 
 
 def class_colours() -> np.ndarray:
@@ -105,20 +111,30 @@ def class_statistics(cfg: SynthConfig) -> str:
     return "\n".join(lines)
 
 
+def make_pictures(out: Path, cfg: SynthConfig, picture_cfg: SynthConfig) -> list[Path]:
+    """The three pictures under `out`: cameras and classes of `picture_cfg`, the BEV of `cfg`."""
+    out.mkdir(parents=True, exist_ok=True)
+    small = generate_frame(picture_cfg, 0, 1)
+    written = [out / "synthetic-cameras.png", out / "synthetic-classes.png", out / "synthetic-bev.png"]
+    camera_mosaic(small).save(written[0])
+    class_panel(small).save(written[1])
+    bev(generate_frame(cfg, 0, 1)).save(written[2])
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="hvdistill synth docs", description=__doc__)
-    p.add_argument("--out", default="docs/images")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=IMAGES, help=f"output folder (default {IMAGES})")
     p.add_argument("--no-stats", action="store_true", help="skip the class statistics")
     args = p.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = SynthConfig()
-    frame = generate_frame(cfg, 0, 1)
-    small = SynthConfig(image_width=480, image_height=270)
-    camera_mosaic(generate_frame(small, 0, 1)).save(out / "synthetic-cameras.png")
-    class_panel(generate_frame(small, 0, 1)).save(out / "synthetic-classes.png")
-    bev(frame).save(out / "synthetic-bev.png")
-    print(f"wrote {out}/synthetic-cameras.png, synthetic-classes.png, synthetic-bev.png")
+    width, height = PICTURE_SIZE
+    written = make_pictures(args.out, cfg, SynthConfig(image_width=width, image_height=height))
+    print("wrote " + ", ".join(str(w) for w in written))
     if not args.no_stats:
         print(class_statistics(cfg))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
