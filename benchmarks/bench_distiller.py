@@ -4,7 +4,8 @@ One synthetic nuScenes-format sample (6 cameras, ~30k points) is generated, read
 nuScenes source, prepared as sharding prepares it (stored images, pairs, SLIC), augmented and
 collated; then for each config the distiller and the hybrid-view loss run forward + backward.
 - Time: medians of `--repeats` steps after one warm-up step, per component: collate, student
-  (spconv UNet + heads), teacher (frozen dilated ResNet, bf16 autocast), depth lift (bridge,
+  (spconv UNet + heads), teacher (frozen dilated ResNet, autocast in the dtype precision.image_dtype
+  resolves to: `auto` = bf16 only on native-bf16 hardware), depth lift (bridge,
   depth net, BEV pooling), loss (pooling, InfoNCE, depth BCE, BEV InfoNCE), and the whole
   backward pass; then, to split the backward pass, the student's and the lift's backward each
   timed alone on a fresh forward of that component (gradient of the sum of its outputs).

@@ -95,6 +95,7 @@ def run_model_stage(cfg: Config, shards: Path, steps: int) -> dict[str, float]:
     from hvdistill.data.collate import collate
     from hvdistill.losses.total import build_hybrid_view_loss
     from hvdistill.models.distiller import build_distiller
+    from hvdistill.precision import choose_image_dtype
 
     t = _stage("5. stream the shards, augment + collate, distil (forward + backward)")
     samples, seen = read_batch(cfg, shards, cfg.train.micro_batch)
@@ -104,7 +105,8 @@ def run_model_stage(cfg: Config, shards: Path, steps: int) -> dict[str, float]:
         f"{[s.key[:8] for s in samples]}"
     )
     torch.manual_seed(cfg.train.seed)
-    model = build_distiller(cfg)
+    print(choose_image_dtype(cfg.precision, "cpu").describe(cfg.precision.image_dtype))
+    model = build_distiller(cfg, "cpu")
     loss_fn = build_hybrid_view_loss(cfg)
     params = [p for g in model.parameter_groups() for p in g.params]
     o = cfg.optim

@@ -1,4 +1,8 @@
-"""`hvdistill config show CONFIG [key=value ...]`: print the resolved, validated config as YAML."""
+"""`hvdistill config show CONFIG [key=value ...]`: print the resolved, validated config as YAML.
+
+A hardware-dependent value is printed as written (`precision.image_dtype: auto`), followed by a
+comment line with what it resolves to on this machine (see hvdistill/precision.py).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import sys
 
 import yaml
 
-from hvdistill.config import ConfigError, flatten, load_config, to_dict
+from hvdistill.config import Config, ConfigError, flatten, load_config, to_dict
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,4 +35,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{key} = {value!r}")
     else:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    if cfg.precision.image_dtype == "auto":
+        print(f"# {_auto_precision_here(cfg)}")
     return 0
+
+
+def _auto_precision_here(cfg: Config) -> str:
+    """`precision.image_dtype: auto -> bfloat16 (...) on this machine's cpu` (imports torch)."""
+    import torch
+
+    from hvdistill.precision import choose_image_dtype
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    choice = choose_image_dtype(cfg.precision, device)
+    return f"{choice.describe('auto')} on this machine's {device}"

@@ -45,7 +45,9 @@ class OptimConfig:
 
 @dataclass(slots=True, kw_only=True)
 class PrecisionConfig:
-    image_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # dense image side (teacher, bridge, depth net); auto = bf16 where the device runs it natively
+    # (CUDA with bf16, CPU with AVX512-BF16 or AMX), else fp32 -- resolved by hvdistill/precision.py
+    image_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     # sparse side: float32 on CPU; float16 is a GPU-only option (see LidarModelConfig)
     logits_dtype: Literal["float32"] = "float32"
 

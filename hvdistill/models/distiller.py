@@ -95,9 +95,13 @@ class Distiller(nn.Module):
 
 
 def build_distiller(cfg: Config, device: torch.device | str = "cpu") -> Distiller:
-    """Student, teacher (weights from cfg.model.image) and lift for `device`."""
+    """Student, teacher (weights from cfg.model.image) and lift for `device`.
+
+    The dense image side computes in the dtype `cfg.precision.image_dtype` resolves to on `device`
+    (hvdistill/precision.py; `auto` = bf16 only where the hardware runs it natively).
+    """
     student = build_lidar_model(cfg.model, cfg.geometry, device)
-    teacher = build_image_teacher(cfg.model, cfg.precision).to(device)
+    teacher = build_image_teacher(cfg.model, cfg.precision, device).to(device)
     needs_lift = cfg.loss.weight_depth != 0 or cfg.loss.weight_bev != 0
-    lift = build_depth_lift(cfg.model, cfg.geometry, cfg.precision).to(device) if needs_lift else None
+    lift = build_depth_lift(cfg.model, cfg.geometry, cfg.precision, device).to(device) if needs_lift else None
     return Distiller(student, teacher, lift)

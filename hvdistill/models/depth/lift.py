@@ -26,7 +26,8 @@ from hvdistill.geometry.bev import BEVGrid
 from hvdistill.geometry.frustum import make_frustum
 from hvdistill.models.depth.bev_pool import bev_pool, prepare_pool_index, ray_cells
 from hvdistill.models.depth.depth_net import Bridge, DepthNet, camera_parameters
-from hvdistill.models.image.teacher import DTYPES, autocast_context
+from hvdistill.models.image.teacher import autocast_context
+from hvdistill.precision import resolve_image_dtype
 
 
 @dataclass
@@ -110,8 +111,14 @@ class BEVLift(nn.Module):
 
 
 def build_depth_lift(
-    model_cfg: ModelConfig, geometry_cfg: GeometryConfig, precision_cfg: PrecisionConfig | None = None
+    model_cfg: ModelConfig,
+    geometry_cfg: GeometryConfig,
+    precision_cfg: PrecisionConfig | None = None,
+    device: torch.device | str = "cpu",
 ) -> BEVLift:
-    """The trainable depth/lift branch; dense convs autocast in precision_cfg.image_dtype (fp32 if None)."""
-    dtype = DTYPES[precision_cfg.image_dtype] if precision_cfg is not None else torch.float32
+    """The trainable depth/lift branch; dense convs autocast in the image dtype resolved for `device`.
+
+    Without `precision_cfg` it computes in float32; the caller moves it to `device`.
+    """
+    dtype = resolve_image_dtype(precision_cfg, device) if precision_cfg is not None else torch.float32
     return BEVLift(model_cfg, geometry_cfg, dtype)

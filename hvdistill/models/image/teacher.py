@@ -8,8 +8,9 @@ mode (BatchNorm statistics fixed) even when the parent module is put in train().
 a 1x1 conv C_b -> feature_dim whose output at 1/4 resolution feeds the depth bridge; for the
 IPV branch it is upsampled x output_stride (bilinear, align_corners=False, i.e. the same
 half-pixel-centre convention as the frustum) and L2-normalised over channels.
-The dense image side runs under autocast in PrecisionConfig.image_dtype (bf16 by default, also
-on CPU); every output is returned as float32.
+The dense image side runs under autocast in the dtype `precision.image_dtype` resolves to on the
+build device (hvdistill/precision.py: `auto` = bf16 where the hardware runs it natively, fp32
+elsewhere); every output is returned as float32.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from torch import nn
 from hvdistill.config import ModelConfig, PrecisionConfig
 from hvdistill.models.image.resnet import ARCHITECTURES, dilation_for_output_stride
 from hvdistill.models.image.weights import LoadReport, load_teacher_weights
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+from hvdistill.precision import resolve_image_dtype
 
 
 class TeacherOutput(NamedTuple):
@@ -48,7 +48,7 @@ class ImageTeacher(nn.Module):
         output_stride: int = 4,
         mean: list[float] | None = None,
         std: list[float] | None = None,
-        compute_dtype: torch.dtype = torch.bfloat16,
+        compute_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
         if arch not in ARCHITECTURES:
@@ -92,8 +92,13 @@ class ImageTeacher(nn.Module):
         return TeacherOutput(feats, head, F.normalize(up, dim=1))
 
 
-def build_image_teacher(model_cfg: ModelConfig, precision_cfg: PrecisionConfig) -> ImageTeacher:
-    """The teacher of `model_cfg.image`, with weights from its local file (or explicit random init)."""
+def build_image_teacher(
+    model_cfg: ModelConfig, precision_cfg: PrecisionConfig, device: torch.device | str = "cpu"
+) -> ImageTeacher:
+    """The teacher of `model_cfg.image` computing in the image dtype resolved for `device`.
+
+    Weights come from its local file (or an explicit random init); the caller moves it to `device`.
+    """
     icfg = model_cfg.image
     if not icfg.weights and not icfg.random_init:
         raise ValueError(
@@ -108,7 +113,7 @@ def build_image_teacher(model_cfg: ModelConfig, precision_cfg: PrecisionConfig) 
         icfg.output_stride,
         icfg.mean,
         icfg.std,
-        DTYPES[precision_cfg.image_dtype],
+        resolve_image_dtype(precision_cfg, device),
     )
     if icfg.weights:
         teacher.load_report = load_teacher_weights(teacher, icfg.weights, icfg.weights_format)
