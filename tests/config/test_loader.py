@@ -4,8 +4,9 @@ import pytest
 import yaml
 
 from hvdistill.config import Config, ConfigError, flatten, load_config
+from tests.helpers import config_path
 
-DEMO = "configs/demo.yaml"
+DEMO = config_path("demo.yaml")
 
 
 def problems_of(path=None, overrides=()):
@@ -29,9 +30,8 @@ def test_defaults_are_the_published_recipe():
 
 
 def test_every_shipped_config_loads():
-    for path in ("configs/demo.yaml", "configs/tiny.yaml", "configs/paper.yaml"):
-        overrides = ["model.image.random_init=true"] if path == "configs/tiny.yaml" else []
-        load_config(path, overrides)
+    for name in ("demo.yaml", "tiny.yaml", "paper.yaml"):
+        load_config(config_path(name))
 
 
 def test_override_is_type_checked_and_applied():
@@ -109,7 +109,9 @@ def test_list_items_are_addressed_by_index_like_flatten():
     cfg = load_config(DEMO, ["data.sources.0.root=/data/x", "data.sources.0.weight=2"])
     assert cfg.data.sources[0].root == "/data/x" and cfg.data.sources[0].weight == 2.0
     problems, _ = problems_of(DEMO, ["data.sources.3.root=/x", "data.sources.0.rot=/x"])
-    assert any("0..1" in p for p in problems)  # demo.yaml lists train and val and any("data.sources.0.root" in p for p in problems)
+    assert any(
+        "0..1" in p for p in problems
+    )  # demo.yaml lists train and val and any("data.sources.0.root" in p for p in problems)
 
 
 def test_scientific_notation_floats_in_overrides_and_yaml(tmp_path):
