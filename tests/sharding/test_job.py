@@ -89,8 +89,9 @@ def test_two_sources_shard_to_exactly_prepare_sample(ray_address, nuscenes_root,
     assert sorted(s["dataset"] for s in m["sources"]) == ["nuscenes", "semantickitti"]
     assert all(s["complete"] and s["skipped"] == 0 for s in m["sources"])
     assert m["skipped"] == [] and len(m["shards"]) > len(m["sources"])
+    both = [SourceConfig(name="nuscenes"), SourceConfig(name="semantickitti")]  # each dataset needs a weight
     reader = build_shard_dataset(
-        DataConfig(resampled=False, shuffle_buffer=0), rank=0, world_size=1, shards=[str(out)]
+        DataConfig(sources=both, resampled=False, shuffle_buffer=0), rank=0, world_size=1, shards=[str(out)]
     )
     got = {s.key: s for s in reader}
     sources = [source_of("nuscenes", nuscenes_root), source_of("semantickitti", kitti_root)]
