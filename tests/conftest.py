@@ -1,6 +1,57 @@
-"""Shared test setup: loopback-only Ray/MLflow defaults and deterministic seeds."""
+"""Shared test setup: loopback-only Ray/MLflow defaults and the one synthetic world of the session.
+
+`nuscenes_root` / `kitti_root` are generated once per session (tests/helpers/world.py) and
+shared read only: at the end of the session a check fails if any test wrote into them. A test
+that damages a dataset takes `nuscenes_copy` / `kitti_copy`, its own copy in tmp_path.
+"""
+
+from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+
+
+def _read_only(root: Path):
+    """Yield `root`; afterwards fail if any file under it was added, removed or rewritten."""
+    from tests.helpers.world import changes, fingerprint
+
+    before = fingerprint(root)
+    yield root
+    touched = changes(before, fingerprint(root))
+    assert not touched, f"a test wrote into the shared world {root} (use the *_copy fixture): {touched[:10]}"
+
+
+@pytest.fixture(scope="session")
+def nuscenes_root(tmp_path_factory) -> Path:
+    """The session's generated nuScenes root (tables, samples/, lidarseg/): read only."""
+    from tests.helpers.world import (
+        write_nuscenes_world,
+    )  # imported here: a broken data layer fails only its tests
+
+    yield from _read_only(write_nuscenes_world(tmp_path_factory.mktemp("nuscenes")))
+
+
+@pytest.fixture(scope="session")
+def kitti_root(tmp_path_factory) -> Path:
+    """The session's generated SemanticKITTI root, with per-pixel class/depth side outputs: read only."""
+    from tests.helpers.world import write_kitti_world
+
+    yield from _read_only(write_kitti_world(tmp_path_factory.mktemp("kitti")))
+
+
+@pytest.fixture
+def nuscenes_copy(nuscenes_root, tmp_path) -> Path:
+    """A private copy of the nuScenes root that a test may damage."""
+    return Path(shutil.copytree(nuscenes_root, tmp_path / "nuscenes"))
+
+
+@pytest.fixture
+def kitti_copy(kitti_root, tmp_path) -> Path:
+    """A private copy of the SemanticKITTI root that a test may damage."""
+    return Path(shutil.copytree(kitti_root, tmp_path / "kitti"))

@@ -1,28 +1,15 @@
 """hvdistill/dist.py: single-process no-ops, and all_gather_with_grad across 2 gloo processes."""
 
 import os
-import socket
 
 import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 
 from hvdistill import dist
+from tests.helpers.gloo import free_port, init_gloo
 
 SIZES = [3, 0, 5]  # unequal, including an empty rank
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def init_gloo(rank: int, world: int, port: int) -> None:
-    """A loopback gloo group for spawned test workers."""
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    torch.set_num_threads(1)
-    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
 
 
 def test_no_process_group_is_the_identity():

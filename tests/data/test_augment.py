@@ -6,7 +6,7 @@ import pytest
 from hvdistill.config import AugmentConfig, GeometryConfig
 from hvdistill.data.augment import augment_sample, sample_crop_box
 from hvdistill.geometry.augmentation import transform_pixels
-from tests.data.memory_sample import make_sample
+from tests.helpers.memory_sample import make_sample
 
 GEO = GeometryConfig()
 

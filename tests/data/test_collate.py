@@ -6,7 +6,7 @@ import torch
 from hvdistill.config import AugmentConfig, GeometryConfig
 from hvdistill.data.augment import augment_sample
 from hvdistill.data.collate import collate
-from tests.data.memory_sample import make_sample
+from tests.helpers.memory_sample import make_sample
 
 GEO = GeometryConfig()
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from hvdistill.losses.depth import depth_loss
 from hvdistill.losses.infonce import contrast
-from tests.test_dist import free_port, init_gloo
+from tests.helpers.gloo import free_port, init_gloo
 
 TAU = 0.07
 LAYOUTS = {  # anchors per rank (unequal; one rank with none) and depth images per rank

@@ -3,12 +3,22 @@
 import numpy as np
 import torch
 
-from hvdistill.config import load_config
+from hvdistill.config import Config, load_config
 from hvdistill.data.augment import augment_sample
 from hvdistill.data.collate import collate
 from hvdistill.losses.total import build_hybrid_view_loss
 from hvdistill.models.distiller import build_distiller
-from tests.data.memory_sample import make_sample
+from tests.helpers import config_path
+from tests.helpers.memory_sample import make_sample
+
+TINY = config_path("tiny.yaml")
+# crops 64 x 128 (tiny.yaml keeps the published 224 x 416): 1/11 of the teacher's and the
+# lift's pixels, still hundreds of superpixels, depth cells and BEV anchors per batch
+SMALL_CROPS = ["geometry.crop_height=64", "geometry.crop_width=128"]
+
+
+def tiny_config(*overrides: str) -> Config:
+    return load_config(TINY, [*SMALL_CROPS, *overrides])
 
 
 def tiny_batch(cfg):
@@ -21,7 +31,7 @@ def tiny_batch(cfg):
 
 def test_forward_backward_gives_finite_terms_and_gradients_on_trainable_only():
     torch.manual_seed(0)
-    cfg = load_config("configs/tiny.yaml")
+    cfg = tiny_config()
     batch = tiny_batch(cfg)
     model = build_distiller(cfg)
     model.train()
@@ -47,7 +57,7 @@ def test_forward_backward_gives_finite_terms_and_gradients_on_trainable_only():
 
 
 def test_parameter_groups_cover_every_trainable_parameter_once():
-    cfg = load_config("configs/tiny.yaml")
+    cfg = tiny_config()
     model = build_distiller(cfg)
     grouped = [id(p) for g in model.parameter_groups() for p in g.params]
     trainable = [id(p) for p in model.parameters() if p.requires_grad]
@@ -56,7 +66,7 @@ def test_parameter_groups_cover_every_trainable_parameter_once():
 
 def test_two_stage_first_stage_skips_the_bev_lift_and_still_trains():
     torch.manual_seed(0)
-    cfg = load_config("configs/tiny.yaml", ["loss.bev_start_epoch=1"])
+    cfg = tiny_config("loss.bev_start_epoch=1")
     batch = tiny_batch(cfg)
     model, loss_fn = build_distiller(cfg), build_hybrid_view_loss(cfg)
     model.train()

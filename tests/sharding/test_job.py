@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from hvdistill.config import DataConfig, SourceConfig
 from hvdistill.data.prepare import prepare_sample
@@ -115,6 +116,7 @@ def wait_for_first_unit(out: Path, proc: subprocess.Popen, timeout: float = 180.
     raise AssertionError("no unit finished in time")
 
 
+@pytest.mark.slow  # a killed CLI subprocess, ~20 s; make test kills a worker (test_rerun.py)
 def test_killed_job_resumes_to_the_uninterrupted_manifest(ray_address, nuscenes_root, tmp_path, capsys):
     per_sample = "data.shard_task_samples=1"  # one unit per sample: many points to be killed at
     reference = tmp_path / "reference"

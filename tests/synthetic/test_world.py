@@ -99,6 +99,7 @@ def test_every_class_appears_in_a_tiny_dataset():
     assert every <= seen_pixels, sorted(every - seen_pixels)
 
 
+@pytest.mark.slow  # 8 default-size frames (six 800x450 cameras each); the tiny variant above stays fast
 def test_every_class_appears_in_a_default_size_dataset():
     cfg = SynthConfig()
     seen = set()

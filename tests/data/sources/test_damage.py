@@ -10,8 +10,7 @@ import pytest
 from hvdistill.config import SourceConfig
 from hvdistill.data.errors import SampleReadError
 from hvdistill.data.sources import build_source
-
-from .conftest import NUSCENES_VERSION
+from tests.helpers.world import NUSCENES_VERSION
 
 
 def nuscenes_source(root):

@@ -13,8 +13,9 @@ from hvdistill.config import Config, load_config
 from hvdistill.geometry.bev import BEVGrid
 from hvdistill.geometry.voxel import voxelize
 from hvdistill.models.lidar import LidarStudent, build_lidar_model, sparse_input
+from tests.helpers import config_path
 
-TINY = "configs/tiny.yaml"
+TINY = config_path("tiny.yaml")
 HEADS = ["strided", "column"]
 
 
