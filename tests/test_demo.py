@@ -32,4 +32,5 @@ def test_demo_runs_every_stage(tmp_path, capsys):
     assert "streamed 1 samples" in out  # the train split only; the val scene is sharded beside it
     step = [line for line in out.splitlines() if line.startswith("step 0:")]
     assert step and "nan" not in step[0] and "bev" in step[0]
+    assert "precision.image_dtype: auto -> " in out  # the hardware's precision choice is in the log
     assert "all stages passed" in out
