@@ -61,7 +61,8 @@ def build_shards(root: Path, out: Path) -> Path:
         "data.sources.0.split=train",
     ]
     cmd += [f"data.stored_image_width={STORED[0]}", f"data.stored_image_height={STORED[1]}"]
-    cmd += ["data.cameras=[CAM_FRONT,CAM_BACK]", "data.shard_task_samples=2"]  # small shards, 2 cameras
+    # two cameras and ~2 samples per shard, whether shards are cut per unit or by size
+    cmd += ["data.cameras=[CAM_FRONT,CAM_BACK]", "data.shard_task_samples=2", "data.shard_size_mb=0.2"]
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
