@@ -15,7 +15,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "config": ("hvdistill.config.cli", "show the resolved config: config show CONFIG [key=value ...]"),
     "synth": ("hvdistill.synthetic.cli", "generate the synthetic world in nuScenes / SemanticKITTI format"),
     "inspect": ("hvdistill.data.sources.cli", "read a dataset through its source and print what it holds"),
-    "shard": ("sharding.cli", "convert a dataset into WebDataset shards with Ray; `shard verify DIR`"),
+    "shard": ("sharding.cli", "shard every data.sources entry with Ray; `shard verify DIR`"),
     "demo": ("hvdistill.demo", "run the furthest pipeline that exists on the synthetic world"),
 }
 
