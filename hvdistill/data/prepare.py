@@ -4,7 +4,10 @@
 so a shard holds exactly `prepare_sample(source.read(key), cfg)` (up to JPEG coding of the
 images). Pairs are projected at the source's full resolution with the nuscenes-devkit rule
 (`hvdistill/geometry/projection.py`: depth > 1 m, 1 px border) and then mapped into the
-stored image's pixel grid; SLIC superpixels are computed on the stored image.
+stored image's pixel grid; SLIC superpixels are computed from the stored image: on a copy reduced
+by `data.superpixels.scale` (default 0.5, 400x225 for nuScenes), with the Gaussian sigma given in
+source-image pixels as the published code applies it, and the ids taken back to the stored size
+by nearest neighbour (docs/method.md, measured in docs/benchmarks.md "Superpixels").
 
 Stored size: each image is resized to fit inside DataConfig.stored_image_width x height with
 its aspect ratio kept (nuScenes 1600x900 -> 800x450; SemanticKITTI 1241x376 -> 800x242) and
@@ -39,22 +42,42 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
 
 
-def compute_superpixels(image: np.ndarray, cfg: SuperpixelConfig) -> np.ndarray:
-    """(H, W, 3) uint8 -> (H, W) int16 SLIC ids starting at cfg.start_label."""
+def upsample_nearest(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) ids -> (H, W) ids at `size` = (W, H): each pixel takes the id under its centre."""
+    height, width = size[1], size[0]
+    rows = np.minimum(((np.arange(height) + 0.5) * ids.shape[0] / height).astype(np.intp), ids.shape[0] - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * ids.shape[1] / width).astype(np.intp), ids.shape[1] - 1)
+    return ids[rows[:, None], cols[None, :]]
+
+
+def compute_superpixels(
+    image: np.ndarray, cfg: SuperpixelConfig, source_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W) int16 SLIC ids starting at cfg.start_label.
+
+    SLIC runs on `image` resized by cfg.scale; cfg.sigma is in pixels of the source image of
+    size `source_size` = (W, H) (default: `image` is the source) and is converted to pixels of
+    the image SLIC runs on; the ids are brought back to (H, W) with nearest neighbour.
+    """
+    height, width = image.shape[:2]
+    small_size = (max(1, round(width * cfg.scale)), max(1, round(height * cfg.scale)))
+    small = resize_image(image, small_size)  # (h, w, 3) uint8
+    source_width = width if source_size is None else source_size[0]
     ids = slic(
-        image,
+        small,
         n_segments=cfg.n_segments,
         compactness=cfg.compactness,
-        sigma=cfg.sigma,
+        sigma=cfg.sigma * small_size[0] / source_width,
+        max_num_iter=cfg.max_num_iter,
         start_label=cfg.start_label,
         channel_axis=-1,
-    )
+    )  # (h, w)
     if ids.size and int(ids.max()) > np.iinfo(np.int16).max:
         raise ValueError(
             f"SLIC gave superpixel id {int(ids.max())} > {np.iinfo(np.int16).max}; "
             f"lower data.superpixels.n_segments"
         )
-    return ids.astype(np.int16)
+    return upsample_nearest(ids.astype(np.int16), (width, height))
 
 
 def compute_pairs(
@@ -96,7 +119,7 @@ def prepare_camera(cam: CameraFrame, size: tuple[int, int], cfg: DataConfig) -> 
         cam,
         image=image,
         intrinsics=resize_intrinsics(cam.intrinsics, cam.size, size),
-        superpixels=compute_superpixels(image, cfg.superpixels),
+        superpixels=compute_superpixels(image, cfg.superpixels, source_size=cam.size),
     )
 
 

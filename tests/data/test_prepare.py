@@ -2,9 +2,16 @@
 
 import numpy as np
 import pytest
+from skimage.segmentation import slic
 
-from hvdistill.config import DataConfig
-from hvdistill.data.prepare import compute_superpixels, prepare_sample, stored_size
+from hvdistill.config import Config, DataConfig, SuperpixelConfig, problems
+from hvdistill.data.prepare import (
+    compute_superpixels,
+    prepare_sample,
+    resize_image,
+    stored_size,
+    upsample_nearest,
+)
 from hvdistill.data.sample import CameraFrame, Sample
 from hvdistill.geometry.augmentation import resize_intrinsics
 from hvdistill.geometry.projection import project_points
@@ -98,8 +105,54 @@ def test_superpixels_are_slic_of_the_stored_image():
     out = prepare_sample(sample, cfg)
     sp = out.cameras[0].superpixels
     assert sp.shape == (180, 320) and sp.dtype == np.int16
-    np.testing.assert_array_equal(sp, compute_superpixels(out.cameras[0].image, cfg.superpixels))
+    expected = compute_superpixels(out.cameras[0].image, cfg.superpixels, source_size=(640, 360))
+    np.testing.assert_array_equal(sp, expected)
     assert sp.min() == 0 and 20 < sp.max() < 300
+
+
+def test_scale_one_is_plain_slic_with_sigma_in_source_pixels():
+    """scale=1.0 reproduces scikit-image's SLIC of the stored image exactly (the pre-scale default)."""
+    image = make_sample(320, 180).cameras[0].image
+    cfg = SuperpixelConfig(scale=1.0, sigma=6.0)  # 6 px at 640 wide = 3 px at 320 wide
+    ids = compute_superpixels(image, cfg, source_size=(640, 360))
+    plain = slic(image, n_segments=150, compactness=6.0, sigma=3.0, start_label=0, channel_axis=-1)
+    np.testing.assert_array_equal(ids, plain)
+
+
+def test_reduced_slic_keeps_the_stored_size_and_consecutive_ids():
+    image = make_sample(320, 180).cameras[0].image
+    ids = compute_superpixels(image, SuperpixelConfig(scale=0.5), source_size=(640, 360))
+    assert ids.shape == (180, 320) and ids.dtype == np.int16
+    half = slic(
+        resize_image(image, (160, 90)),
+        n_segments=150,
+        compactness=6.0,
+        sigma=0.75,
+        start_label=0,
+        channel_axis=-1,
+    )  # sigma 3 source px at 1/4 of 640
+    np.testing.assert_array_equal(ids, np.repeat(np.repeat(half, 2, axis=0), 2, axis=1))
+    assert np.array_equal(np.unique(ids), np.arange(int(ids.max()) + 1))
+    shifted = compute_superpixels(image, SuperpixelConfig(scale=0.5, start_label=1), source_size=(640, 360))
+    assert shifted.min() == 1
+
+
+def test_upsample_nearest_takes_the_id_under_each_pixel_centre():
+    ids = np.arange(6).reshape(2, 3)
+    np.testing.assert_array_equal(upsample_nearest(ids, (6, 4)), np.repeat(np.repeat(ids, 2, 0), 2, 1))
+    odd = upsample_nearest(ids, (7, 5))  # non-integer factors: every id still present, in order
+    assert odd.shape == (5, 7) and set(np.unique(odd)) == set(range(6))
+    assert (np.diff(odd, axis=1) >= 0).all() and (np.diff(odd, axis=0) >= 0).all()
+    np.testing.assert_array_equal(upsample_nearest(ids, (3, 2)), ids)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("scale", 0.0), ("scale", 1.5), ("max_num_iter", 0), ("sigma", -1.0)]
+)
+def test_superpixel_settings_out_of_range_are_refused(field, value):
+    cfg = Config()
+    setattr(cfg.data.superpixels, field, value)
+    assert any(f"data.superpixels.{field}" in p for p in problems(cfg))
 
 
 def test_prepare_is_deterministic():
