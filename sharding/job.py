@@ -1,20 +1,26 @@
-"""The Ray sharding job: plan units, convert each in a Ray task, track progress, write the manifest.
+"""The Ray sharding job: plan units, convert each in a Ray task from read plans, write the manifest.
 
-The driver builds the source once to list chunks and keys, registers the source in the output
-directory, and submits one task per unfinished unit. A task reads each key with the source,
-applies `prepare_sample`, encodes it with the schema, writes size-bounded shards, and finally
-writes the unit's done-record. Bad samples (SampleReadError) are skipped and recorded; the job
-fails with a summary when more than DataConfig.max_bad_fraction of a source is bad.
-Tasks report every sample to a small progress actor, so the driver's bar (samples/s, shards
-written, skipped) moves live rather than once per finished unit.
+The driver builds the source once (for nuScenes: the devkit tables, on the driver only), splits
+its keys into units, and for each unit still to do resolves the keys into read plans
+(hvdistill/data/sources/plan.py) and submits one task with them: workers never build a source
+nor import nuscenes-devkit. A task reads, prepares and encodes each sample, writes size-bounded
+shards under per-attempt temporary names, renames them into place and writes the unit's
+done-record, the one commit point. Only damaged input (SampleReadError, schema errors while
+encoding) is skipped and recorded; any other exception fails the task, which Ray retries
+(`max_retries`), and a unit that still fails is reported and redone by the next run.
+A re-run redoes every unit without a done-record and every unit whose record lists skipped
+samples, so fixed inputs are picked up. One job at a time holds the output directory
+(sharding/lock.py). Tasks report every sample to a small progress actor, so the driver's bar
+moves live. The job fails with a summary when more than DataConfig.max_bad_fraction of a
+source is bad.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +32,12 @@ from hvdistill.config import DataConfig, SourceConfig
 from hvdistill.data.errors import SampleReadError
 from hvdistill.data.prepare import prepare_sample
 from hvdistill.data.schema import SchemaError, encode_sample
+from hvdistill.data.shard_names import UnsafeShardName, check_shard_name
 from hvdistill.data.sources import build_source
+from hvdistill.data.sources.plan import ReadPlan, read_plan
+from sharding.lock import job_lock
 from sharding.manifest import (
+    STATE_DIR,
     Unit,
     check_source_record,
     config_hash,
@@ -38,41 +48,34 @@ from sharding.manifest import (
     write_json_atomic,
     write_manifest,
 )
-from sharding.writer import ShardWriter
+from sharding.writer import TMP_SUFFIX, ShardWriter
 
 _MB = 1 << 20
 _SUMMARY_REASONS = 10  # distinct skip reasons printed in a failure summary
 _PROGRESS_POLL_S = 0.5  # how often the driver refreshes the progress bar
-_sources: dict[str, Any] = {}  # per-process cache of built sources (one per worker)
 
 
 class ShardingError(RuntimeError):
-    """The job finished but too many samples were bad (or nothing could be sharded)."""
+    """The job finished but too many samples were bad, or units failed (or nothing was sharded)."""
 
 
 @dataclass
 class JobResult:
     manifest: dict[str, Any]
     converted_units: int  # units converted in this run (others were already done)
-    skipped_units: int
+    skipped_units: int  # units already done before this run
+    retried_units: int = 0  # of the converted: units redone because they had skipped samples
 
 
-def _source(source_cfg: SourceConfig, cameras: list[str]) -> Any:
-    key = json.dumps([asdict(source_cfg), cameras], sort_keys=True)
-    if key not in _sources:
-        _sources[key] = build_source(source_cfg, cameras=cameras)
-    return _sources[key]
-
-
-def _read_prepared(source: Any, key: str, cfg: DataConfig) -> dict[str, Any]:
-    """Read, prepare and encode one sample; raises SampleReadError for a bad one."""
-    sample = source.read(key)
+def _read_prepared(plan: ReadPlan, cfg: DataConfig) -> dict[str, Any]:
+    """Read, prepare and encode one sample; raises SampleReadError for damaged input."""
+    sample = read_plan(plan)
     if not np.isfinite(sample.points).all():
-        raise SampleReadError(key, "", "points contain NaN or infinite values")
+        raise SampleReadError(plan.key, plan.points, "points contain NaN or infinite values")
     try:
         return encode_sample(prepare_sample(sample, cfg), cfg.jpeg_quality)
     except SchemaError as e:
-        raise SampleReadError(key, "", f"cannot encode: {e}") from e
+        raise SampleReadError(plan.key, "", f"cannot encode: {e}") from e
 
 
 class ProgressTracker:
@@ -96,31 +99,26 @@ class ProgressTracker:
 
 
 def convert_unit(
-    source_cfg: SourceConfig, cfg: DataConfig, unit: Unit, out_dir: str, progress: Any = None
+    cfg: DataConfig, unit: Unit, plans: list[ReadPlan], out_dir: str, progress: Any = None
 ) -> dict[str, Any]:
-    """Convert one unit into shards and write its done-record; returns that record.
+    """Convert one unit from its read plans into shards and commit its done-record; returns it.
 
+    Only damaged input is recorded as skipped; anything else propagates (Ray retries the task).
     `progress` is an optional ProgressTracker actor handle told about every sample."""
     out = Path(out_dir)
-    for stale in unit_files(out, unit.name):  # leftovers of a killed attempt
-        stale.unlink()
-    source = _source(source_cfg, list(cfg.cameras))
-    writer = ShardWriter(out, unit.name, int(cfg.shard_size_mb * _MB))
+    writer = ShardWriter(out, unit.name, int(cfg.shard_size_mb * _MB), samples=len(plans))
     skipped = []
     try:
-        for done, key in enumerate(unit.keys, 1):
+        for done, plan in enumerate(plans, 1):
             if progress is not None and done > 1:
                 progress.report.remote(unit.name, done - 1, len(skipped), len(writer.shards))
             try:
-                record = _read_prepared(source, key, cfg)
+                record = _read_prepared(plan, cfg)
             except SampleReadError as e:
-                skipped.append({"key": key, "reason": e.reason, "path": e.path})
-                continue
-            except Exception as e:  # noqa: BLE001 - an unforeseen failure of one sample is quarantined too
-                skipped.append({"key": key, "reason": f"prepare failed: {type(e).__name__}: {e}", "path": ""})
+                skipped.append({"key": plan.key, "chunk": plan.chunk, "reason": e.reason, "path": e.path})
                 continue
             writer.write(record)  # an I/O error here (disk full) fails the task, never a "bad sample"
-        shards = writer.close()
+        shards = writer.commit()
     except BaseException:
         writer.abort()
         raise
@@ -132,29 +130,72 @@ def convert_unit(
         "shards": [s.to_dict() for s in shards],
         "skipped": skipped,
     }
-    write_json_atomic(unit_record_path(out, unit.name), record)
+    write_json_atomic(unit_record_path(out, unit.name), record)  # the commit point
     return record
 
 
-def plan_units(source: Any, dataset: str, split: str, task_samples: int) -> list[Unit]:
-    """Every chunk of the source, split into parts of at most `task_samples` keys."""
-    units = []
-    for chunk in source.chunks():
-        keys = list(source.keys(chunk))
-        for part, start in enumerate(range(0, max(len(keys), 1), task_samples)):
-            units.append(Unit(dataset, split, chunk, part, keys[start : start + task_samples]))
-    return units
+def _order(seed: int, key: str) -> bytes:
+    return hashlib.sha256(f"{seed}/{key}".encode()).digest()
 
 
-def unit_is_done(out_dir: Path, unit: Unit) -> bool:
-    """A done-record exists and every shard it lists is in place with its recorded size."""
+def balanced_slices(n: int, most: int) -> list[slice]:
+    """`n` items cut into the fewest slices of at most `most`, sizes differing by at most one
+    (so no unit, hence no shard, is a small remainder); one empty slice when n == 0."""
+    parts = max(1, -(-n // most))
+    base, extra = divmod(n, parts)
+    bounds = [0]
+    for i in range(parts):
+        bounds.append(bounds[-1] + base + (i < extra))
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def plan_units(source: Any, split: str, cfg: DataConfig) -> list[Unit]:
+    """The source's keys in balanced units of at most `cfg.shard_task_samples`.
+
+    With `cfg.shard_shuffle`, units are consecutive slices of all keys of the split ordered by
+    sha256(seed/key) (deterministic, independent of any RNG implementation), so every shard
+    mixes scenes; otherwise every chunk is split into parts of consecutive keys."""
+    n = cfg.shard_task_samples
+    chunks = [(chunk, list(source.keys(chunk))) for chunk in source.chunks()]
+    if cfg.shard_shuffle:
+        keys = sorted((k for _, ks in chunks for k in ks), key=lambda k: _order(cfg.shard_shuffle_seed, k))
+        return [Unit(source.name, split, "", i, keys[s]) for i, s in enumerate(balanced_slices(len(keys), n))]
+    return [
+        Unit(source.name, split, chunk, part, keys[s])
+        for chunk, keys in chunks
+        for part, s in enumerate(balanced_slices(len(keys), n))
+    ]
+
+
+def unit_state(out_dir: Path, unit: Unit) -> str:
+    """ "done" (committed, nothing skipped, every shard in place with its recorded size),
+    "retry" (committed with skipped samples: re-read them) or "todo"."""
     path = unit_record_path(out_dir, unit.name)
     if not path.exists():
-        return False
-    shards = read_json(path)["shards"]
-    return all(
-        (out_dir / s["name"]).is_file() and (out_dir / s["name"]).stat().st_size == s["bytes"] for s in shards
-    )
+        return "todo"
+    try:
+        record = read_json(path)
+        shards = [(check_shard_name(s["name"], path), s["bytes"]) for s in record["shards"]]
+    except (ValueError, KeyError, TypeError, UnsafeShardName):
+        return "todo"  # a damaged record is no commit
+    if any(not (out_dir / n).is_file() or (out_dir / n).stat().st_size != size for n, size in shards):
+        return "todo"
+    return "retry" if record.get("skipped") else "done"
+
+
+def clear_unit(out_dir: Path, unit: Unit) -> None:
+    """Forget a unit: its done-record first (the commit point), then its shards and temporaries."""
+    unit_record_path(out_dir, unit.name).unlink(missing_ok=True)
+    for path in unit_files(out_dir, unit.name):
+        path.unlink()
+
+
+def remove_temporaries(out_dir: Path) -> list[Path]:
+    """Delete temporaries of dead attempts (only while this job holds the directory lock)."""
+    found = [*out_dir.glob(f"*{TMP_SUFFIX}"), *(out_dir / STATE_DIR).rglob(f"*{TMP_SUFFIX}")]
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
 
 
 def source_record(
@@ -178,26 +219,33 @@ def source_record(
 
 def _run_tasks(
     pending: list[Unit],
-    source_cfg: SourceConfig,
+    source: Any,
     cfg: DataConfig,
     out_dir: Path,
     bar: tqdm,
     max_retries: int,
     max_in_flight: int,
-) -> None:
-    """Submit units (at most `max_in_flight` at once) and feed the bar as they complete."""
-    task = ray.remote(num_cpus=1, max_retries=max_retries)(convert_unit)
+) -> dict[str, str]:
+    """Plan and submit units (at most `max_in_flight` at once), feed the bar as they complete;
+    returns {unit name: error} of units that failed after their retries."""
+    task = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=True)(convert_unit)
     tracker = ray.remote(num_cpus=0)(ProgressTracker).remote()
-    source_ref, cfg_ref = ray.put(source_cfg), ray.put(cfg)
-    queue, refs = list(reversed(pending)), {}
+    cfg_ref = ray.put(cfg)
+    queue, refs, failed = list(reversed(pending)), {}, {}
     start = bar.n
     while queue or refs:
         while queue and len(refs) < max_in_flight:
             unit = queue.pop()
-            refs[task.remote(source_ref, cfg_ref, unit, str(out_dir), tracker)] = unit
+            plans = [source.plan(key) for key in unit.keys]  # planned lazily: driver memory stays small
+            refs[task.remote(cfg_ref, unit, plans, str(out_dir), tracker)] = unit
         ready, _ = ray.wait(list(refs), num_returns=1, timeout=_PROGRESS_POLL_S)
         for ref in ready:
-            unit, record = refs.pop(ref), ray.get(ref)
+            unit = refs.pop(ref)
+            try:
+                record = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                failed[unit.name] = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+                continue
             tracker.report.remote(
                 unit.name, record["keys"], len(record["skipped"]), len(record["shards"]), True
             )
@@ -205,6 +253,7 @@ def _run_tasks(
         bar.update(start + samples - bar.n)  # live: tasks report after every sample
         bar.set_postfix(shards=shards, skipped=skipped)
     ray.kill(tracker)
+    return failed
 
 
 def check_bad_fraction(manifest: dict[str, Any], dataset: str, split: str, max_bad: float) -> None:
@@ -232,29 +281,46 @@ def run_sharding(
     progress: bool = True,
     max_in_flight: int = 0,
 ) -> JobResult:
-    """Shard one source into `out_dir` on the connected Ray cluster (resumable).
+    """Shard one source into `out_dir` on the connected Ray cluster (resumable, one job per dir).
 
-    `max_in_flight` caps concurrent tasks (0 = one per CPU of the cluster).
+    `max_in_flight` caps concurrent tasks (0 = one per CPU of the cluster). Raises OutputLocked
+    (a ValueError) when another job holds `out_dir`, ShardingError when units failed or too
+    many samples were bad (the manifest is written first in both cases).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    source = _source(source_cfg, list(cfg.cameras))
-    units = plan_units(source, source.name, source_cfg.split, cfg.shard_task_samples)
-    check_source_record(out_dir, source_record(source_cfg, source, cfg, units))
-    pending = [u for u in units if not unit_is_done(out_dir, u)]
-    done_samples = sum(len(u.keys) for u in units) - sum(len(u.keys) for u in pending)
-    with tqdm(
-        total=sum(len(u.keys) for u in units),
-        initial=done_samples,
-        unit="sample",
-        desc=f"{source.name} {source_cfg.split}",
-        disable=not progress,
-    ) as bar:
-        limit = max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        _run_tasks(pending, source_cfg, cfg, out_dir, bar, max_retries, limit)
-    manifest = write_manifest(out_dir)
+    with job_lock(out_dir):
+        source = build_source(source_cfg, cameras=list(cfg.cameras))
+        units = plan_units(source, source_cfg.split, cfg)
+        check_source_record(out_dir, source_record(source_cfg, source, cfg, units))
+        states = {u.name: unit_state(out_dir, u) for u in units}
+        pending = [u for u in units if states[u.name] != "done"]
+        remove_temporaries(out_dir)
+        for unit in pending:
+            clear_unit(out_dir, unit)
+        done_samples = sum(len(u.keys) for u in units) - sum(len(u.keys) for u in pending)
+        with tqdm(
+            total=sum(len(u.keys) for u in units),
+            initial=done_samples,
+            unit="sample",
+            desc=f"{source.name} {source_cfg.split}",
+            disable=not progress,
+        ) as bar:
+            limit = max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            failed = _run_tasks(pending, source, cfg, out_dir, bar, max_retries, limit)
+        remove_temporaries(out_dir)  # left by attempts that died (their retries finished)
+        manifest = write_manifest(out_dir)
+    if failed:
+        lines = [f"  {name}: {error}" for name, error in sorted(failed.items())]
+        raise ShardingError(
+            f"{source.name} {source_cfg.split}: {len(failed)} unit(s) failed after {max_retries} "
+            "retries (not a damaged input: a bug or an unavailable file system?):\n"
+            + "\n".join(lines)
+            + "\nThe other units are committed; re-run the same command to retry these."
+        )
     check_bad_fraction(manifest, source.name, source_cfg.split, cfg.max_bad_fraction)
-    return JobResult(manifest, len(pending), len(units) - len(pending))
+    retried = sum(states[u.name] == "retry" for u in pending)
+    return JobResult(manifest, len(pending), len(units) - len(pending), retried)
 
 
 def init_ray(address: str | None, workers: int) -> bool:

@@ -1,15 +1,20 @@
 """The shard directory's bookkeeping: work units, done-records, and manifest.json.
 
 Layout of an output directory:
-    <dataset>-<split>-<chunk>-p<part>-<nnnn>.tar   shards (deterministic names per unit)
+    <dataset>-<split>-u<nnnnn>-<nnnn>.tar          shards of a unit drawn from the whole split
+    <dataset>-<split>-<chunk>-p<part>-<nnnn>.tar   shards of a per-chunk unit (data.shard_shuffle off)
     _state/sources/<dataset>-<split>.json          what was sharded from where, with which config
     _state/units/<unit>.json                       done-record of one unit, written atomically
                                                    after its shards were renamed into place
+    _state/job.lock                                held by the running job (sharding/lock.py)
     manifest.json                                  assembled from the records above
 
-A unit is one chunk of a source (nuScenes scene, SemanticKITTI sequence) or a part of a long
-chunk. A re-run skips every unit that has a done-record and redoes the others from scratch,
-so the manifest equals that of an uninterrupted run. No wall-clock fields are recorded.
+A unit is `data.shard_task_samples` keys of a source: consecutive keys of a seeded, hash-based
+permutation of the whole split (so every shard mixes scenes), or, with `data.shard_shuffle`
+off, one chunk (nuScenes scene, SemanticKITTI sequence) or a part of a long chunk. The
+done-record is the one commit point: a re-run keeps every unit whose record lists no skipped
+sample and redoes the others from scratch, so the manifest equals that of an uninterrupted
+run. No wall-clock fields are recorded.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 from hvdistill.config import DataConfig
 from hvdistill.data.schema import SCHEMA_VERSION
+from sharding.writer import TMP_SUFFIX, attempt_token
 
 MANIFEST = "manifest.json"
 STATE_DIR = "_state"
@@ -33,23 +39,26 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 
 @dataclass
 class Unit:
-    """One Ray task's worth of samples: a chunk or a part of a long chunk."""
+    """One Ray task's worth of samples: a slice of the shuffled split, or of one chunk."""
 
     dataset: str
     split: str
-    chunk: str
-    part: int
+    chunk: str  # the chunk of a per-chunk unit; "" for a unit drawn from the whole split
+    part: int  # part within the chunk, or the unit's index in the split
     keys: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
+        if not self.chunk:
+            return f"{self.dataset}-{self.split}-u{self.part:05d}"
         return f"{self.dataset}-{self.split}-{_UNSAFE.sub('_', self.chunk)}-p{self.part:03d}"
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to `path.tmp`, fsync, rename: readers see the old file or the new one."""
+    """Write JSON to a temporary unique to this call, fsync, rename: readers see the old file or
+    the new one, and concurrent writers never share a temporary."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{attempt_token()}{TMP_SUFFIX}")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
         f.flush()
@@ -74,6 +83,8 @@ def sharding_config(cfg: DataConfig) -> dict[str, Any]:
         "superpixels": asdict(cfg.superpixels),
         "shard_size_mb": cfg.shard_size_mb,
         "shard_task_samples": cfg.shard_task_samples,
+        "shard_shuffle": cfg.shard_shuffle,
+        "shard_shuffle_seed": cfg.shard_shuffle_seed,
         "cameras": list(cfg.cameras),
     }
 
@@ -91,8 +102,9 @@ def unit_record_path(out_dir: Path, unit_name: str) -> Path:
 
 
 def unit_files(out_dir: Path, unit_name: str) -> list[Path]:
-    """Shards and temporaries a unit may have left in `out_dir`."""
-    pattern = re.compile(rf"^{re.escape(unit_name)}-\d{{4}}\.tar(\.tmp)?$")
+    """Shards and temporaries (of any attempt) a unit may have left in `out_dir`."""
+    tmp = re.escape(TMP_SUFFIX)
+    pattern = re.compile(rf"^{re.escape(unit_name)}-\d{{4}}\.tar(?:(?:\.[0-9a-f]+)?{tmp})?$")
     return sorted(p for p in Path(out_dir).iterdir() if pattern.match(p.name))
 
 
@@ -143,9 +155,9 @@ def build_manifest(out_dir: Path) -> dict[str, Any]:
         for unit in source_units(out_dir, record):
             if unit is None:
                 continue
-            tag = {"dataset": record["dataset"], "split": record["split"], "chunk": unit["chunk"]}
+            tag = {"dataset": record["dataset"], "split": record["split"], "unit": unit["unit"]}
             shards += [{**s, **tag} for s in unit["shards"]]
-            skipped += [{**s, **tag} for s in unit["skipped"]]
+            skipped += [{**s, **tag} for s in unit["skipped"]]  # each names its own chunk
     for s in sources:
         s.pop("units", None)
     return {

@@ -1,8 +1,8 @@
-"""Shard writing: deterministic bytes, size-bounded rollover, temporary names until complete."""
+"""Shard writing: deterministic bytes, size-bounded rollover, sha256 while writing, per-attempt temps."""
 
 import tarfile
 
-from sharding.writer import ShardWriter, file_sha256, record_size
+from sharding.writer import ShardWriter, balanced_quota, file_sha256, record_size
 
 
 def records(n: int, payload: int = 3000) -> list[dict]:
@@ -15,7 +15,7 @@ def write(tmp_path, name, recs, max_bytes):
     w = ShardWriter(tmp_path, name, max_bytes)
     for r in recs:
         w.write(r)
-    return w.close()
+    return w.commit()
 
 
 def test_same_records_give_identical_shards(tmp_path):
@@ -24,7 +24,7 @@ def test_same_records_give_identical_shards(tmp_path):
     a = write(tmp_path / "a", "x", records(5), 1 << 20)
     b = write(tmp_path / "b", "x", records(5), 1 << 20)
     assert [s.sha256 for s in a] == [s.sha256 for s in b]
-    assert a[0].sha256 == file_sha256(tmp_path / "a" / "x-0000.tar")
+    assert a[0].sha256 == file_sha256(tmp_path / "a" / "x-0000.tar")  # hashed while written
 
 
 def test_rollover_respects_max_bytes(tmp_path):
@@ -47,9 +47,44 @@ def test_rollover_respects_max_bytes(tmp_path):
     ]  # samples contiguous, members sorted
 
 
-def test_unfinished_shard_keeps_temporary_name(tmp_path):
+def test_shards_stay_temporaries_of_their_attempt_until_commit(tmp_path):
+    recs = records(4)
+    a = ShardWriter(tmp_path, "x", 2 * record_size(recs[0]), attempt="aaaa")
+    b = ShardWriter(tmp_path, "x", 2 * record_size(recs[0]), attempt="bbbb")
+    for r in recs:
+        a.write(r)
+        b.write(r)
+    a.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "x-0000.tar.aaaa.tmp",
+        "x-0000.tar.bbbb.tmp",
+        "x-0001.tar.aaaa.tmp",
+        "x-0001.tar.bbbb.tmp",
+    ]
+    b.abort()  # a failed attempt removes only its own files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x-0000.tar.aaaa.tmp", "x-0001.tar.aaaa.tmp"]
+    shards = a.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x-0000.tar", "x-0001.tar"]
+    for s in shards:
+        assert (s.bytes, s.sha256) == ((tmp_path / s.name).stat().st_size, file_sha256(tmp_path / s.name))
+        with tarfile.open(tmp_path / s.name) as tar:
+            assert len(tar.getnames()) == 2 * s.samples
+
+
+def test_aborted_open_shard_leaves_nothing(tmp_path):
     w = ShardWriter(tmp_path, "x", 1 << 20)
     w.write(records(1)[0])
-    assert [p.name for p in tmp_path.iterdir()] == ["x-0000.tar.tmp"]
+    assert [p.name for p in tmp_path.iterdir()] == [f"x-0000.tar.{w.attempt}.tmp"]
     w.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_unit_is_split_into_balanced_shards(tmp_path):
+    recs = records(10)
+    size = record_size(recs[0])
+    w = ShardWriter(tmp_path, "x", 7 * size, samples=len(recs))  # 10 records: 2 shards needed
+    for r in recs:
+        w.write(r)
+    assert [s.samples for s in w.commit()] == [5, 5]  # not 7 + 3
+    assert balanced_quota(size, 10, 7 * size) == 5 and balanced_quota(size, 10, 100 * size) == 10
+    assert balanced_quota(size, 0, size) > 10**9  # unknown unit size: the byte bound decides

@@ -2,7 +2,8 @@
 
 Sharding splits a source into chunks (nuScenes scenes, SemanticKITTI sequences), converts
 each chunk in a Ray task, and reads samples by key; the same keys are the WebDataset keys of
-the shards (nuScenes sample token; SemanticKITTI "SEQ_FRAME").
+the shards (nuScenes sample token; SemanticKITTI "SEQ_FRAME"). `plan(key)` resolves a key into
+a devkit-free `ReadPlan` (plan.py) that sharding sends to its workers instead of the source.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from hvdistill.data.sample import Sample
+from hvdistill.data.sources.plan import ReadPlan
 
 
 class DataSource(Protocol):
@@ -29,4 +31,10 @@ class DataSource(Protocol):
 
     def read(self, key: str) -> Sample:
         """The full-resolution sample (no pairs, no superpixels); raises SampleReadError."""
+        ...
+
+    def plan(self, key: str) -> ReadPlan:
+        """What `read(key)` needs, resolved: `read_plan(plan(key))` equals `read(key)`.
+
+        Never raises SampleReadError: damage found while planning is the plan's `error`."""
         ...

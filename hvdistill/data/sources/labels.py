@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 NUSCENES_LABEL_MAP = "nuscenes-lidarseg-16"
 SEMANTICKITTI_LABEL_MAP = "semantickitti-19"
 UNMAPPED = 255  # lookup value of a raw id that the map does not define
+UNKNOWN_IDS_SHOWN = 10  # raw ids a SampleReadError lists when a label file holds unknown ones
+NUSCENES_UNKNOWN = "lidarseg indices {ids} are not nuScenes-lidarseg classes"
+SEMANTICKITTI_UNKNOWN = "raw ids {ids} are not SemanticKITTI classes"
 
 # index = training class; 0 = ignore (the devkit's LidarsegClassMapper.get_coarse2idx order)
 NUSCENES_CLASS_NAMES: tuple[str, ...] = (

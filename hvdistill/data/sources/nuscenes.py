@@ -6,7 +6,8 @@ images in `NUSCENES_CAMERAS` order, the calibrated_sensor and ego_pose records a
 and at each camera's timestamp (as float64 4x4 matrices), and, when nuScenes-lidarseg is
 installed in the root, the per-point labels mapped 32 -> 16 classes by the devkit's
 `LidarsegClassMapper`. Chunks are scenes of the official split (mini_train / mini_val for
-v1.0-mini) or of a split file; keys are sample tokens.
+v1.0-mini) or of a split file; keys are sample tokens. `plan(key)` resolves the same table
+lookups into a devkit-free `ReadPlan` (plan.py) for workers that must not load the tables.
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from hvdistill.data.sources.files import (
     read_points,
     read_split_file,
 )
-from hvdistill.data.sources.labels import NUSCENES_LABEL_MAP, map_labels, nuscenes_lookup
+from hvdistill.data.sources.labels import (
+    NUSCENES_LABEL_MAP,
+    NUSCENES_UNKNOWN,
+    UNKNOWN_IDS_SHOWN,
+    map_labels,
+    nuscenes_lookup,
+)
+from hvdistill.data.sources.plan import CameraPlan, LabelPlan, ReadPlan, failed_plan
 from hvdistill.geometry.transforms import make_transform
 
 LIDAR_CHANNEL = "LIDAR_TOP"
@@ -80,6 +88,7 @@ class NuScenesSource:
         self.label_map_name = NUSCENES_LABEL_MAP if self.has_labels else ""
         self._lookup = self._build_lookup() if self.has_labels else None
         self._scenes = {s["name"]: s for s in self.nusc.scene}
+        self._key_chunk: dict[str, str] = {}  # sample token -> scene name, filled by keys()
         self._chunks = self._select_scenes(split, split_file)
 
     def _build_lookup(self) -> np.ndarray:
@@ -124,6 +133,7 @@ class NuScenesSource:
         while token:
             tokens.append(token)
             token = self.nusc.get("sample", token)["next"]
+        self._key_chunk.update(dict.fromkeys(tokens, chunk))
         return tokens
 
     def read(self, key: str) -> Sample:
@@ -155,9 +165,65 @@ class NuScenesSource:
             },
         )
 
+    def plan(self, key: str) -> ReadPlan:
+        """The devkit-free read plan of sample `key`; damage in the tables becomes its `error`."""
+        try:
+            return self._plan(key)
+        except SampleReadError as err:
+            return failed_plan(key, self.name, self._key_chunk.get(key, ""), err)
+
+    def _plan(self, key: str) -> ReadPlan:
+        sample = self._table_get(key, "sample", key)
+        data = sample["data"]
+        if LIDAR_CHANNEL not in data:
+            raise SampleReadError(key, self._table_path("sample"), f"sample has no {LIDAR_CHANNEL}")
+        lidar_sd = self._table_get(key, "sample_data", data[LIDAR_CHANNEL])
+        lidar_to_ego, ego_to_global = self._sensor_frames(key, lidar_sd)
+        cameras = tuple(self._camera_plan(key, data, name) for name in self.camera_names)
+        scene = self._table_get(key, "scene", sample["scene_token"])["name"]
+        labels = None
+        if self.has_labels:
+            record = self._table_get(key, "lidarseg", lidar_sd["token"])
+            labels = LabelPlan(
+                str(self.root / record["filename"]), "uint8", 0, self._lookup, NUSCENES_UNKNOWN
+            )
+        return ReadPlan(
+            key=key,
+            dataset=self.name,
+            chunk=scene,
+            points=str(self.root / lidar_sd["filename"]),
+            point_columns=LIDAR_COLUMNS,
+            lidar_to_ego=lidar_to_ego,
+            ego_to_global=ego_to_global,
+            timestamp=int(lidar_sd["timestamp"]),
+            cameras=cameras,
+            labels=labels,
+            meta={
+                "scene": scene,
+                "lidar_token": lidar_sd["token"],
+                "camera_tokens": [c.token for c in cameras],
+                "label_map": self.label_map_name,
+                "version": self.version,
+            },
+        )
+
     # ---------------------------------------------------------------- pieces of a sample
 
     def _read_camera(self, key: str, data: dict, name: str) -> CameraFrame:
+        c = self._camera_plan(key, data, name)
+        image = read_image(key, Path(c.image), c.size)  # (H, W, 3)
+        return CameraFrame(
+            name=name,
+            image=image,
+            intrinsics=c.intrinsics,
+            cam_to_ego=c.cam_to_ego,
+            ego_to_global=c.ego_to_global,
+            timestamp=c.timestamp,
+            token=c.token,
+        )
+
+    def _camera_plan(self, key: str, data: dict, name: str) -> CameraPlan:
+        """Camera `name` of sample `data` from the tables: image path, size, K, poses."""
         if name not in data:
             raise SampleReadError(key, self._table_path("sample_data"), f"sample has no {name} image")
         sd = self._table_get(key, "sample_data", data[name])
@@ -172,10 +238,10 @@ class NuScenesSource:
                 f"a finite 3x3 matrix: {cs.get('camera_intrinsic')}",
             )
         size = (int(sd["width"]), int(sd["height"])) if sd.get("width") else None
-        image = read_image(key, self.root / sd["filename"], size)  # (H, W, 3)
-        return CameraFrame(
+        return CameraPlan(
             name=name,
-            image=image,
+            image=str(self.root / sd["filename"]),
+            size=size,
             intrinsics=intrinsics,
             cam_to_ego=cam_to_ego,
             ego_to_global=ego_to_global,
@@ -211,9 +277,7 @@ class NuScenesSource:
         raw = read_point_labels(key, path, np.uint8, n_points)  # (N,) fine classes 0..31
         labels, bad = map_labels(raw, self._lookup)
         if len(bad):
-            raise SampleReadError(
-                key, path, f"lidarseg indices {bad.tolist()} are not nuScenes-lidarseg classes"
-            )
+            raise SampleReadError(key, path, NUSCENES_UNKNOWN.format(ids=bad.tolist()[:UNKNOWN_IDS_SHOWN]))
         return labels
 
     def _table_path(self, table: str) -> Path:

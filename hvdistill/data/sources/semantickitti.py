@@ -10,7 +10,8 @@ with the baseline t folded into its 4th column). We store intrinsics = K and
 cam_to_ego = inverse of (translate(t) @ Tr), so `K @ Sample.lidar_to_camera(0)` reproduces
 `P2 @ Tr` exactly and the camera frame is camera 2's own (depth = z in that frame). Ego poses:
 `poses.txt` (camera 0 -> world) composed with Tr when present, else identity; the LiDAR and the
-camera share it, so it cancels in `lidar_to_camera`.
+camera share it, so it cancels in `lidar_to_camera`. `plan(key)` parses calib/poses/times into
+a `ReadPlan` (plan.py) whose files any worker reads with `read_plan`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ from hvdistill.data.sources.files import (
     read_points,
     read_split_file,
 )
-from hvdistill.data.sources.labels import SEMANTICKITTI_LABEL_MAP, map_labels, semantickitti_lookup
+from hvdistill.data.sources.labels import (
+    SEMANTICKITTI_LABEL_MAP,
+    SEMANTICKITTI_UNKNOWN,
+    UNKNOWN_IDS_SHOWN,
+    map_labels,
+    semantickitti_lookup,
+)
+from hvdistill.data.sources.plan import CameraPlan, LabelPlan, ReadPlan, failed_plan
 
 KITTI_CAMERAS = ("image_2", "image_3")  # left / right colour camera; P2 / P3 in calib.txt
 DEFAULT_CAMERAS = ["image_2"]
@@ -192,6 +200,47 @@ class SemanticKITTISource:
             },
         )
 
+    def plan(self, key: str) -> ReadPlan:
+        """The read plan of sample "SEQ_FRAME" (calib, pose, time parsed here; files read later)."""
+        seq, _, frame = key.rpartition("_")
+        try:
+            return self._plan(key, seq, frame)
+        except SampleReadError as err:
+            return failed_plan(key, self.name, seq, err)
+
+    def _plan(self, key: str, seq: str, frame: str) -> ReadPlan:
+        seq_dir = self.sequences_dir / seq
+        if not seq or not frame.isdigit():
+            raise SampleReadError(key, self.sequences_dir, "key is not 'SEQ_FRAME', e.g. '08_000123'")
+        calib_path = seq_dir / "calib.txt"
+        calib = read_calibration(key, calib_path)
+        ego_to_global = self._ego_pose(key, seq_dir, int(frame), calib)
+        timestamp = self._timestamp(seq_dir, int(frame))
+        cameras = []
+        for camera in self.camera_names:
+            k, cam_to_ego = camera_calibration(key, calib_path, calib, camera)
+            image = str(seq_dir / camera / f"{frame}.png")
+            cameras.append(
+                CameraPlan(camera, image, None, k, cam_to_ego, ego_to_global, timestamp, f"{key}/{camera}")
+            )
+        labels = None
+        if (seq_dir / "labels").is_dir():
+            path = str(seq_dir / "labels" / f"{frame}.label")
+            labels = LabelPlan(path, "uint32", RAW_ID_MASK, self._lookup, SEMANTICKITTI_UNKNOWN)
+        return ReadPlan(
+            key=key,
+            dataset=self.name,
+            chunk=seq,
+            points=str(seq_dir / "velodyne" / f"{frame}.bin"),
+            point_columns=POINT_COLUMNS,
+            lidar_to_ego=np.eye(4),
+            ego_to_global=ego_to_global,
+            timestamp=timestamp,
+            cameras=tuple(cameras),
+            labels=labels,
+            meta={"scene": seq, "frame": frame, "label_map": self.label_map_name if labels else ""},
+        )
+
     # ---------------------------------------------------------------- pieces of a sample
 
     def _read_labels(self, key: str, seq_dir: Path, frame: str, n_points: int) -> np.ndarray | None:
@@ -201,7 +250,9 @@ class SemanticKITTISource:
         raw = read_point_labels(key, path, np.uint32, n_points) & RAW_ID_MASK  # (N,)
         labels, bad = map_labels(raw, self._lookup)
         if len(bad):
-            raise SampleReadError(key, path, f"raw ids {bad.tolist()[:10]} are not SemanticKITTI classes")
+            raise SampleReadError(
+                key, path, SEMANTICKITTI_UNKNOWN.format(ids=bad.tolist()[:UNKNOWN_IDS_SHOWN])
+            )
         return labels
 
     def _ego_pose(self, key: str, seq_dir: Path, frame: int, calib: dict[str, np.ndarray]) -> np.ndarray:
