@@ -51,9 +51,15 @@ class HashingReader:
             pass
 
 
-def iter_records(tar: tarfile.TarFile, decode: bool) -> Iterator[dict[str, Any]]:
+def iter_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Records {"__key__": key, member: bytes} of a tar file, grouped by key in file order."""
+    with tarfile.open(path, mode="r|") as tar:
+        yield from stream_records(tar, load=True)
+
+
+def stream_records(tar: tarfile.TarFile, load: bool) -> Iterator[dict[str, Any]]:
     """Records {"__key__": key, member: bytes} of a tar opened in stream mode, grouped by key;
-    without `decode` the member bytes are skipped (b"") rather than loaded."""
+    without `load` the member bytes are skipped (b"") rather than read into memory."""
     record: dict[str, Any] = {}
     for info in tar:
         if not info.isfile():
@@ -63,7 +69,7 @@ def iter_records(tar: tarfile.TarFile, decode: bool) -> Iterator[dict[str, Any]]
             yield record
             record = {}
         record["__key__"] = key
-        record[member] = tar.extractfile(info).read() if decode else b""
+        record[member] = tar.extractfile(info).read() if load else b""
     if record:
         yield record
 
@@ -78,7 +84,7 @@ def check_shard(path: str, entry: dict[str, Any], deep: bool) -> tuple[list[str]
         reader = HashingReader(f)
         try:
             with tarfile.open(fileobj=reader, mode="r|") as tar:
-                for record in iter_records(tar, deep):
+                for record in stream_records(tar, load=deep):
                     keys.append(record["__key__"])
                     if not record["__key__"] or "" in record:
                         problems.append(f"{name}: member without a '<key>.<member>' name")
