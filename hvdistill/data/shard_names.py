@@ -13,9 +13,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-# What `sharding/writer.py` produces: `<dataset>-<split>-<chunk>-p<part>-<index>.tar`, with
-# every component reduced to [A-Za-z0-9_-]. Kept a little wider (any dotted components) so the
-# rule is "a plain file name ending in .tar", never a URL, an option or a path.
+# What `sharding/writer.py` produces: `<dataset>-<split>-u<unit>-<index>.tar` (units drawn from
+# the whole split) or `<dataset>-<split>-<chunk>-p<part>-<index>.tar` (per-chunk units), with
+# every component reduced to [A-Za-z0-9_-]; a writer's temporary ends in `.tmp` and never
+# matches. Kept a little wider (any dotted components) so the rule is "a plain file name ending
+# in .tar", never a URL, an option or a path.
 SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*\.tar")
 
 

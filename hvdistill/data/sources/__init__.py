@@ -3,6 +3,7 @@
 `build_source(cfg)` turns a `SourceConfig` into a `DataSource` (see base.py): chunks (scenes /
 sequences), keys (sample tokens / "SEQ_FRAME") and `read(key) -> Sample`, raising
 `SampleReadError` for a damaged sample and `DatasetLayoutError` for a root that cannot be opened.
+`plan(key)` gives the devkit-free `ReadPlan` of a key (plan.py), which `read_plan` reads anywhere.
 """
 
 from __future__ import annotations
