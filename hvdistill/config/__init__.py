@@ -23,7 +23,13 @@ from typing import Any
 from hvdistill.config.data import NUSCENES_CAMERAS, DataConfig, SourceConfig, SuperpixelConfig, data_problems
 from hvdistill.config.downstream import FinetuneConfig, SweepConfig, finetune_problems, sweep_problems
 from hvdistill.config.geometry import AugmentConfig, GeometryConfig, augment_problems, geometry_problems
-from hvdistill.config.loader import ConfigError, apply_overrides, flatten_dataclass, load_yaml_diff
+from hvdistill.config.loader import (
+    ConfigError,
+    apply_overrides,
+    flatten_dataclass,
+    load_yaml_diff,
+    merge_mapping,
+)
 from hvdistill.config.model import (
     DepthModelConfig,
     ImageModelConfig,
@@ -71,6 +77,7 @@ __all__ = [
     "TrackingConfig",
     "TrainConfig",
     "flatten",
+    "from_dict",
     "load_config",
     "problems",
     "to_dict",
@@ -184,3 +191,19 @@ def flatten(cfg: Any, sections: Iterable[str] | None = None) -> dict[str, Any]:
 def to_dict(cfg: Config) -> dict[str, Any]:
     """Nested plain dict (YAML/JSON-serialisable)."""
     return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict[str, Any], sections: Iterable[str] | None = None) -> Config:
+    """The inverse of `to_dict`: a Config from a nested plain dict, checked like a YAML file.
+
+    How a config travels to Ray workers and back from a run directory. Type errors and unknown
+    keys are reported for every section, semantic checks for `sections` (default: all), all in
+    one ConfigError.
+    """
+    if not isinstance(d, dict):
+        raise ConfigError([f"config: expected a mapping of sections, got {type(d).__name__}"])
+    cfg = Config()
+    found = merge_mapping(cfg, d)
+    if found:
+        raise ConfigError(found)
+    return validate(cfg, sections)
