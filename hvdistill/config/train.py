@@ -59,6 +59,11 @@ class DistConfig:
     num_workers: int = 1  # Ray Train workers
     use_gpu: bool = False
     sync_batchnorm: bool = True
+    # Ray Train (launch/train.py): resources each worker reserves, restarts, where Ray keeps its state
+    cpus_per_worker: int = 1  # CPUs a worker reserves (its DataLoader workers run inside them)
+    gpus_per_worker: float = 1.0  # GPUs a worker reserves when use_gpu (fractions share a GPU)
+    max_failures: int = 3  # worker-group restarts after a failure, each resuming the run; -1 = unlimited
+    storage_path: str = ""  # Ray Train's run state; empty = <train.output_dir>/ray; shared on a cluster
 
 
 @dataclass(slots=True, kw_only=True)
@@ -115,6 +120,12 @@ def dist_problems(cfg: Config) -> list[str]:
         p.append(f"dist.zero_stage: {cfg.dist.zero_stage} is not one of 0, 1, 2, 3")
     if cfg.dist.num_workers < 1:
         p.append(f"dist.num_workers: {cfg.dist.num_workers} must be >= 1")
+    if cfg.dist.cpus_per_worker < 1:
+        p.append(f"dist.cpus_per_worker: {cfg.dist.cpus_per_worker} must be >= 1")
+    if cfg.dist.use_gpu and cfg.dist.gpus_per_worker <= 0:
+        p.append(f"dist.gpus_per_worker: {cfg.dist.gpus_per_worker} must be > 0 with dist.use_gpu=true")
+    if cfg.dist.max_failures < -1:
+        p.append(f"dist.max_failures: {cfg.dist.max_failures} must be >= 0, or -1 for unlimited restarts")
     return p
 
 
