@@ -18,6 +18,7 @@ Repeats are interleaved; medians are reported. Also compares superpixel encoding
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import os
 import statistics
@@ -74,8 +75,9 @@ def raw_png_step(source, key: str, pngs: dict[str, Path]) -> None:
 def raw_slic_step(source, key: str, cfg: DataConfig) -> None:
     sample = source.read(key)
     compute_pairs(sample, [c.size for c in sample.cameras])
+    published = dataclasses.replace(cfg.superpixels, scale=1.0)  # the published path: full resolution
     for cam in sample.cameras:
-        compute_superpixels(cam.image, cfg.superpixels)
+        compute_superpixels(cam.image, published)
 
 
 def shard_pass(shard_dir: Path) -> tuple[float, int]:
