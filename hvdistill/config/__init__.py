@@ -49,6 +49,7 @@ from hvdistill.config.train import (
     loss_problems,
     no_problems,
     optim_problems,
+    tracking_problems,
     train_problems,
 )
 
@@ -116,7 +117,7 @@ CHECKS: dict[str, Callable[[Config], list[str]]] = {
     "precision": no_problems,
     "dist": dist_problems,
     "train": train_problems,
-    "tracking": no_problems,
+    "tracking": tracking_problems,
     "finetune": finetune_problems,
     "sweep": sweep_problems,
 }

@@ -81,10 +81,15 @@ class TrainConfig:
 
 @dataclass(slots=True, kw_only=True)
 class TrackingConfig:
-    enabled: bool = True
-    uri: str = ""  # empty = sqlite:///mlruns.db in the output dir
-    experiment: str = "hvdistill"
-    run_name: str = ""
+    enabled: bool = True  # false: no MLflow at all (every rank gets a null tracker)
+    # MLflow store: "" = sqlite:///<run dir>/mlruns.db; or sqlite:///<path>, http(s)://<mlflow server>,
+    # postgresql://... / mysql://... (see docs/cluster.md, "Tracking")
+    uri: str = ""
+    experiment: str = "hvdistill"  # created in the store if missing
+    run_name: str = ""  # MLflow run name; "" = the run directory's name
+    # where a new experiment keeps artifacts: "" = <sqlite store's folder>/mlartifacts, or the
+    # server's --artifacts-destination for http(s) stores; a path or a URI (s3://...)
+    artifact_location: str = ""
 
 
 def loss_problems(cfg: Config) -> list[str]:
@@ -143,6 +148,23 @@ def train_problems(cfg: Config) -> list[str]:
     return p
 
 
+TRACKING_SCHEMES = ("sqlite:///", "http://", "https://", "postgresql", "mysql", "mssql", "databricks")
+
+
+def tracking_problems(cfg: Config) -> list[str]:
+    """Every inconsistency of the `tracking` section (the store's URI scheme)."""
+    t = cfg.tracking
+    p: list[str] = []
+    if t.uri and not t.uri.startswith(TRACKING_SCHEMES):
+        p.append(
+            f"tracking.uri: {t.uri!r} is not a store MLflow 3.17 accepts without MLFLOW_ALLOW_FILE_STORE; "
+            f"use '' (sqlite in the run directory), sqlite:///<path>.db or http://127.0.0.1:5000"
+        )
+    if not t.experiment.strip():
+        p.append("tracking.experiment: must not be empty")
+    return p
+
+
 def no_problems(cfg: Config) -> list[str]:
-    """For sections whose fields are fully checked by their types (precision, tracking)."""
+    """For sections whose fields are fully checked by their types (precision)."""
     return []
