@@ -1,0 +1,8 @@
+"""Downstream evaluation: semantic segmentation fine-tuning and linear probing with label fractions.
+
+metrics.py       confusion matrix, per-class IoU and mIoU, written as JSON / CSV.
+lovasz.py        the Lovasz-softmax loss with an ignore label.
+splits.py        label fractions by the SLidR protocol (1 in k scenes / scans), saved as JSON.
+
+Nothing here imports spconv (models/lidar/ builds every sparse tensor) or ray.
+"""
