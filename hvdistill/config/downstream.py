@@ -6,24 +6,54 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from hvdistill.config.loader import check_range
+from hvdistill.config.model import UNET_STAGES
 
 if TYPE_CHECKING:
     from hvdistill.config import Config
 
+FRACTION_TOLERANCE = 1e-9  # relative: a label fraction must be 1 / k to this precision
+
 
 @dataclass(slots=True, kw_only=True)
 class FinetuneConfig:
-    dataset: Literal["nuscenes", "semantickitti"] = "nuscenes"
-    num_classes: int = 17  # 16 classes + ignore 0 (nuScenes); 20 for SemanticKITTI
+    """Semantic segmentation fine-tuning and linear probing (docs/finetuning.md explains each number).
+
+    The classes come from the dataset's label map (hvdistill/eval/classes.py): 17 outputs for
+    nuScenes (16 classes + ignore 0), 20 for SemanticKITTI. The voxel size is
+    `geometry.voxel_size`, the pretraining one; the point range is this section's own.
+    """
+
+    dataset: Literal["nuscenes", "semantickitti"] = "nuscenes"  # which dataset of data.shards
+    train_split: str = "train"  # shard split fine-tuned on (label fractions select from it)
+    val_split: str = "val"  # shard split evaluated, always whole
     ignore_index: int = 0
+    backbone: str = ""  # "" = random init; a pretraining run dir, a backbone.pt, or runs:/<MLflow run id>
+    strict_backbone: bool = True  # refuse missing / unexpected keys (shape mismatches are always refused)
+    linear_probe: bool = False  # frozen backbone in eval mode; only the classifier trains, at lr_probe
+    label_fraction: float = 1.0  # keep 1 in k = 1 / label_fraction scenes (nuScenes) / scans (KITTI)
     epochs: int = 100
-    lr_trunk: float = 0.02
-    lr_head: float = 2.0
+    max_steps: int = 0  # > 0: stop after this many steps (the cosine spans them); 0 = epochs decide
     batch_size: int = 16
-    lovasz: bool = True
-    linear_probe: bool = False
-    label_fraction: float = 1.0
-    checkpoint: str = ""
+    eval_batch_size: int = 8
+    eval_every: int = 0  # steps between evaluations of the val split; 0 = only the final one
+    log_every: int = 10  # steps between logged training metrics
+    lr_trunk: float = 0.02  # backbone (METHOD.md section 7, nuScenes; SemanticKITTI: 0.05)
+    lr_head: float = 2.0  # fresh classifier when fine-tuning
+    lr_probe: float = 0.05  # classifier when linear probing
+    momentum: float = 0.9
+    dampening: float = 0.1
+    weight_decay: float = 1e-4
+    lovasz: bool = True  # loss = cross-entropy + Lovasz-softmax; false = cross-entropy alone
+    point_range: list[float] = field(default_factory=lambda: [-102.4, -102.4, -9.6, 102.4, 102.4, 9.6])
+    rotation_degrees: float = 360.0  # yaw ~ U(0, rotation_degrees)
+    flip_probability: float = 0.5  # of x and of y, each
+    scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])  # uniform scale; [1, 1] = none
+    seed: int = 0
+    loader_workers: int = 2
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
+    max_bad_fraction: float = 0.01  # stop when more of the scans read are unusable
+    output_dir: str = "runs/finetune"
+    run_name: str = ""  # run directory name under output_dir; empty = generated
 
 
 @dataclass(slots=True, kw_only=True)
@@ -34,10 +64,69 @@ class SweepConfig:
     max_concurrent: int = 1
 
 
+def _fraction_problems(p: list[str], fraction: float) -> None:
+    """The label fraction keeps 1 in k units: it must be 1 / k for an integer k."""
+    if not 0 < fraction <= 1:
+        p.append(f"finetune.label_fraction: {fraction} must be in (0, 1]")
+        return
+    k = round(1.0 / fraction)
+    if abs(k * fraction - 1.0) > FRACTION_TOLERANCE:
+        p.append(
+            f"finetune.label_fraction: {fraction} is not 1 / k for an integer k (keep 1 in k scenes or "
+            f"scans); e.g. finetune.label_fraction={1 / k:g}"
+        )
+
+
+def _point_range_problems(p: list[str], ft: FinetuneConfig, voxel_size: float) -> None:
+    """A [xmin, ymin, zmin, xmax, ymax, zmax] range whose voxel grid the UNet halves 4 times evenly."""
+    r = ft.point_range
+    if len(r) != 6 or any(lo >= hi for lo, hi in zip(r[:3], r[3:])):
+        p.append(f"finetune.point_range: {r} must be [xmin, ymin, zmin, xmax, ymax, zmax] with min < max")
+        return
+    if voxel_size <= 0:
+        return  # the geometry checks report it
+    multiple = 2**UNET_STAGES
+    for axis, lo, hi in zip("xyz", r[:3], r[3:]):
+        cells = (hi - lo) / voxel_size
+        if abs(cells - round(cells)) > 1e-6 * max(1.0, cells) or round(cells) % multiple:
+            p.append(
+                f"finetune.point_range: the {axis} extent {hi - lo:g} m is {cells:g} voxels of "
+                f"geometry.voxel_size={voxel_size:g}; it must be a multiple of {multiple} voxels "
+                f"({multiple * voxel_size:g} m) so the UNet's {UNET_STAGES} stride-2 levels keep every voxel"
+            )
+
+
 def finetune_problems(cfg: Config) -> list[str]:
-    """Every inconsistency of the `finetune` section."""
+    """Every inconsistency of the `finetune` section, with its fix."""
     p: list[str] = []
-    check_range(p, "finetune.label_fraction", cfg.finetune.label_fraction, 0.0, 1.0)
+    ft = cfg.finetune
+    _fraction_problems(p, ft.label_fraction)
+    _point_range_problems(p, ft, cfg.geometry.voxel_size)
+    if ft.epochs < 1 and ft.max_steps < 1:
+        p.append("finetune.epochs / finetune.max_steps: one of them must be >= 1")
+    for key in ("epochs", "max_steps", "eval_every", "loader_workers", "ignore_index"):
+        if getattr(ft, key) < 0:
+            p.append(f"finetune.{key}: {getattr(ft, key)} must be >= 0")
+    for key in ("batch_size", "eval_batch_size", "log_every"):
+        if getattr(ft, key) < 1:
+            p.append(f"finetune.{key}: {getattr(ft, key)} must be >= 1")
+    for key in ("lr_trunk", "lr_head", "lr_probe"):
+        if getattr(ft, key) <= 0:
+            p.append(f"finetune.{key}: {getattr(ft, key)} must be > 0")
+    check_range(p, "finetune.momentum", ft.momentum, 0.0, 1.0)
+    check_range(p, "finetune.dampening", ft.dampening, 0.0, 1.0)
+    check_range(p, "finetune.flip_probability", ft.flip_probability, 0.0, 1.0)
+    check_range(p, "finetune.rotation_degrees", ft.rotation_degrees, 0.0, 360.0)
+    check_range(p, "finetune.max_bad_fraction", ft.max_bad_fraction, 0.0, 1.0)
+    if ft.weight_decay < 0:
+        p.append(f"finetune.weight_decay: {ft.weight_decay} must be >= 0")
+    if len(ft.scale_range) != 2 or not 0 < ft.scale_range[0] <= ft.scale_range[1]:
+        p.append(f"finetune.scale_range: {ft.scale_range} must be [low, high] with 0 < low <= high")
+    if not ft.train_split or not ft.val_split or ft.train_split == ft.val_split:
+        p.append(
+            f"finetune.train_split / finetune.val_split: {ft.train_split!r} and {ft.val_split!r} must be "
+            f"two different shard splits"
+        )
     return p
 
 

@@ -3,6 +3,9 @@
 metrics.py       confusion matrix, per-class IoU and mIoU, written as JSON / CSV.
 lovasz.py        the Lovasz-softmax loss with an ignore label.
 splits.py        label fractions by the SLidR protocol (1 in k scenes / scans), saved as JSON.
+classes.py       the class maps and names of each dataset's labels.
+segmentation.py  the segmentation model: the 3D UNet backbone + a fresh classifier.
+backbone.py      finding and checking a pretrained backbone (run dir, backbone.pt, MLflow run).
 
 Nothing here imports spconv (models/lidar/ builds every sparse tensor) or ray.
 """

@@ -1,0 +1,69 @@
+"""Shared pieces of the eval tests: the tiny config, small voxelised clouds, an exported backbone."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hvdistill.config import Config, load_config
+from hvdistill.geometry.voxel import voxelize
+from hvdistill.models.lidar import LidarStudent, build_lidar_model
+from tests.helpers import config_path
+
+
+def tiny_config(*overrides: str) -> Config:
+    return load_config(config_path("tiny.yaml"), list(overrides))
+
+
+def voxel_batch(cfg: Config, seed: int = 0, samples: int = 2, n: int = 1500):
+    """Ground + wall clouds -> (coords (V, 4) int32 (b, z, y, x), feats (V, 1), [Z, Y, X], B)."""
+    rng = np.random.default_rng(seed)
+    coords, feats = [], []
+    for b in range(samples):
+        ground = np.c_[rng.uniform(-4, 4, (n // 2, 2)), rng.normal(-1.8, 0.03, n // 2)]
+        wall = np.c_[
+            rng.uniform(-4, 4, n - n // 2),
+            rng.normal(3.0, 0.03, n - n // 2),
+            rng.uniform(-1.8, 1, n - n // 2),
+        ]
+        cloud = np.c_[np.r_[ground, wall], rng.uniform(0, 1, n)].astype(np.float32)
+        vox = voxelize(cloud, cfg.geometry.voxel_size, cfg.geometry.point_range)
+        c = vox.coords  # (V_b, 3) ix, iy, iz
+        coords.append(np.c_[np.full(len(c), b), c[:, 2], c[:, 1], c[:, 0]])
+        feats.append(cloud[vox.kept, 3:4])
+    shape = list(vox.spatial_shape[::-1])
+    return (
+        torch.from_numpy(np.concatenate(coords)).int(),
+        torch.from_numpy(np.concatenate(feats)),
+        shape,
+        samples,
+    )
+
+
+def trained_looking_student(cfg: Config, seed: int = 0) -> LidarStudent:
+    """A student with random weights and non-trivial BatchNorm statistics, in eval mode."""
+    torch.manual_seed(seed)
+    student = build_lidar_model(cfg.model, cfg.geometry, "cpu")
+    for m in student.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return student.eval()
+
+
+def export_backbone(student: LidarStudent, cfg: Config, out: Path, meta: bool = True) -> Path:
+    """What a pretraining run exports: backbone.pt (plain tensors) and backbone.json (model config)."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(student.backbone_state_dict(), out / "backbone.pt")
+    if meta:
+        info = {
+            "model": {"lidar": dataclasses.asdict(cfg.model.lidar), "feature_dim": cfg.model.feature_dim},
+            "geometry": {"voxel_size": cfg.geometry.voxel_size, "point_range": cfg.geometry.point_range},
+            "step": 7,
+        }
+        (out / "backbone.json").write_text(json.dumps(info))
+    return out
