@@ -17,6 +17,11 @@ VERBS: dict[str, tuple[str, str]] = {
     "inspect": ("hvdistill.data.sources.cli", "read a dataset through its source and print what it holds"),
     "shard": ("sharding.cli", "shard every data.sources entry with Ray; `shard verify DIR`"),
     "demo": ("hvdistill.demo", "run the furthest pipeline that exists on the synthetic world"),
+    "submit": ("launch.submit", "submit pretraining to a Ray cluster as a job; submit status|logs|stop ID"),
+}
+# verb -> (flag, module): with the flag among its arguments the verb runs that module instead
+FLAG_ROUTES: dict[str, tuple[str, str]] = {
+    "pretrain": ("--ray", "launch.train"),  # `pretrain CONFIG ... --ray`: on Ray Train workers
 }
 
 
@@ -34,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     verb, rest = argv[0], argv[1:]
+    flag, routed = FLAG_ROUTES.get(verb, ("", ""))
+    if flag and flag in rest:
+        return int(importlib.import_module(routed).main(rest) or 0)
     if verb not in VERBS:
         import difflib
 

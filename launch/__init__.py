@@ -1,4 +1,4 @@
-"""Ray cluster entry points, empty until distributed pretraining lands (Ray Train, submit, Tune).
+"""Ray cluster entry points for pretraining: Ray Train workers (`pretrain --ray`) and Ray Jobs (`submit`).
 
-The package exists now so the layout, packaging and layering rules are fixed from the start.
+The only package besides sharding/ that imports ray; hvdistill/cli.py dispatches to it lazily.
 """

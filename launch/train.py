@@ -1,0 +1,326 @@
+"""Pretraining on Ray: `hvdistill.train.run.run(cfg)` on `dist.num_workers` Ray Train (TorchTrainer) workers.
+
+    hvdistill pretrain CONFIG [key=value ...] --ray [--address ADDR]
+
+The driver (this process) prepares everything the workers must agree on before any starts:
+the config is validated, its paths made absolute (Ray Train changes a worker's working
+directory), `train.run_name` fixed (generated when empty) and the MLflow store created
+(`prepare_tracking`: two workers migrating a new sqlite file at once crash). The config travels
+as a plain dict (`to_dict` / `from_dict`). Each worker calls the same `run(cfg, hooks)` as
+`hvdistill pretrain` without Ray; TorchTrainer has already set RANK/WORLD_SIZE/LOCAL_RANK/
+MASTER_ADDR/MASTER_PORT and a gloo (CPU) or nccl (GPU) process group, which `run` and
+DeepSpeed reuse.
+
+Failures (Ray Train v2, the default API of Ray 2.60): when a worker dies or raises, Ray stops
+the whole worker group and starts a new one, at most `dist.max_failures` times
+(`FailureConfig`). The new group calls `run` again with the same config; `run` finds the same
+run directory (its name was fixed here) and resumes from the newest complete checkpoint in it,
+and the MLflow run recorded there continues. The run directory is the one source of truth for
+resuming: Ray registers a checkpoint only after `run` has written it, so Ray's record is never
+newer. To Ray each checkpoint is reported as a pointer (a small directory holding
+`pointer.json`: step and checkpoint path), so Ray lists the checkpoints in its storage
+(`dist.storage_path`, default `<train.output_dir>/ray/<run name>`) without copying
+gigabytes of engine state. `ray.train.report` is a barrier over all workers, so it is called
+only where every rank passes: at each checkpoint and once at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from hvdistill.config import RUN_SECTIONS, Config, ConfigError, from_dict, load_config, to_dict
+
+RUN_ENTRY = "hvdistill.train.run:run"  # module:function called on every worker as f(cfg, hooks)
+POINTER_FILE = "pointer.json"  # what a Ray checkpoint holds: {"step", "checkpoint", "run_dir"}
+RAY_STORAGE_DIR = "ray"  # default dist.storage_path under train.output_dir
+LOOPBACK = "127.0.0.1"
+
+
+class LaunchError(RuntimeError):
+    """The Ray run could not start or failed for good (after its restarts)."""
+
+
+@dataclass
+class RayTrainResult:
+    """What a Ray run leaves: the run directory and the last report of rank 0."""
+
+    run_dir: Path
+    run_name: str
+    steps: int
+    metrics: dict[str, Any] = field(default_factory=dict)  # rank 0's last reported metrics
+    tracking_run_id: str | None = None
+    tracking_uri: str = ""
+    checkpoint: Path | None = None  # newest run-directory checkpoint Ray registered
+    ray_storage: str = ""  # Ray Train's own run state (<storage_path>/<run name>)
+
+
+def new_run_name() -> str:
+    """A fresh, sortable run directory name: pretrain-<UTC time>-<6 hex>."""
+    return f"pretrain-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+
+
+def _absolute(path: str, base: Path) -> str:
+    """`path` resolved against `base` unless empty, absolute or a URI (s3://, gs://, ...)."""
+    if not path or "://" in path or Path(path).is_absolute():
+        return path
+    return str((base / path).resolve())
+
+
+def prepare_config(cfg: Config, base: Path | None = None) -> Config:
+    """The config the workers get: paths absolute against `base` (default: cwd), run name fixed.
+
+    Ray Train runs each worker in its own working directory, so a relative `train.output_dir`
+    or `data.shards` entry would point somewhere else there; and a restarted worker group
+    must find the run directory of the first, so the name is decided once, here.
+    """
+    base = Path.cwd() if base is None else base
+    train = replace(
+        cfg.train,
+        output_dir=_absolute(cfg.train.output_dir, base),
+        run_name=cfg.train.run_name or new_run_name(),
+    )
+    data = replace(cfg.data, shards=[_absolute(s, base) for s in cfg.data.shards])
+    image = replace(cfg.model.image, weights=_absolute(cfg.model.image.weights, base))
+    model = replace(cfg.model, image=image)
+    dist = replace(cfg.dist, storage_path=_absolute(cfg.dist.storage_path, base))
+    return replace(cfg, train=train, data=data, model=model, dist=dist)
+
+
+def run_dir_of(cfg: Config) -> Path:
+    """`<train.output_dir>/<train.run_name>` of a prepared config."""
+    return Path(cfg.train.output_dir) / cfg.train.run_name
+
+
+def storage_path_of(cfg: Config) -> str:
+    """Where Ray Train keeps its run state: dist.storage_path or <train.output_dir>/ray."""
+    return cfg.dist.storage_path or str(Path(cfg.train.output_dir) / RAY_STORAGE_DIR)
+
+
+def _resolve_entry(entry: str) -> Callable[..., Any]:
+    module, _, name = entry.partition(":")
+    if not module or not name:
+        raise ValueError(f"entry {entry!r}: expected 'package.module:function'")
+    return getattr(importlib.import_module(module), name)
+
+
+class _Reporter:
+    """The hooks a worker gives `run`: keeps the last metrics, reports each checkpoint to Ray."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+        self.last: dict[str, float] = {}
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        self.last = {k: float(v) for k, v in metrics.items()}
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        import ray.train
+
+        metrics = {**self.last, "step": step}
+        if self.rank != 0:  # every rank calls report (a barrier); rank 0 registers the pointer
+            ray.train.report(metrics, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory(prefix="hvdistill-pointer-") as tmp:
+            pointer = {"step": step, "checkpoint": str(Path(path).resolve())}
+            (Path(tmp) / POINTER_FILE).write_text(json.dumps(pointer))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def read_pointer(checkpoint_dir: str | Path) -> dict[str, Any]:
+    """The {"step", "checkpoint"} a Ray checkpoint of this module points to."""
+    return json.loads((Path(checkpoint_dir) / POINTER_FILE).read_text())
+
+
+def worker_main(config: dict[str, Any]) -> None:
+    """One Ray Train worker: rebuild the config, call the run entry with hooks, report the end."""
+    import ray.train
+
+    cfg = from_dict(config["cfg"], RUN_SECTIONS["pretrain"])
+    rank = ray.train.get_context().get_world_rank()
+    restored = ray.train.get_checkpoint()
+    if restored is not None and rank == 0:
+        with restored.as_directory() as d:
+            step = read_pointer(d)["step"]
+        print(
+            f"launch: restarted worker group; Ray's last registered checkpoint is step {step}; "
+            f"the run resumes from the newest checkpoint in {run_dir_of(cfg)}",
+            flush=True,
+        )
+    from hvdistill.train.run import RunHooks
+
+    reporter = _Reporter(rank)
+    hooks = RunHooks(on_log=reporter.on_log, on_checkpoint=reporter.on_checkpoint)
+    result = _resolve_entry(config["entry"])(cfg, hooks)
+    final = {
+        **reporter.last,
+        "step": int(result.steps),
+        "run_dir": str(result.run_dir),
+        "tracking_run_id": result.tracking_run_id or "",
+    }
+    ray.train.report(final, checkpoint=None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def ray_session(cfg: Config, address: str | None) -> Iterator[None]:
+    """Connect to `address`, or start a local Ray on 127.0.0.1 sized for the workers; undo it after.
+
+    A Ray that is already initialized in this process (a caller's) is used as it is and left
+    running. The local one gets the dashboard on 127.0.0.1 (Ray Train's cleanup actor queries
+    the state API it serves) on a free port.
+    """
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before ray is imported
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(
+            num_cpus=cfg.dist.num_workers * cfg.dist.cpus_per_worker,
+            _node_ip_address=LOOPBACK,
+            include_dashboard=True,
+            dashboard_host=LOOPBACK,
+            dashboard_port=_free_port(),
+        )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def build_trainer(cfg: Config, entry: str = RUN_ENTRY) -> Any:
+    """The TorchTrainer for a prepared config (resources, storage, restarts from `dist`)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    d = cfg.dist
+    resources: dict[str, float] = {"CPU": d.cpus_per_worker}
+    if d.use_gpu:
+        resources["GPU"] = d.gpus_per_worker
+    backend = d.backend if d.backend != "auto" else ("nccl" if d.use_gpu else "gloo")
+    return TorchTrainer(
+        worker_main,
+        train_loop_config={"cfg": to_dict(cfg), "entry": entry},
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=d.num_workers, use_gpu=d.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.train.run_name,
+            storage_path=storage_path_of(cfg),
+            failure_config=ray.train.FailureConfig(max_failures=d.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=_keep(cfg)),
+        ),
+    )
+
+
+def _keep(cfg: Config) -> int | None:
+    """Ray keeps as many pointers as the run keeps checkpoints (train.keep_checkpoints, if set)."""
+    keep = getattr(cfg.train, "keep_checkpoints", 0)
+    return keep if keep and keep > 0 else None
+
+
+def prepare_tracking_for(cfg: Config, run_dir: Path) -> str:
+    """Create the MLflow store and experiment once, before workers open it; "" when tracking is off."""
+    if not cfg.tracking.enabled:
+        return ""
+    from hvdistill.tracking import prepare_tracking
+
+    return prepare_tracking(cfg.tracking, run_dir)
+
+
+def train_on_ray(cfg: Config, address: str | None = None, *, entry: str = RUN_ENTRY) -> RayTrainResult:
+    """Run pretraining on `dist.num_workers` Ray Train workers; local Ray on 127.0.0.1 without `address`.
+
+    `cfg` is validated for a pretraining run, its paths made absolute and its run name fixed;
+    the run directory and the tracking store exist before the first worker starts. Raises
+    LaunchError when the run failed after `dist.max_failures` restarts.
+    """
+    from hvdistill.config import validate
+
+    cfg = prepare_config(validate(cfg, RUN_SECTIONS["pretrain"]))
+    run_dir = run_dir_of(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    uri = prepare_tracking_for(cfg, run_dir)
+    print(f"launch: run directory {run_dir}", flush=True)
+    with ray_session(cfg, address):
+        import ray.train
+
+        try:
+            result = build_trainer(cfg, entry).fit()
+        except ray.train.TrainingFailedError as exc:
+            raise LaunchError(f"the Ray run {cfg.train.run_name} failed for good: {exc}") from exc
+    metrics = dict(result.metrics or {})
+    checkpoint = None
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as d:
+            checkpoint = Path(read_pointer(d)["checkpoint"])
+    return RayTrainResult(
+        run_dir=Path(metrics.pop("run_dir", run_dir)),
+        run_name=cfg.train.run_name,
+        steps=int(metrics.pop("step", 0)),
+        metrics=metrics,
+        tracking_run_id=metrics.pop("tracking_run_id", "") or None,
+        tracking_uri=uri,
+        checkpoint=checkpoint,
+        ray_storage=f"{storage_path_of(cfg)}/{cfg.train.run_name}",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hvdistill pretrain --ray",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", help="YAML diff over the default config, e.g. configs/tiny.yaml")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. dist.num_workers=2")
+    p.add_argument("--ray", action="store_true", help="run on Ray Train (this command's mode)")
+    p.add_argument("--address", default=None, help="Ray cluster (auto, HOST:6379); default: local Ray")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`hvdistill pretrain CONFIG [key=value ...] --ray [--address ADDR]`."""
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, list(args.overrides), sections=RUN_SECTIONS["pretrain"])
+    except ConfigError as exc:
+        print(f"hvdistill pretrain: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = train_on_ray(cfg, args.address)
+    except LaunchError as exc:
+        print(f"hvdistill pretrain: {exc}", file=sys.stderr)
+        return 1
+    print(f"launch: finished {result.steps} steps; run directory {result.run_dir}")
+    if result.tracking_run_id:
+        from hvdistill.tracking import ui_command
+
+        print(f"launch: MLflow run {result.tracking_run_id}; to see it: {ui_command(result.tracking_uri)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
