@@ -122,25 +122,31 @@ class _Reporter:
     def __init__(self, rank: int):
         self.rank = rank
         self.last: dict[str, float] = {}
+        self.checkpoint: Path | None = None
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         self.last = {k: float(v) for k, v in metrics.items()}
 
     def on_checkpoint(self, step: int, path: Path) -> None:
+        self.checkpoint = Path(path).resolve()
+        self.report(step, {"step": step, "checkpoint": str(self.checkpoint)})
+
+    def report(self, step: int, pointer: dict[str, Any]) -> None:
+        """`ray.train.report` on every rank (a barrier); rank 0 attaches `pointer` as Ray's checkpoint."""
         import ray.train
 
         metrics = {**self.last, "step": step}
-        if self.rank != 0:  # every rank calls report (a barrier); rank 0 registers the pointer
+        if self.rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
         with tempfile.TemporaryDirectory(prefix="hvdistill-pointer-") as tmp:
-            pointer = {"step": step, "checkpoint": str(Path(path).resolve())}
             (Path(tmp) / POINTER_FILE).write_text(json.dumps(pointer))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def read_pointer(checkpoint_dir: str | Path) -> dict[str, Any]:
-    """The {"step", "checkpoint"} a Ray checkpoint of this module points to."""
+    """What a Ray checkpoint of this module holds: {"step", "checkpoint"}, and at the end also
+    "run_dir", "tracking_run_id" and "final": true."""
     return json.loads((Path(checkpoint_dir) / POINTER_FILE).read_text())
 
 
@@ -165,12 +171,14 @@ def worker_main(config: dict[str, Any]) -> None:
     hooks = RunHooks(on_log=reporter.on_log, on_checkpoint=reporter.on_checkpoint)
     result = _resolve_entry(config["entry"])(cfg, hooks)
     final = {
-        **reporter.last,
         "step": int(result.steps),
+        "checkpoint": str(reporter.checkpoint) if reporter.checkpoint else None,
         "run_dir": str(result.run_dir),
-        "tracking_run_id": result.tracking_run_id or "",
+        "tracking_run_id": result.tracking_run_id,
+        "final": True,
     }
-    ray.train.report(final, checkpoint=None)
+    reporter.on_log(int(result.steps), result.last_metrics or reporter.last)
+    reporter.report(int(result.steps), final)  # Ray's Result carries the last checkpoint's report
 
 
 def _free_port() -> int:
@@ -271,19 +279,19 @@ def train_on_ray(cfg: Config, address: str | None = None, *, entry: str = RUN_EN
             result = build_trainer(cfg, entry).fit()
         except ray.train.TrainingFailedError as exc:
             raise LaunchError(f"the Ray run {cfg.train.run_name} failed for good: {exc}") from exc
-    metrics = dict(result.metrics or {})
-    checkpoint = None
+    pointer: dict[str, Any] = {}
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
-            checkpoint = Path(read_pointer(d)["checkpoint"])
+            pointer = read_pointer(d)
+    metrics = {k: v for k, v in (result.metrics or {}).items() if k != "step"}
     return RayTrainResult(
-        run_dir=Path(metrics.pop("run_dir", run_dir)),
+        run_dir=Path(pointer.get("run_dir") or run_dir),
         run_name=cfg.train.run_name,
-        steps=int(metrics.pop("step", 0)),
+        steps=int(pointer.get("step", 0)),
         metrics=metrics,
-        tracking_run_id=metrics.pop("tracking_run_id", "") or None,
+        tracking_run_id=pointer.get("tracking_run_id"),
         tracking_uri=uri,
-        checkpoint=checkpoint,
+        checkpoint=Path(pointer["checkpoint"]) if pointer.get("checkpoint") else None,
         ray_storage=f"{storage_path_of(cfg)}/{cfg.train.run_name}",
     )
 
