@@ -6,11 +6,14 @@ owns the dependent key.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from hvdistill.config import Config
+
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -76,7 +79,15 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 1000
     output_dir: str = "runs"
-    max_nonfinite_steps: int = 0
+    max_nonfinite_steps: int = 0  # skipped non-finite micro-batches tolerated; one more stops the run
+    max_steps: int = 0  # optimizer steps; 0 = train.epochs decide
+    eval_every: int = 0  # steps between held-out (val shard) losses; 0 = at the end of each epoch
+    eval_batches: int = 0  # val micro-batches per evaluation; 0 = the whole val split
+    keep_checkpoints: int = 3  # the newest K checkpoints stay, older ones are deleted
+    resume: Literal["auto", "never"] = "auto"  # auto: continue from the run dir's latest checkpoint
+    run_name: str = ""  # run directory under output_dir; "" = generated on rank 0 and broadcast
+    progress: bool = True  # live progress bar on rank 0
+    deterministic: bool = False  # torch deterministic algorithms (exact resume tests)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -143,8 +154,17 @@ def train_problems(cfg: Config) -> list[str]:
             f"train.global_batch: {t.global_batch} must be a positive multiple of "
             f"train.micro_batch={t.micro_batch}"
         )
-    if t.log_every < 1 or t.checkpoint_every < 1:
-        p.append("train.log_every / train.checkpoint_every: must be >= 1")
+    if t.log_every < 1 or t.checkpoint_every < 1 or t.keep_checkpoints < 1:
+        p.append("train.log_every / train.checkpoint_every / train.keep_checkpoints: must be >= 1")
+    if min(t.max_steps, t.eval_every, t.eval_batches, t.steps_per_epoch, t.max_nonfinite_steps) < 0:
+        p.append(
+            "train.max_steps / eval_every / eval_batches / steps_per_epoch / max_nonfinite_steps: "
+            "must be >= 0 (0 = the default rule)"
+        )
+    if t.epochs < 1 and t.max_steps == 0:
+        p.append("train.epochs: must be >= 1 unless train.max_steps caps the run")
+    if t.run_name and (t.run_name in (".", "..") or not _RUN_NAME.fullmatch(t.run_name)):
+        p.append(f"train.run_name: {t.run_name!r} must be a plain directory name ([A-Za-z0-9._-], no '/')")
     return p
 
 

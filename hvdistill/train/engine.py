@@ -1,0 +1,334 @@
+"""The DeepSpeed engine (the only DeepSpeed importer): process group, config, optimizer, backward rule.
+
+Process group (`init_distributed`): an existing default group is reused (Ray Train, a caller's
+own); with RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT in the environment (torchrun, the
+`deepspeed` launcher) the group is created from them; a single process without them gets a
+1-rank gloo group on 127.0.0.1 and a free port, with the variables DeepSpeed asserts (LOCAL_RANK)
+set for the run and removed again by `shutdown_distributed`, so DeepSpeed never looks for mpi4py.
+
+DeepSpeed config (`deepspeed_config`): generated from ours, the one source of truth:
+micro-batch = `train.micro_batch`, gradient accumulation = global / (micro x world) (integral or a
+ConfigError naming the fix), ZeRO stage = `dist.zero_stage`, clipping = `optim.grad_clip`, no
+config-level optimizer or scheduler (a client torch optimizer and LR schedule), no fp16/bf16
+section.
+
+Precision: fp32 master weights and an fp32 DeepSpeed engine. The dense image side (teacher,
+bridge, depth net) computes under torch autocast in the dtype `precision.image_dtype` resolves to
+(the modules own their autocast regions, hvdistill/precision.py); the spconv student, the loss
+logits and every gradient stay fp32. DeepSpeed's bf16/fp16 modes are not used because they cast
+the whole module (spconv has no bf16 kernels, the sparse side must stay fp32) and fp16 adds
+loss scaling to a loss that is fp32 anyway. float16 on CPU is refused as a config error.
+
+Backward rule: `HybridViewLoss` returns per-rank shares whose sum over ranks is the loss of the
+global micro-batch; DeepSpeed averages gradients over the data-parallel ranks and divides the
+loss by the gradient-accumulation steps itself (`engine.backward(loss)` scales by 1 / GAS). So
+`Engine.backward` back-propagates `world_size * total`: after averaging, the gradient is the
+gradient of the global micro-batch loss, averaged over the accumulation window.
+
+CPU traps (docs/training.md): the shared-memory comm op that DeepSpeed JIT-compiles with g++
+on its first initialize (43-70 s) serves only `inference_all_reduce` (tensor-parallel
+inference), never training, so it is switched off on CPU before the first initialize; a client
+optimizer avoids the fused_adam JIT build; runs end with barrier + destroy_process_group.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+from torch import nn
+
+from hvdistill.batch import Batch
+from hvdistill.config import Config, ConfigError
+from hvdistill.loss_inputs import LossInputs
+from hvdistill.precision import choose_image_dtype
+from hvdistill.train.schedule import build_scheduler, peak_lr
+
+log = logging.getLogger(__name__)
+LAUNCH_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+LOOPBACK = "127.0.0.1"
+PLAIN = (int, float, str, bool, type(None))  # JSON/weights_only-safe leaves (exact types)
+
+
+@dataclass
+class DistContext:
+    """This process's place in the run and who owns the process group."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    created: bool  # init_distributed made the group (and shutdown_distributed destroys it)
+    env_added: list[str] = field(default_factory=list)  # variables set for DeepSpeed, removed at shutdown
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def _backend(cfg: Config) -> str:
+    if cfg.dist.backend != "auto":
+        return cfg.dist.backend
+    return "nccl" if cfg.dist.use_gpu else "gloo"
+
+
+def _device(cfg: Config, local_rank: int) -> torch.device:
+    if not cfg.dist.use_gpu:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(["dist.use_gpu: true but torch sees no CUDA device; set dist.use_gpu=false"])
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(cfg: Config) -> DistContext:
+    """Reuse, create from the launcher's environment, or create a 1-rank loopback gloo group."""
+    added: list[str] = []
+    created = False
+    if not tdist.is_initialized():
+        backend = _backend(cfg)
+        if not all(k in os.environ for k in LAUNCH_ENV):
+            single = {
+                "RANK": "0",
+                "WORLD_SIZE": "1",
+                "MASTER_ADDR": LOOPBACK,
+                "MASTER_PORT": str(free_port()),
+            }
+            added = [k for k in single if k not in os.environ]
+            os.environ.update({k: single[k] for k in added})
+            backend = "gloo" if not cfg.dist.use_gpu else backend
+        tdist.init_process_group(backend, init_method="env://", timeout=timedelta(minutes=30))
+        created = True
+    rank, world = tdist.get_rank(), tdist.get_world_size()
+    if "LOCAL_RANK" not in os.environ:  # DeepSpeed asserts it; Ray Train and torchrun set it
+        os.environ["LOCAL_RANK"] = str(
+            rank if world == 1 or not cfg.dist.use_gpu else rank % torch.cuda.device_count()
+        )
+        added.append("LOCAL_RANK")
+    local_rank = int(os.environ["LOCAL_RANK"])
+    ctx = DistContext(rank, world, local_rank, _device(cfg, local_rank), tdist.get_backend(), created, added)
+    log.info(
+        "rank %d of %d on %s (%s, group %s)",
+        rank,
+        world,
+        ctx.device,
+        ctx.backend,
+        "created" if created else "reused",
+    )
+    return ctx
+
+
+def shutdown_distributed(ctx: DistContext, clean: bool = True) -> None:
+    """Barrier (when `clean`) and destroy the group if `init_distributed` created it; undo its env."""
+    if ctx.created and tdist.is_initialized():
+        if clean:
+            tdist.barrier()
+        tdist.destroy_process_group()
+        _forget_deepspeed_comm()
+    for key in ctx.env_added:
+        os.environ.pop(key, None)
+
+
+def _forget_deepspeed_comm() -> None:
+    """DeepSpeed keeps a module-level backend bound to the destroyed group; a later run builds a new one."""
+    import deepspeed.comm.comm as ds_comm
+
+    ds_comm.cdb = None
+
+
+def grad_accumulation(cfg: Config, world_size: int) -> int:
+    """global_batch / (micro_batch x world_size); a ConfigError naming the fix when not integral."""
+    t = cfg.train
+    per_step = t.micro_batch * world_size
+    if t.global_batch % per_step:
+        raise ConfigError(
+            [
+                f"train.global_batch: {t.global_batch} is not a multiple of train.micro_batch x world size "
+                f"= {t.micro_batch} x {world_size}; set train.global_batch to a multiple of {per_step} "
+                f"(or change train.micro_batch / the number of ranks)"
+            ]
+        )
+    return t.global_batch // per_step
+
+
+def check_precision(cfg: Config, device: torch.device) -> None:
+    """Refuse what cannot run here: float16 on CPU (DeepSpeed and CPU autocast have no fp16 path)."""
+    if device.type == "cpu" and choose_image_dtype(cfg.precision, device).name == "float16":
+        raise ConfigError(["precision.image_dtype: float16 is refused on CPU; use auto, bfloat16 or float32"])
+
+
+def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed JSON config generated from ours (see the module docstring)."""
+    gas = grad_accumulation(cfg, world_size)
+    zero: dict[str, Any] = {"stage": cfg.dist.zero_stage}
+    if cfg.dist.zero_stage in (1, 2):
+        zero["elastic_checkpoint"] = False  # per-rank optimizer partitions, loadable rank by rank
+    return {
+        "train_batch_size": cfg.train.global_batch,
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch,
+        "gradient_accumulation_steps": gas,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,  # the client torch optimizer under ZeRO
+        "fp16": {"enabled": False},
+        "bf16": {"enabled": False},
+        "wall_clock_breakdown": False,
+    }
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """The client torch optimizer over the distiller's parameter groups, at the scaled peak rate."""
+    o = cfg.optim
+    groups = [{"params": g.params, "name": g.name} for g in model.parameter_groups() if g.params]
+    lr = peak_lr(o, cfg.train.global_batch)
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(
+        groups, lr=lr, momentum=o.momentum, dampening=o.dampening, weight_decay=o.weight_decay
+    )
+
+
+def _skip_cpu_shm_comm() -> None:
+    """Never JIT-build the shared-memory comm op: training never calls inference_all_reduce."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def plain_state(state: Any) -> Any:
+    """`state` without anything `torch.load(weights_only=True)` would refuse (objects, enums);
+    dropped dict entries are restored from the live optimizer when loading."""
+    if isinstance(state, torch.Tensor) or type(state) in PLAIN:
+        return state
+    if isinstance(state, dict):
+        kept = {k: plain_state(v) for k, v in state.items() if type(k) in PLAIN}
+        return {k: v for k, v in kept.items() if v is not _DROP}
+    if isinstance(state, list | tuple):
+        items = [plain_state(v) for v in state]
+        return _DROP if any(v is _DROP for v in items) else type(state)(items)
+    return _DROP
+
+
+_DROP = object()
+
+
+class Engine:
+    """The DeepSpeed engine with our backward rule, step accounting and grad-norm report."""
+
+    def __init__(self, ds_engine: Any, ctx: DistContext, cfg: Config):
+        self.ds, self.ctx, self.zero_stage = ds_engine, ctx, cfg.dist.zero_stage
+        self.last_grad_norm = float("nan")
+        self._pending_norm: float | None = None
+
+    @property
+    def module(self) -> nn.Module:
+        return self.ds.module
+
+    @property
+    def global_steps(self) -> int:
+        return int(self.ds.global_steps)
+
+    def forward(self, batch: Batch, with_bev: bool) -> LossInputs:
+        return self.ds(batch, with_bev=with_bev)
+
+    def train(self, mode: bool = True) -> None:
+        self.ds.train(mode)
+
+    def lr(self) -> float:
+        return float(self.ds.optimizer.param_groups[0]["lr"])
+
+    def backward(self, total: torch.Tensor) -> None:
+        """Back-propagate world_size x the per-rank share (DeepSpeed averages over ranks, / GAS)."""
+        at_boundary = self.ds.is_gradient_accumulation_boundary()
+        self.ds.backward(self.ctx.world_size * total)
+        if at_boundary and self.zero_stage == 0:
+            grads = [p.grad.detach().float().norm() for p in self.module.parameters() if p.grad is not None]
+            self._pending_norm = float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
+
+    def step(self) -> bool:
+        """Advance one micro-step; True when an optimizer step was applied (accumulation boundary)."""
+        before = self.global_steps
+        self.ds.step()
+        if self.global_steps == before:
+            return False
+        norm = self.ds.get_global_grad_norm() if self.zero_stage > 0 else self._pending_norm
+        self.last_grad_norm = float("nan") if norm is None else float(norm)
+        return True
+
+    # ---- state for checkpoints (plain tensors and numbers only) ----
+    def optimizer_state(self) -> dict[str, Any]:
+        """This rank's optimizer state (ZeRO: its partition) without unpicklable entries."""
+        return plain_state(self.ds.optimizer.state_dict())
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        live = self.ds.optimizer.state_dict()
+        merged = {**live, **state}
+        if self.zero_stage == 0:
+            self.ds.optimizer.load_state_dict(merged)
+            return
+        states = [merged if r == self.ctx.rank else None for r in range(self.ctx.world_size)]
+        self.ds.optimizer.load_state_dict(states, load_optimizer_states=True, load_from_fp32_weights=True)
+
+    def counters(self) -> dict[str, int]:
+        d = self.ds
+        return {
+            "global_steps": int(d.global_steps),
+            "global_samples": int(d.global_samples),
+            "micro_steps": int(d.micro_steps),
+            "skipped_steps": int(d.skipped_steps),
+        }
+
+    def load_counters(self, counters: dict[str, int]) -> None:
+        for key, value in counters.items():
+            setattr(self.ds, key, int(value))
+
+    def scheduler_state(self) -> dict[str, Any]:
+        return plain_state(self.ds.lr_scheduler.state_dict())
+
+    def load_scheduler_state(self, state: dict[str, Any]) -> None:
+        self.ds.lr_scheduler.load_state_dict({**self.ds.lr_scheduler.state_dict(), **state})
+
+
+def prepare_model(model: nn.Module, cfg: Config, ctx: DistContext) -> nn.Module:
+    """SyncBatchNorm on GPU with several ranks (torch has no CPU SyncBatchNorm: per-rank BN on CPU)."""
+    if cfg.dist.sync_batchnorm and ctx.world_size > 1:
+        if ctx.device.type == "cuda":
+            return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        log.warning("dist.sync_batchnorm: no SyncBatchNorm on CPU; BatchNorm statistics stay per rank")
+    return model
+
+
+def build_engine(model: nn.Module, cfg: Config, ctx: DistContext, total_steps: int) -> Engine:
+    """deepspeed.initialize over the distiller with the client optimizer and LR schedule."""
+    check_precision(cfg, ctx.device)
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if ctx.device.type == "cuda" else "cpu")
+    import deepspeed
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    if ctx.device.type == "cpu":
+        _skip_cpu_shm_comm()
+    model = prepare_model(model, cfg, ctx).to(ctx.device)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
+    ds_engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(cfg, ctx.world_size),
+        dist_init_required=False,
+    )
+    return Engine(ds_engine, ctx, cfg)

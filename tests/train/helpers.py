@@ -1,0 +1,90 @@
+"""Pretraining test helpers: shards of the synthetic world, the tiny training config, ranks with a deadline.
+
+`shard_world` shards the session's synthetic nuScenes world (train and val) in this process with
+sharding's own task function (`sharding.job.convert_unit`, what each Ray task runs) and manifest
+writer, so the tests need no Ray cluster. `spawn_ranks` runs a function on several loopback
+ranks and fails (killing them) when they do not finish in time, so a collective that hangs
+fails the test instead of the suite. Ranks are forked: they inherit the test process's imports
+(spconv's import alone takes seconds) and set one torch thread before any work; the test process
+itself never holds a process group while it forks.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch.multiprocessing as mp
+
+from hvdistill.config import Config, load_config
+from tests.helpers import config_path
+from tests.helpers.gloo import free_port
+from tests.helpers.world import NUSCENES_VERSION
+
+STORED = ["data.stored_image_width=96", "data.stored_image_height=54"]
+CAMERAS = "data.cameras=[CAM_FRONT,CAM_BACK]"
+# tiny.yaml with 32 x 64 crops and two cameras: one micro-batch costs a fraction of a second on CPU
+TINY_TRAIN = [
+    *STORED,
+    CAMERAS,
+    "geometry.crop_height=32",
+    "geometry.crop_width=64",
+    "data.loader_workers=1",
+    "data.shuffle_buffer=4",
+    "train.progress=false",
+    "tracking.enabled=false",
+]
+
+
+def shard_world(root: Path, out: Path) -> Path:
+    """Train and val shards of the synthetic nuScenes world at `root`, written into `out`."""
+    from hvdistill.data.sources import build_source
+    from sharding.job import convert_unit, plan_units, source_record
+    from sharding.manifest import check_source_record, write_manifest
+
+    cfg = load_config(None, [*STORED, CAMERAS], sections=("data",))
+    out.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val"):
+        source_cfg = type(cfg.data.sources[0])(
+            name="nuscenes", root=str(root), version=NUSCENES_VERSION, split=split
+        )
+        source = build_source(source_cfg, cameras=list(cfg.data.cameras))
+        units = plan_units(source, split, cfg.data)
+        check_source_record(out, source_record(source_cfg, source, cfg.data, units))
+        for unit in units:
+            convert_unit(cfg.data, unit, [source.plan(k) for k in unit.keys], str(out))
+    write_manifest(out)
+    return out
+
+
+def tiny_train_config(shards: Path, *overrides: str) -> Config:
+    """configs/tiny.yaml + TINY_TRAIN reading `shards`, then `overrides`."""
+    return load_config(config_path("tiny.yaml"), [*TINY_TRAIN, f"data.shards=[{shards}]", *overrides])
+
+
+def spawn_ranks(fn, world: int, args: tuple, timeout: float) -> None:
+    """Run fn(rank, world, port, *args) on `world` spawned processes; fail past `timeout` seconds."""
+    port = free_port()
+    context = mp.start_processes(fn, args=(world, port, *args), nprocs=world, join=False, start_method="fork")
+    deadline = time.monotonic() + timeout
+    try:
+        while not context.join(timeout=max(0.1, deadline - time.monotonic())):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{world} ranks did not finish within {timeout:.0f} s (a hang?)")
+    finally:
+        for p in context.processes:
+            if p.is_alive():
+                p.kill()
+
+
+def rank_env(rank: int, world: int, port: int) -> None:
+    """The launcher variables (torchrun's) for a spawned rank on 127.0.0.1."""
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        GLOO_SOCKET_IFNAME="lo",
+    )

@@ -1,0 +1,130 @@
+"""The engine's backward rule: 2 gloo ranks with half the batch each train like one process with all of it.
+
+Both runs see the same samples with the same augmentation (rank r of 2 takes sample 2s + r at
+step s; one process takes both), and start from the same weights. BatchNorm and dropout are in
+eval mode: torch has no SyncBatchNorm on CPU, so per-rank batch statistics would differ from
+the single process's by design; with them fixed the test isolates what the engine owns (the
+loss's per-rank shares x world size, DeepSpeed's gradient averaging, ZeRO's partitioned step).
+The image side is forced to fp32 (`auto` may pick bf16 on this CPU). Tolerance: per tensor,
+the runs differ by at most 1% of the largest change the training made to it, and by 1e-6
+absolutely (fp32 sums reduced in a different order: ~0.07% of the update was measured; a wrong
+loss normalisation, e.g. gradients halved, is off by 30% or more).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hvdistill.config import ConfigError
+from hvdistill.models.distiller import build_distiller
+from hvdistill.train.engine import build_engine, init_distributed, shutdown_distributed
+from tests.helpers.gloo import free_port
+from tests.train.helpers import rank_env, spawn_ranks, tiny_train_config
+
+STEPS = 3
+STAGES = (0, 2)
+
+
+def _samples(cfg):
+    from hvdistill.data.shards import build_shard_dataset
+
+    data = replace(cfg.data, resampled=False)
+    return list(build_shard_dataset(data, rank=0, world_size=1, seed=0))
+
+
+def _engine_worker(rank: int, world: int, port: int, shards: str, out: str) -> None:
+    from hvdistill.data.augment import augment_sample
+    from hvdistill.data.collate import collate
+    from hvdistill.losses.total import build_hybrid_view_loss
+
+    rank_env(rank, world, port)
+    torch.set_num_threads(1)
+    cfg = tiny_train_config(
+        Path(shards),
+        f"train.micro_batch={2 // world}",
+        "train.global_batch=2",
+        "precision.image_dtype=float32",
+    )
+    ctx = init_distributed(cfg)
+    samples = _samples(cfg)
+    per_rank = 2 // world
+    for stage in STAGES:
+        cfg.dist.zero_stage = stage
+        torch.manual_seed(0)
+        model, loss_fn = build_distiller(cfg, "cpu"), build_hybrid_view_loss(cfg)
+        engine = build_engine(model, cfg, ctx, total_steps=STEPS)
+        engine.train(False)
+        initial = {n: p.detach().clone() for n, p in engine.module.named_parameters() if p.requires_grad}
+        norms = []
+        for step in range(STEPS):
+            mine = [2 * step + rank * per_rank + i for i in range(per_rank)]
+            rngs = [np.random.default_rng(i) for i in mine]
+            augmented = [augment_sample(samples[i], cfg.augment, cfg.geometry, g) for i, g in zip(mine, rngs)]
+            terms = loss_fn(engine.forward(collate(augmented, cfg.geometry), with_bev=True), epoch=0)
+            engine.backward(terms.total)
+            assert engine.step(), "global_batch = micro x world: every micro-step is an optimizer step"
+            norms.append(engine.last_grad_norm)
+        params = {n: p.detach().clone() for n, p in engine.module.named_parameters() if p.requires_grad}
+        torch.save(
+            {"params": params, "initial": initial, "norms": torch.tensor(norms)},
+            Path(out) / f"w{world}-z{stage}-r{rank}.pt",
+        )
+    shutdown_distributed(ctx)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, initial: torch.Tensor) -> bool:
+    """a and b agree to 1% of the change b made from `initial` (and to 1e-6 absolutely)."""
+    diff, update = float((a - b).abs().max()), float((b - initial).abs().max())
+    return diff <= 1e-6 and diff <= 0.01 * update + 1e-9
+
+
+def _two_ranks_and_one(i: int, _: int, port: int, single_port: int, shards: str, out: str) -> None:
+    """Processes 0 and 1: the ranks of a 2-rank group; process 2: a group of its own."""
+    if i < 2:
+        _engine_worker(i, 2, port, shards, out)
+    else:
+        _engine_worker(0, 1, single_port, shards, out)
+
+
+def test_two_ranks_match_one_process_zero0_and_zero2(train_shards, tmp_path):
+    spawn_ranks(_two_ranks_and_one, 3, (free_port(), str(train_shards), str(tmp_path)), timeout=300)
+    load = lambda name: torch.load(tmp_path / name, weights_only=True)  # noqa: E731
+    for stage in STAGES:
+        one, r0, r1 = (load(f"w{w}-z{stage}-r{r}.pt") for w, r in ((1, 0), (2, 0), (2, 1)))
+        for name, p in one["params"].items():
+            assert torch.equal(r0["initial"][name], one["initial"][name]), f"different start for {name}"
+            assert torch.equal(r0["params"][name], r1["params"][name]), f"ranks disagree on {name}"
+            assert _close(r0["params"][name], p, one["initial"][name]), (
+                f"ZeRO-{stage}: {name} differs by {(r0['params'][name] - p).abs().max():.3g}, "
+                f"its update was {(p - one['initial'][name]).abs().max():.3g}"
+            )
+        assert torch.isfinite(one["norms"]).all() and (one["norms"] > 0).all()
+        assert torch.allclose(r0["norms"], one["norms"], rtol=1e-5), (r0["norms"], one["norms"])
+    moved = load("w1-z0-r0.pt")
+    assert any(not torch.equal(moved["params"][n], moved["initial"][n]) for n in moved["params"])
+
+
+def test_global_batch_must_split_into_ranks_and_micro_batches(train_shards):
+    from hvdistill.train.engine import deepspeed_config
+
+    cfg = tiny_train_config(train_shards, "train.global_batch=6", "train.micro_batch=2")
+    ds = deepspeed_config(cfg, world_size=3)
+    assert ds["gradient_accumulation_steps"] == 1 and ds["train_micro_batch_size_per_gpu"] == 2
+    assert deepspeed_config(cfg, world_size=1)["gradient_accumulation_steps"] == 3
+    assert "optimizer" not in ds and "scheduler" not in ds and not ds["bf16"]["enabled"]
+    with pytest.raises(ConfigError, match="train.global_batch: 6 is not a multiple of .* 2 x 2"):
+        deepspeed_config(cfg, world_size=2)
+
+
+def test_float16_is_refused_on_cpu(train_shards):
+    from hvdistill.train.engine import check_precision
+
+    cfg = tiny_train_config(train_shards, "precision.image_dtype=float16")
+    with pytest.raises(ConfigError, match="float16 is refused on CPU"):
+        check_precision(cfg, torch.device("cpu"))
+    check_precision(tiny_train_config(train_shards, "precision.image_dtype=float32"), torch.device("cpu"))
