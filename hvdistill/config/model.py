@@ -44,6 +44,8 @@ class ImageModelConfig:
     weights: str = ""  # local checkpoint path; required unless random_init
     weights_format: Literal["auto", "moco", "dino", "torchvision"] = "auto"
     random_init: bool = False  # explicit opt-in for synthetic runs and tests
+    random_init_seed: int = 0  # a random teacher is the same on every rank (it is never broadcast)
+    allow_partial_weights: bool = False  # load a checkpoint matching the backbone only in part
     output_stride: int = 4
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])

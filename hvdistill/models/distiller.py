@@ -6,6 +6,17 @@ loss: the loss owns the cross-rank gather and this module stays single-device wi
 collective calls. `parameter_groups()` lists the
 trainable parameters by component for the optimiser; the frozen teacher backbone is in none.
 
+Under an engine (DeepSpeed, DDP): the frozen teacher backbone is not a registered submodule
+(`image/teacher.py`), so `parameters()`, `named_parameters()`, `buffers()` and `state_dict()` of
+the distiller hold only trainable parts (student, teacher head, bridge, depth net) plus their
+BN statistics: ZeRO-3 never partitions the teacher and checkpoints never contain it, while
+`.to(device)` still moves it. Build the model outside `deepspeed.zero.Init` (which would
+partition every parameter created inside it). `backbone_state_dict()` is the export of the 3D
+student backbone (no heads); `convert_sync_batchnorm` converts the trainable BatchNorms.
+Precision: keep the weights float32 and wrap the forward (and the loss) in autocast; call
+backward outside it. The sparse student and the BEV pooling run in float32 whatever autocast
+surrounds them; the dense image side computes in `precision.image_dtype`.
+
 Data flow for a batch of B samples with n_cam cameras (N = B * n_cam images):
   voxels -> student -> per-voxel IPV features (V, 64) and LiDAR BEV cells (K, 64)
   crops  -> teacher -> 1/4-resolution head map (N, 64, 56, 104) and IPV map (N, 64, 224, 416)
@@ -91,7 +102,33 @@ class Distiller(nn.Module):
         return groups
 
     def frozen_parameters(self) -> list[nn.Parameter]:
+        """The teacher backbone's parameters (not among `parameters()`; see the module docstring)."""
         return list(self.teacher.backbone.parameters())
+
+    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
+        """The 3D student backbone (sparse UNet, no heads) as plain tensors: `backbone.pt`'s content.
+
+        Under ZeRO-3 the parameters are partitioned: gather them first
+        (`deepspeed.zero.GatheredParameters(model.student.backbone.parameters())`).
+        Load with `LidarStudent.load_backbone_state_dict`.
+        """
+        return self.student.backbone_state_dict()
+
+
+def convert_sync_batchnorm(model: Distiller) -> Distiller:
+    """Every trainable BatchNorm of `model` -> `nn.SyncBatchNorm` (in place; returns `model`).
+
+    Covers the student's `nn.BatchNorm1d` over sparse feature rows (V, C) (SyncBatchNorm accepts
+    any (N, C, ...) input and weighs each rank by its own row count, so ranks with different
+    voxel counts give the statistics of the concatenated rows) and the depth net's
+    `BatchNorm2d` / camera `BatchNorm1d`. The frozen teacher backbone is not a submodule and
+    keeps its plain, eval-mode BatchNorms. GPU only: torch's SyncBatchNorm refuses CPU inputs
+    in training as soon as a process group exists (even a 1-rank gloo group), so the engine
+    converts only when `dist.use_gpu` and `dist.sync_batchnorm` are set, before it wraps the
+    model. Eval mode and runs without a process group use the running statistics / plain batch
+    norm as before.
+    """
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the registered children, in place
 
 
 def build_distiller(cfg: Config, device: torch.device | str = "cpu") -> Distiller:

@@ -10,7 +10,10 @@ two CSR layouts of W's sparsity pattern:
   grad_depth[p, d] = <grad_out[cell(p, d)], context[p]> as a sampled dense-dense product;
 - pixel-major (rows = pixels, W^T): free, since the frustum is already ordered by pixel;
   gives grad_context = W^T @ grad_out.
-`BEVPool` is the autograd Function with that hand-written backward. `ray_cells` computes the
+`BEVPool` is the autograd Function with that hand-written backward. Autocast-safe: `bev_pool`
+runs the product in float32 with autocast disabled (torch's sparse CSR kernels have no bf16 on
+CPU, and a backward under CUDA autocast would mix dtypes); inputs of another dtype are cast to
+float32 on the way in and their gradients come back in their own dtype. `ray_cells` computes the
 cell of every frustum point using the ray structure (point = depth * direction + origin per
 pixel), the same numbers as `hvdistill.geometry.frustum.frustum_cells` at a fraction of the
 cost and memory (checked equal in the tests).
@@ -140,6 +143,7 @@ class BEVPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, depth: torch.Tensor, context: torch.Tensor, index: PoolIndex) -> torch.Tensor:
+        """depth, context of one dtype, float32 or float64 (`bev_pool` casts); autocast is off."""
         n, c, hf, wf = context.shape
         depth_pm = depth.permute(0, 2, 3, 1).reshape(-1)  # (E,) pixel-major
         features = context.permute(0, 2, 3, 1).reshape(n * hf * wf, c)  # (P, C)
@@ -150,10 +154,15 @@ class BEVPool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
+        with torch.autocast(grad_out.device.type, enabled=False):  # the engine may run under autocast
+            return BEVPool._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out: torch.Tensor):
         values_t, features = ctx.saved_tensors
         index: PoolIndex = ctx.index
         n, d, hf, wf = index.shape
-        grad_out = grad_out.contiguous()  # (num_cells, C)
+        grad_out = grad_out.to(features.dtype).contiguous()  # (num_cells, C)
         grad_depth = grad_context = None
         if ctx.needs_input_grad[0]:
             zeros = torch.zeros_like(values_t)
@@ -169,7 +178,12 @@ class BEVPool(torch.autograd.Function):
 
 
 def bev_pool(depth: torch.Tensor, context: torch.Tensor, index: PoolIndex) -> torch.Tensor:
-    """depth (N, D, Hf, Wf), context (N, C, Hf, Wf) float32 -> (num_cells, C) summed per cell."""
+    """depth (N, D, Hf, Wf), context (N, C, Hf, Wf) -> (num_cells, C) summed per cell.
+
+    float64 inputs compute in float64; any other dtype (bf16/fp16 from an outer autocast) in
+    float32 with autocast off, and the output is float32. Gradients reach the inputs in their
+    own dtypes (the casts are ordinary autograd ops).
+    """
     if (
         depth.shape != index.shape
         or context.shape[0] != depth.shape[0]
@@ -179,4 +193,6 @@ def bev_pool(depth: torch.Tensor, context: torch.Tensor, index: PoolIndex) -> to
             f"bev_pool: depth {tuple(depth.shape)} / context {tuple(context.shape)} do not "
             f"match the index shape {index.shape}"
         )
-    return BEVPool.apply(depth.contiguous(), context.contiguous(), index)
+    dtype = torch.float64 if depth.dtype == context.dtype == torch.float64 else torch.float32
+    with torch.autocast(depth.device.type, enabled=False):  # sparse CSR kernels: no bf16 on CPU
+        return BEVPool.apply(depth.to(dtype).contiguous(), context.to(dtype).contiguous(), index)

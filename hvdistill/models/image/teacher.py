@@ -4,17 +4,31 @@
 itself with the configured mean/std, so callers never duplicate the checkpoint's input
 statistics. The backbone (ResNet-50 at output stride 4 by default, ResNet-18 for CPU tests) is
 frozen: its parameters have requires_grad False, it runs under no_grad, and it stays in eval
-mode (BatchNorm statistics fixed) even when the parent module is put in train(). The head is
+mode (BatchNorm statistics fixed) even when the parent module is put in train().
+
+The frozen backbone is not a registered submodule: it is held in a plain attribute container
+(`FrozenModule`), so it is absent from `parameters()`, `named_parameters()`, `buffers()`,
+`modules()` and `state_dict()` of the teacher and of every module containing it. An engine
+(DeepSpeed ZeRO-3 partitioning, optimiser construction, checkpoints, parameter broadcast,
+SyncBatchNorm conversion) never sees it; `teacher.backbone` still returns it. `_apply` is
+overridden so that device moves (`.to(device)`, `.cuda()`, `.cpu()`, `to_empty`) move it too,
+while dtype casts (`.half()`, `.bfloat16()`, `.double()`, `.to(dtype)`) leave it in float32:
+its compute dtype is chosen by autocast (`compute_dtype`), and a cast backbone would no
+longer match its float32 input when autocast is off. The head is
 a 1x1 conv C_b -> feature_dim whose output at 1/4 resolution feeds the depth bridge; for the
 IPV branch it is upsampled x output_stride (bilinear, align_corners=False, i.e. the same
 half-pixel-centre convention as the frustum) and L2-normalised over channels.
 The dense image side runs under autocast in the dtype `precision.image_dtype` resolves to on the
 build device (hvdistill/precision.py: `auto` = bf16 where the hardware runs it natively, fp32
-elsewhere); every output is returned as float32.
+elsewhere); every output is returned as float32. The backbone map (N, C_b, H / s, W / s), the
+largest tensor of the step (about 1.1 GB in float32 at 24 paper-size images), is returned only
+when asked for (`with_backbone=True`): otherwise the only copy alive after the forward is the
+one the head keeps for its weight gradient, in the compute dtype.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -22,13 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from hvdistill.config import ModelConfig, PrecisionConfig
-from hvdistill.models.image.resnet import ARCHITECTURES, dilation_for_output_stride
+from hvdistill.models.image.resnet import ARCHITECTURES, ResNet, dilation_for_output_stride
 from hvdistill.models.image.weights import LoadReport, load_teacher_weights
 from hvdistill.precision import resolve_image_dtype
 
 
 class TeacherOutput(NamedTuple):
-    backbone: torch.Tensor  # (N, C_b, H / s, W / s) float32 frozen backbone features
+    backbone: torch.Tensor | None  # (N, C_b, H / s, W / s) float32, only with `with_backbone=True`
     head: torch.Tensor  # (N, feature_dim, H / s, W / s) float32 head output, not normalised
     ipv: torch.Tensor  # (N, feature_dim, H, W) float32 upsampled, L2-normalised over channels
 
@@ -36,6 +50,20 @@ class TeacherOutput(NamedTuple):
 def autocast_context(device_type: str, dtype: torch.dtype) -> torch.autocast:
     """Autocast in `dtype` on `device_type`; disabled for float32."""
     return torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+class FrozenModule:
+    """A module held outside nn.Module's registry (see the module docstring); not an nn.Module."""
+
+    __slots__ = ("module",)
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+
+def _target_device(fn: Callable[[torch.Tensor], torch.Tensor], current: torch.device) -> torch.device:
+    """The device `fn` (an `nn.Module._apply` function) sends a float32 tensor on `current` to."""
+    return fn(torch.empty(0, dtype=torch.float32, device=current)).device
 
 
 class ImageTeacher(nn.Module):
@@ -53,19 +81,24 @@ class ImageTeacher(nn.Module):
         super().__init__()
         if arch not in ARCHITECTURES:
             raise ValueError(f"model.image.arch {arch!r} is not one of {sorted(ARCHITECTURES)}")
-        self.backbone = ARCHITECTURES[arch](dilation_for_output_stride(output_stride))
-        self.backbone.fc = nn.Identity()  # the teacher never classifies; checkpoint fc is dropped
-        for p in self.backbone.parameters():
+        backbone = ARCHITECTURES[arch](dilation_for_output_stride(output_stride))
+        backbone.fc = nn.Identity()  # the teacher never classifies; checkpoint fc is dropped
+        for p in backbone.parameters():
             p.requires_grad_(False)
-        self.backbone.eval()
+        self.frozen = FrozenModule(backbone.eval())  # not a child: see the module docstring
         self.output_stride = output_stride
-        self.head = nn.Conv2d(self.backbone.out_channels, feature_dim, kernel_size=1)
+        self.head = nn.Conv2d(backbone.out_channels, feature_dim, kernel_size=1)
         mean_t = torch.tensor(mean if mean is not None else [0.0, 0.0, 0.0]).view(1, 3, 1, 1)
         std_t = torch.tensor(std if std is not None else [1.0, 1.0, 1.0]).view(1, 3, 1, 1)
         self.register_buffer("mean", mean_t, persistent=False)
         self.register_buffer("std", std_t, persistent=False)
         self.compute_dtype = compute_dtype
         self.load_report: LoadReport | None = None  # set when weights come from a file
+
+    @property
+    def backbone(self) -> ResNet:
+        """The frozen backbone (not a registered submodule)."""
+        return self.frozen.module
 
     @property
     def backbone_channels(self) -> int:
@@ -77,19 +110,39 @@ class ImageTeacher(nn.Module):
         self.backbone.eval()
         return self
 
-    def forward(self, images: torch.Tensor) -> TeacherOutput:
-        """images (N, 3, H, W) in [0, 1], H and W multiples of output_stride."""
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> ImageTeacher:
+        """Registered parts as usual; the frozen backbone follows device moves only (see above)."""
+        super()._apply(fn, recurse)
+        backbone = self.backbone
+        current = next(backbone.parameters()).device
+        device = _target_device(fn, current)
+        if device != current:
+            if current.type == "meta":  # nothing to copy: storage only, weights reloaded by the caller
+                backbone.to_empty(device=device)
+            else:
+                backbone.to(device)
+        return self
+
+    def forward(self, images: torch.Tensor, with_backbone: bool = False) -> TeacherOutput:
+        """images (N, 3, H, W) in [0, 1], H and W multiples of output_stride.
+
+        `with_backbone=True` also returns the backbone map in float32 (see the module docstring).
+        """
         h, w = images.shape[-2:]
         if h % self.output_stride or w % self.output_stride:
             raise ValueError(f"image size {h}x{w} is not a multiple of output stride {self.output_stride}")
         x = (images.float() - self.mean) / self.std  # (N, 3, H, W)
         with autocast_context(images.device.type, self.compute_dtype):
             with torch.no_grad():
-                feats = self.backbone.features(x)  # (N, C_b, H/s, W/s)
-            head = self.head(feats)  # (N, D, H/s, W/s)
-        feats, head = feats.float(), head.float()
+                feats = self.backbone.features(x)  # (N, C_b, H/s, W/s) compute dtype
+            del x
+            if not torch.is_autocast_enabled(images.device.type):  # e.g. a float64 head; no copy else
+                feats = feats.to(self.head.weight.dtype)
+            head = self.head(feats).float()  # (N, D, H/s, W/s)
+        backbone = feats.float() if with_backbone else None
+        del feats  # the head's autograd keeps what its weight gradient needs
         up = F.interpolate(head, size=(h, w), mode="bilinear", align_corners=False)  # (N, D, H, W)
-        return TeacherOutput(feats, head, F.normalize(up, dim=1))
+        return TeacherOutput(backbone, head, F.normalize(up, dim=1))
 
 
 def build_image_teacher(
@@ -97,7 +150,10 @@ def build_image_teacher(
 ) -> ImageTeacher:
     """The teacher of `model_cfg.image` computing in the image dtype resolved for `device`.
 
-    Weights come from its local file (or an explicit random init); the caller moves it to `device`.
+    Weights come from its local file, loaded strictly unless `model.image.allow_partial_weights`
+    (or an explicit random init from `model.image.random_init_seed`: the backbone is never
+    broadcast between ranks, so every rank must build the same one); the caller moves it to
+    `device`.
     """
     icfg = model_cfg.image
     if not icfg.weights and not icfg.random_init:
@@ -107,16 +163,20 @@ def build_image_teacher(
         )
     if icfg.weights and icfg.random_init:
         raise ValueError("model.image: both weights and random_init are set; choose one")
-    teacher = ImageTeacher(
-        icfg.arch,
-        model_cfg.feature_dim,
-        icfg.output_stride,
-        icfg.mean,
-        icfg.std,
-        resolve_image_dtype(precision_cfg, device),
-    )
+    with torch.random.fork_rng(devices=[]):  # same random teacher on every rank; global RNG untouched
+        torch.manual_seed(icfg.random_init_seed)
+        teacher = ImageTeacher(
+            icfg.arch,
+            model_cfg.feature_dim,
+            icfg.output_stride,
+            icfg.mean,
+            icfg.std,
+            resolve_image_dtype(precision_cfg, device),
+        )
     if icfg.weights:
-        teacher.load_report = load_teacher_weights(teacher, icfg.weights, icfg.weights_format)
+        teacher.load_report = load_teacher_weights(
+            teacher, icfg.weights, icfg.weights_format, icfg.allow_partial_weights
+        )
     return teacher
 
 

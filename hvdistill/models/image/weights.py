@@ -11,7 +11,13 @@ Formats (`fmt`):
 Files are always read with `torch.load(path, map_location="cpu", weights_only=True)`: a
 checkpoint containing arbitrary pickled objects is refused, never executed. The outcome is a
 `LoadReport` naming the loaded, missing, unexpected, shape-mismatched and dropped keys; it is
-logged, and loading fails loudly when nothing matched.
+logged. Loading is strict: after the known heads and other encoders are dropped, every backbone
+key must be in the file with its shape and the file must hold nothing else (only BatchNorm
+`num_batches_tracked` counters may be absent: older checkpoints predate them, and they do not
+affect an eval-mode backbone); otherwise a ValueError lists the missing, unexpected and
+mismatched keys (`hvdistill/models/state.py`). `allow_partial=True`
+(`model.image.allow_partial_weights`) loads the matching keys and logs a warning instead;
+nothing matching is an error either way.
 """
 
 from __future__ import annotations
@@ -25,12 +31,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hvdistill.models.state import describe, key_problems
+
 log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "moco", "dino", "torchvision")
 MOCO_PREFIX = "module.encoder_q."
 DINO_PREFIXES = ("module.backbone.", "backbone.")
 HEAD_PREFIXES = ("fc.",)  # classification / projection heads the teacher never uses
+TOLERATED_MISSING = ("num_batches_tracked",)  # BN counters: absent from older files, unused in eval
 
 
 @dataclass
@@ -114,8 +123,14 @@ def extract_backbone_state(obj: dict, fmt: str) -> tuple[dict[str, torch.Tensor]
     return {k: v for k, v in sd.items() if k not in heads}, dropped
 
 
-def load_teacher_weights(module: nn.Module, path: str | Path, fmt: str = "auto") -> LoadReport:
-    """Load a checkpoint into `module` (an ImageTeacher, via its `.backbone`, or a ResNet)."""
+def load_teacher_weights(
+    module: nn.Module, path: str | Path, fmt: str = "auto", allow_partial: bool = False
+) -> LoadReport:
+    """Load a checkpoint into `module` (an ImageTeacher, via its `.backbone`, or a ResNet).
+
+    Strict unless `allow_partial` (see the module docstring); the backbone is unchanged when
+    loading is refused.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"weights format {fmt!r} is not one of {FORMATS}")
     target = getattr(module, "backbone", module)
@@ -138,13 +153,15 @@ def load_teacher_weights(module: nn.Module, path: str | Path, fmt: str = "auto")
         raise ValueError(
             f"{path}: no key matched the {type(target).__name__} backbone (format {fmt}); {report.summary()}"
         )
+    problems = key_problems(own, state, tolerated=TOLERATED_MISSING)
+    if any(problems.values()) and not allow_partial:
+        raise ValueError(
+            f"{path}: teacher checkpoint does not match the {type(target).__name__} backbone "
+            f"(format {fmt}): {describe(problems)}; use a checkpoint of model.image.arch, or set "
+            f"model.image.allow_partial_weights=true to load only the matching keys"
+        )
     target.load_state_dict(usable, strict=False)
     log.info(report.summary())
-    if report.missing or report.unexpected or report.mismatched:
-        log.warning(
-            "teacher weights incomplete: missing %s, unexpected %s, mismatched %s",
-            report.missing,
-            report.unexpected,
-            report.mismatched,
-        )
+    if any(problems.values()):
+        log.warning("teacher weights loaded in part (allow_partial_weights): %s", describe(problems))
     return report

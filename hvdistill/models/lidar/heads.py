@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hvdistill.models.lidar.blocks import norm_relu
+from hvdistill.models.lidar.sparse import match_conv_algo
 
 _REDUCE = {"max": "amax", "mean": "mean"}
 
@@ -102,6 +103,7 @@ class BEVHead(nn.Module):
     def collapse(self, x: spconv.SparseConvTensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (V, C) on (batch, z, y, x) voxel sites -> pooled (K, C), indices (K, 3) int64."""
         if self.reduce_xy is not None:
+            match_conv_algo(self.reduce_xy, x.features.device)
             x = self.reduce_xy(x)  # (V', C) on (batch, z, y // stride, x // stride)
             iy, ix = x.indices[:, 2], x.indices[:, 3]
         else:

@@ -6,24 +6,57 @@
 and ignores strides: a transposed view (e.g. from `torch.nonzero`) silently gives wrong
 convolutions, so both are made contiguous here.
 
-`conv_algo(device)` picks the convolution algorithm at model construction: spconv's
-implicit-GEMM algorithms need CUDA, so CPU models are built with `ConvAlgo.Native` (which
-matches a dense conv3d exactly, forward and backward, and is deterministic); on GPU the
-algorithm is left to spconv (`None`). spconv stores every weight in the same KRSC layout
-(out, kz, ky, kx, in) whatever the algorithm, so state dicts move freely between the two.
+The convolution algorithm follows the inputs, not the build: spconv fixes a conv's algorithm
+in its `algo` attribute, and its implicit-GEMM algorithms need CUDA, so a model built for one
+device broke after `.to(other)` (what DeepSpeed does). `match_conv_algo(module, device)`, called
+by the sparse modules at forward time with their input's device, sets every conv under them to
+`ConvAlgo.Native` for CPU inputs (matches a dense conv3d exactly, forward and backward, and is
+deterministic) and to spconv's own default for CUDA inputs (`MaskImplicitGemm` for kernels of at
+most 32 taps, Native above); it walks the modules only when the device type changes.
+`conv_algo(device)` is the algorithm convs are constructed with (Native for CPU, spconv's
+choice, `None`, otherwise); it is replaced at the first forward. spconv stores every weight in
+the same KRSC layout (out, kz, ky, kx, in) whatever the algorithm, so weights and state dicts
+move freely between devices.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import spconv.pytorch as spconv
 import torch
+from spconv.pytorch.conv import SparseConvolution
+from torch import nn
+
+IMPLICIT_GEMM_MAX_TAPS = 32  # spconv's own default: implicit GEMM up to 32 kernel taps, Native above
 
 
 def conv_algo(device: torch.device | str) -> spconv.ConvAlgo | None:
-    """spconv algorithm for convolutions that will run on `device`: Native on CPU, else spconv's."""
+    """spconv algorithm to construct convolutions with: Native for CPU, else spconv's (`None`)."""
     return spconv.ConvAlgo.Native if torch.device(device).type == "cpu" else None
+
+
+def runtime_algo(conv: SparseConvolution, device_type: str) -> spconv.ConvAlgo:
+    """The algorithm `conv` runs with on inputs of `device_type`: Native on CPU, spconv's default on CUDA."""
+    if device_type == "cpu" or math.prod(conv.kernel_size) > IMPLICIT_GEMM_MAX_TAPS:
+        return spconv.ConvAlgo.Native
+    return spconv.ConvAlgo.MaskImplicitGemm
+
+
+def match_conv_algo(module: nn.Module, device: torch.device | str) -> None:
+    """Set every spconv conv under `module` to the algorithm for inputs on `device` (see above).
+
+    Convs sharing an indice key get the same algorithm, as spconv requires. Cached per module:
+    only a change of device type walks the submodules again.
+    """
+    kind = torch.device(device).type
+    if getattr(module, "_conv_algo_device", None) == kind:
+        return
+    for m in module.modules():
+        if isinstance(m, SparseConvolution):
+            m.algo = runtime_algo(m, kind)
+    module._conv_algo_device = kind
 
 
 def sparse_input(

@@ -2,25 +2,27 @@
 
 `build_lidar_model(model_cfg, geometry, device)` checks that the voxel and BEV grids agree
 (the config's own checks, `bev_grid_problems` and `lidar_problems` in hvdistill/config/, which
-`load_config` runs too),
-picks spconv's conv algorithm for `device` at construction (Native on CPU, spconv's choice on
-GPU; see `sparse.conv_algo`) and returns a `LidarStudent` on that device. A model built for
-GPU refuses CPU inputs with an explanation (spconv's GPU algorithms would fail deep inside);
-build it again with device="cpu", or load its state dict (plain tensors, one weight layout for
-every algorithm) into a CPU-built model.
+`load_config` runs too) and returns a `LidarStudent` on `device`. Nothing about the device is
+captured at build time: the sparse modules pick spconv's conv algorithm from their input's
+device at every forward (`sparse.match_conv_algo`), so `.to(device)` (what DeepSpeed does) and
+`.cpu()` / `.cuda()` work at any time.
 
-Precision: sparse features run in float32 unless `LidarModelConfig.sparse_dtype` is float16
-(GPU only: the backbone and BEV convs run under CUDA fp16 autocast). Any surrounding autocast
-is switched off for the sparse side otherwise (spconv has no bf16). Heads compute in float32.
+Precision: the sparse side is float32 whatever surrounds it: inputs are cast to the weights'
+dtype (float32) and
+any outer autocast (e.g. the loop's bf16) is switched off for the whole student (spconv has no
+bf16), unless `LidarModelConfig.sparse_dtype` is float16 (CUDA only: the backbone and BEV convs
+run under CUDA fp16 autocast). Heads compute in float32; every output is float32. The weights
+stay float32: a model cast to bf16 is refused with an explanation.
 
 `student.backbone` alone gives the 96-d per-voxel features for fine-tuning:
-`student.backbone(sparse_input(coords, feats, shape, batch_size)).features`.
+`student.backbone(sparse_input(coords, feats, shape, batch_size)).features`; the backbone's
+weights travel as a plain state dict (`backbone_state_dict()` / `load_backbone_state_dict`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -32,6 +34,7 @@ from hvdistill.config.model import lidar_problems
 from hvdistill.models.lidar.heads import BEVHead, IPVHead
 from hvdistill.models.lidar.sparse import conv_algo, sparse_input
 from hvdistill.models.lidar.unet import SparseUNet
+from hvdistill.models.state import describe, key_problems
 
 
 class LidarOutput(NamedTuple):
@@ -44,28 +47,30 @@ class LidarOutput(NamedTuple):
 class LidarStudent(nn.Module):
     """Voxels -> per-voxel features, IPV features and BEV cell features."""
 
-    def __init__(
-        self,
-        cfg: LidarModelConfig,
-        feature_dim: int,
-        bev_stride: int,
-        bev_size: int,
-        device: torch.device | str = "cpu",
-    ):
+    def __init__(self, cfg: LidarModelConfig, feature_dim: int, bev_stride: int, bev_size: int):
         super().__init__()
-        algo = conv_algo(device)
-        self.device_type = torch.device(device).type
+        algo = conv_algo("cpu")  # valid in every spconv build; replaced per input device at forward
         self.sparse_dtype = cfg.sparse_dtype
         self.backbone = SparseUNet(cfg, algo)
         out = self.backbone.out_channels
         self.ipv_head = IPVHead(out, feature_dim)
         self.bev_head = BEVHead(out, feature_dim, cfg.bev_head, bev_stride, bev_size, cfg.bev_pool, algo)
 
-    def _sparse_context(self) -> contextlib.AbstractContextManager:
-        """fp16 autocast for the sparse convs when configured (CUDA only), else nothing."""
-        if self.sparse_dtype == "float16":
+    def _sparse_context(self, device_type: str) -> contextlib.AbstractContextManager:
+        """fp16 autocast for the sparse convs when configured and the inputs are on CUDA, else nothing."""
+        if self.sparse_dtype == "float16" and device_type == "cuda":
             return torch.autocast(device_type="cuda", dtype=torch.float16)
         return contextlib.nullcontext()
+
+    def _weight_dtype(self) -> torch.dtype:
+        dtype = self.ipv_head.proj.weight.dtype
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(
+                f"the LiDAR student's weights are {dtype}; spconv has no bf16 and the sparse side "
+                f"keeps float32 weights (fp16 compute is model.lidar.sparse_dtype=float16 on CUDA): "
+                f"keep the model in float32 and use autocast instead of casting it"
+            )
+        return dtype
 
     def forward(
         self,
@@ -75,21 +80,36 @@ class LidarStudent(nn.Module):
         batch_size: int,
     ) -> LidarOutput:
         """(V, 4) int (batch, z, y, x) coords, (V, C_in) features on a [Z, Y, X] grid."""
-        if voxel_features.device.type != self.device_type:
-            raise RuntimeError(
-                f"this LidarStudent was built for {self.device_type} (spconv's conv algorithm is "
-                f"fixed at construction) but got {voxel_features.device.type} inputs; build it "
-                f"with build_lidar_model(..., device='{voxel_features.device.type}')"
-            )
-        x = sparse_input(voxel_coords, voxel_features.float(), spatial_shape, batch_size)
-        with torch.autocast(device_type=voxel_features.device.type, enabled=False):
-            with self._sparse_context():
+        device_type = voxel_features.device.type
+        dtype = self._weight_dtype()
+        with torch.autocast(device_type=device_type, enabled=False):  # no outer bf16 reaches spconv
+            x = sparse_input(voxel_coords, voxel_features.to(dtype), spatial_shape, batch_size)
+            with self._sparse_context(device_type):
                 y = self.backbone(x)  # (V, 96) sparse
                 pooled, bev_indices = self.bev_head.collapse(y)  # (K, 96), (K, 3)
-            voxel_feats = y.features.float()  # (V, 96)
+            voxel_feats = y.features.to(dtype)  # (V, 96)
             ipv = self.ipv_head(voxel_feats)  # (V, D)
-            bev = self.bev_head.project(pooled.float())  # (K, D)
+            bev = self.bev_head.project(pooled.to(dtype))  # (K, D)
         return LidarOutput(voxel_feats, ipv, bev, bev_indices)
+
+    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
+        """The sparse UNet's weights and BN statistics (no heads) as plain detached tensors."""
+        return {k: v.detach().clone() for k, v in self.backbone.state_dict().items()}
+
+    def load_backbone_state_dict(self, state: Mapping[str, torch.Tensor], strict: bool = True) -> list[str]:
+        """Load `backbone_state_dict()` output into the backbone; returns the keys not loaded.
+
+        Strict (the default): every backbone key present with its shape, nothing extra, else a
+        ValueError listing the missing, unexpected and mismatched keys. Non-strict loads the
+        matching keys and returns the rest of the backbone's keys.
+        """
+        own = self.backbone.state_dict()
+        problems = key_problems(own, state)
+        if strict and any(problems.values()):
+            raise ValueError(f"backbone state dict does not match the LiDAR backbone: {describe(problems)}")
+        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        self.backbone.load_state_dict(usable, strict=False)
+        return sorted(k for k in own if k not in usable)
 
 
 def lidar_model_problems(
@@ -105,11 +125,9 @@ def lidar_model_problems(
 def build_lidar_model(
     model_cfg: ModelConfig, geometry: GeometryConfig, device: torch.device | str = "cpu"
 ) -> LidarStudent:
-    """The 3D student for `device` (spconv's conv algorithm is chosen here, once)."""
+    """The 3D student, checked against `device` (fp16 needs CUDA) and moved there."""
     problems = lidar_model_problems(model_cfg.lidar, geometry, device)
     if problems:
         raise ValueError("invalid LiDAR model config:\n  " + "\n  ".join(problems))
-    model = LidarStudent(
-        model_cfg.lidar, model_cfg.feature_dim, bev_stride(geometry), geometry.bev_size, device
-    )
+    model = LidarStudent(model_cfg.lidar, model_cfg.feature_dim, bev_stride(geometry), geometry.bev_size)
     return model.to(device)

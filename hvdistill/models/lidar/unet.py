@@ -20,6 +20,7 @@ from torch import nn
 
 from hvdistill.config import LidarModelConfig
 from hvdistill.models.lidar.blocks import basic_stage, down_conv_bn_relu, subm_conv_bn_relu, up_conv_bn_relu
+from hvdistill.models.lidar.sparse import match_conv_algo
 
 NUM_STAGES = 4  # the MinkUNet layout: four encoder and four decoder stages
 
@@ -27,7 +28,7 @@ NUM_STAGES = 4  # the MinkUNet layout: four encoder and four decoder stages
 class SparseUNet(nn.Module):
     """MinkUNet34C-layout sparse UNet: level-0 sparse tensor -> (V, planes[7]) at the same sites."""
 
-    def __init__(self, cfg: LidarModelConfig, algo: spconv.ConvAlgo | None):
+    def __init__(self, cfg: LidarModelConfig, algo: spconv.ConvAlgo | None = spconv.ConvAlgo.Native):
         super().__init__()
         planes, stem = list(cfg.planes), cfg.stem_channels
         self.out_channels = planes[7]
@@ -55,7 +56,11 @@ class SparseUNet(nn.Module):
             )
 
     def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
-        """Sparse input (V, in_channels) -> sparse output (V, planes[7]) on the same sites/order."""
+        """Sparse input (V, in_channels) -> sparse output (V, planes[7]) on the same sites/order.
+
+        The convs run with the algorithm for the input's device (`sparse.match_conv_algo`).
+        """
+        match_conv_algo(self, x.features.device)
         out = self.stem(x)  # (V, stem)
         skips = [out]
         for down, stage in zip(self.down, self.encoder):

@@ -80,6 +80,28 @@ def test_pool_matches_naive_reference_forward_and_backward(rig, dtype, tol):
     assert torch.equal(index.occupied, occupied)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pool_runs_in_float32_under_an_outer_autocast(rig, dtype):
+    """CPU has no bf16 sparse CSR product: bev_pool computes in float32 whatever autocast says,
+    and hands gradients back in the inputs' dtype (backward run under autocast too)."""
+    grid = BEVGrid(size=64, resolution=1.6)
+    fast, _ = geometry_cells(rig(1, CROP, 6), grid)
+    index = prepare_pool_index(fast, grid.num_cells)
+    gen = torch.Generator().manual_seed(2)
+    depth = torch.randn(6, 118, 16, 24, generator=gen).softmax(dim=1).to(dtype).requires_grad_()
+    context = torch.randn(6, 8, 16, 24, generator=gen).to(dtype).requires_grad_()
+    grad_out = torch.randn(grid.num_cells, 8, generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = bev_pool(depth, context, index)
+        gd, gc = torch.autograd.grad(out, (depth, context), grad_out)
+    d32, c32 = depth.detach().float().requires_grad_(), context.detach().float().requires_grad_()
+    ref = bev_pool(d32, c32, index)  # no autocast: the float32 path on the same values
+    rd, rc = torch.autograd.grad(ref, (d32, c32), grad_out)
+    assert out.dtype == torch.float32 and torch.equal(out, ref)
+    assert gd.dtype == gc.dtype == dtype
+    assert torch.equal(gd, rd.to(dtype)) and torch.equal(gc, rc.to(dtype))
+
+
 def test_index_accepts_int64_channel_first_cells(rig):
     grid = BEVGrid()
     fast, ref = geometry_cells(rig(1, CROP, 4), grid)

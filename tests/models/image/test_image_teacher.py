@@ -21,7 +21,7 @@ def make_teacher(dtype=torch.float32) -> ImageTeacher:
 def test_shapes_stride_and_normalisation():
     teacher = make_teacher()
     images = torch.rand(2, 3, 64, 96)
-    out = teacher(images)
+    out = teacher(images, with_backbone=True)
     assert out.backbone.shape == (2, 512, 16, 24)  # output stride 4
     assert out.head.shape == (2, 64, 16, 24)
     assert out.ipv.shape == (2, 64, 64, 96)
@@ -38,7 +38,7 @@ def test_input_normalisation_happens_inside():
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():
         expected = teacher.backbone.features((images - mean) / std)
-    torch.testing.assert_close(teacher(images).backbone, expected)
+    torch.testing.assert_close(teacher(images, with_backbone=True).backbone, expected)
 
 
 def test_backbone_frozen_and_stays_in_eval_mode():
@@ -58,7 +58,7 @@ def test_backbone_frozen_and_stays_in_eval_mode():
 def test_bf16_autocast_returns_float32_close_to_fp32():
     images = torch.rand(1, 3, 32, 48)
     ref = make_teacher(torch.float32)(images)
-    low = make_teacher(torch.bfloat16)(images)
+    low = make_teacher(torch.bfloat16)(images, with_backbone=True)
     assert low.ipv.dtype == torch.float32 and low.backbone.dtype == torch.float32
     cos = (ref.ipv * low.ipv).sum(dim=1)  # both unit vectors per pixel
     assert cos.mean() > 0.98

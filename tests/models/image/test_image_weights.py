@@ -1,6 +1,7 @@
 """Teacher checkpoints load from MoCo, DINO and torchvision files; pickles are refused."""
 
 import argparse
+import copy
 import pathlib
 
 import pytest
@@ -58,19 +59,69 @@ def test_moco_checkpoint_loads_and_drops_heads(tmp_path):
     assert_backbone_equals(teacher, state)
 
 
-def test_missing_keys_are_reported(tmp_path):
-    state = source_state()
-    ckpt = moco_checkpoint(state)
-    removed = ["layer3.1.conv2.weight", "layer4.0.bn1.running_var"]
+def partial_checkpoint(tmp_path, removed: list[str], extra: dict[str, torch.Tensor]) -> pathlib.Path:
+    ckpt = moco_checkpoint(source_state())
     for key in removed:
         del ckpt["state_dict"][f"module.encoder_q.{key}"]
-    ckpt["state_dict"]["module.encoder_q.layer9.weight"] = torch.zeros(1)
+    for key, value in extra.items():
+        ckpt["state_dict"][f"module.encoder_q.{key}"] = value
     torch.save(ckpt, tmp_path / "partial.pth")
+    return tmp_path / "partial.pth"
+
+
+def test_a_missing_key_fails_by_default_and_loads_with_the_switch(tmp_path):
+    removed = ["layer3.1.conv2.weight", "layer4.0.bn1.running_var"]
+    path = partial_checkpoint(tmp_path, removed, {})
     teacher = ImageTeacher("resnet18")
-    report = load_teacher_weights(teacher, tmp_path / "partial.pth", "moco")
-    assert report.missing == sorted(removed)
-    assert report.unexpected == ["layer9.weight"]
-    assert_backbone_equals(teacher, state, skip=removed)
+    before = copy.deepcopy(teacher.backbone.state_dict())
+    with pytest.raises(ValueError) as err:
+        load_teacher_weights(teacher, path, "moco")
+    message = str(err.value)
+    assert "2 missing (layer3.1.conv2.weight, layer4.0.bn1.running_var)" in message
+    assert "allow_partial_weights=true" in message and "unexpected" not in message
+    assert all(torch.equal(v, before[k]) for k, v in teacher.backbone.state_dict().items())  # untouched
+    report = load_teacher_weights(teacher, path, "moco", allow_partial=True)
+    assert report.missing == sorted(removed) and report.unexpected == []
+    assert_backbone_equals(teacher, source_state(), skip=removed)
+
+
+def test_an_extra_or_mis_shaped_key_fails_by_default(tmp_path):
+    path = partial_checkpoint(tmp_path, [], {"layer9.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match=r"1 unexpected \(layer9\.weight\)"):
+        load_teacher_weights(ImageTeacher("resnet18"), path, "moco")
+    report = load_teacher_weights(ImageTeacher("resnet18"), path, "moco", allow_partial=True)
+    assert report.unexpected == ["layer9.weight"] and report.missing == []
+    path = partial_checkpoint(tmp_path, [], {"conv1.weight": torch.zeros(64, 3, 3, 3)})
+    with pytest.raises(ValueError, match=r"1 mismatched \(conv1\.weight: given \(64, 3, 3, 3\)"):
+        load_teacher_weights(ImageTeacher("resnet18"), path, "moco")
+
+
+def test_many_problems_are_listed_truncated_with_counts(tmp_path):
+    state = source_state()
+    removed = sorted(k for k in state if k.startswith("layer4.") and "num_batches" not in k)[:14]
+    with pytest.raises(ValueError) as err:
+        load_teacher_weights(ImageTeacher("resnet18"), partial_checkpoint(tmp_path, removed, {}), "moco")
+    assert f"14 missing ({', '.join(removed[:10])}, ... and 4 more)" in str(err.value)
+
+
+def test_only_num_batches_tracked_may_be_absent(tmp_path):
+    state = {k: v for k, v in source_state().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "old.pth")
+    teacher = ImageTeacher("resnet18")
+    report = load_teacher_weights(teacher, tmp_path / "old.pth", "torchvision")
+    assert report.unexpected == [] and all(k.endswith("num_batches_tracked") for k in report.missing)
+    assert_backbone_equals(teacher, state, skip=report.missing)
+
+
+def test_the_config_switch_reaches_the_loader(tmp_path):
+    path = partial_checkpoint(tmp_path, ["layer1.0.bn2.bias"], {})
+    precision = PrecisionConfig(image_dtype="float32")
+    image = ImageModelConfig(arch="resnet18", weights=str(path))
+    with pytest.raises(ValueError, match="1 missing"):
+        build_image_teacher(ModelConfig(image=image), precision)
+    image.allow_partial_weights = True
+    teacher = build_image_teacher(ModelConfig(image=image), precision)
+    assert teacher.load_report.missing == ["layer1.0.bn2.bias"]
 
 
 @pytest.mark.parametrize("fmt", ["dino", "torchvision"])
