@@ -17,6 +17,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "inspect": ("hvdistill.data.sources.cli", "read a dataset through its source and print what it holds"),
     "shard": ("sharding.cli", "shard every data.sources entry with Ray; `shard verify DIR`"),
     "demo": ("hvdistill.demo", "run the furthest pipeline that exists on the synthetic world"),
+    "finetune": ("hvdistill.eval.run", "fine-tune or linearly probe the 3D backbone; mIoU per point"),
     "submit": ("launch.submit", "submit pretraining to a Ray cluster as a job; submit status|logs|stop ID"),
 }
 # verb -> (flag, module): with the flag among its arguments the verb runs that module instead

@@ -67,3 +67,34 @@ def export_backbone(student: LidarStudent, cfg: Config, out: Path, meta: bool = 
         }
         (out / "backbone.json").write_text(json.dumps(info))
     return out
+
+
+def write_labelled_shards(out: Path, roots: dict[str, Path], per_shard: int = 2) -> Path:
+    """Shard the synthetic world's train and val splits in-process (no Ray): the samples
+    `hvdistill shard` would write (prepare_sample + encode_sample + sharding's writer), a
+    manifest.json listing them. Returns `out`."""
+    from hvdistill.config import DataConfig, SourceConfig
+    from hvdistill.data import schema
+    from hvdistill.data.prepare import prepare_sample
+    from hvdistill.data.sources import build_source
+    from sharding.writer import ShardWriter
+    from tests.helpers.world import NUSCENES_VERSION
+
+    data = DataConfig(stored_image_width=96, stored_image_height=54, cameras=["CAM_FRONT"])
+    out.mkdir(parents=True, exist_ok=True)
+    shards, sources = [], []
+    for name, root in roots.items():
+        for split in ("train", "val"):
+            source = build_source(
+                SourceConfig(name=name, root=str(root), version=NUSCENES_VERSION, split=split), data.cameras
+            )
+            keys = [k for chunk in source.chunks() for k in source.keys(chunk)]
+            writer = ShardWriter(out, f"{name}-{split}-u00000", max_bytes=1 << 30, samples=per_shard)
+            for key in keys:
+                writer.write(schema.encode_sample(prepare_sample(source.read(key), data), data.jpeg_quality))
+            shards += [{**s.to_dict(), "dataset": name, "split": split} for s in writer.commit()]
+            config = {"stored_image_width": 96, "stored_image_height": 54}
+            sources.append({"dataset": name, "split": split, "config": config, "complete": True})
+    manifest = {"schema": schema.SCHEMA_VERSION, "shards": shards, "sources": sources, "skipped": []}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out

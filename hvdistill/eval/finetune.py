@@ -1,0 +1,264 @@
+"""The fine-tuning / linear-probing loop: one readable function from a config to a scored model.
+
+`finetune(cfg, run_dir, tracker)` runs in one process on one device (fine-tuning runs are
+small; a sweep runs many of them side by side):
+1. data: the training split's records, the label-fraction split over them (saved as
+   `label_split.json`), the whole validation split (hvdistill/eval/scans.py);
+2. model: the UNet backbone + a fresh classifier, the backbone loaded from `finetune.backbone`
+   (the report saved as `backbone_load.json`), frozen for linear probing;
+3. SGD (momentum, dampening, weight decay) with two parameter groups, trunk at
+   `finetune.lr_trunk` and head at `finetune.lr_head` (`finetune.lr_probe` when probing), each
+   following a cosine from its rate to 0 over every step of the run, updated per step;
+4. steps: cross-entropy + Lovasz-softmax on the voxels (ignore label 0), `finetune.max_steps`
+   or `finetune.epochs` passes over the kept scans (shuffled, augmented, last batch kept);
+5. evaluation per point over the whole validation split every `finetune.eval_every` steps and
+   at the end; the final scores, confusion matrix and per-class IoU written to the run directory.
+A non-finite loss stops the run with `NonFiniteLoss` (step and loss terms); more unusable scans
+than `finetune.max_bad_fraction` stops it too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from hvdistill.config import Config
+from hvdistill.eval.backbone import load_backbone
+from hvdistill.eval.classes import class_map
+from hvdistill.eval.evaluate import evaluate
+from hvdistill.eval.lovasz import lovasz_softmax
+from hvdistill.eval.metrics import save_scores, scores
+from hvdistill.eval.scans import ScanDataset, index_split, scan_refs
+from hvdistill.eval.segmentation import SegmentationModel, build_segmentation_model
+from hvdistill.eval.splits import SPLIT_FILE, make_split
+from hvdistill.eval.voxels import SegBatch, Voxelizer, collate_scans
+
+log = logging.getLogger(__name__)
+LOAD_REPORT_FILE = "backbone_load.json"
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; carries the step and the loss terms."""
+
+    def __init__(self, step: int, terms: dict[str, float]):
+        super().__init__(f"non-finite fine-tuning loss at step {step}: {terms}")
+        self.step, self.terms = step, terms
+
+
+@dataclass
+class FinetuneResult:
+    run_dir: Path
+    miou: float
+    steps: int
+    metrics: dict[str, Any]
+    paths: dict[str, Path] = field(default_factory=dict)
+    model: SegmentationModel | None = None  # the trained model, in eval mode
+
+
+def pick_device(choice: str) -> torch.device:
+    """finetune.device: auto = CUDA when available; cuda without a GPU is refused."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "finetune.device=cuda but no CUDA device is visible; use finetune.device=auto or cpu"
+        )
+    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def cosine_factor(step: int, total: int) -> float:
+    """Learning-rate multiplier after `step` of `total` steps: 1 -> 0 along a half cosine."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def segmentation_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, use_lovasz: bool
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy (+ Lovasz-softmax) of (V, C) logits against (V,) labels; the loss and its terms."""
+    ce = F.cross_entropy(logits, labels, ignore_index=ignore_index)
+    total, terms = ce, {"loss/ce": float(ce.detach())}
+    if use_lovasz:
+        lov = lovasz_softmax(logits.softmax(1), labels, ignore_index=ignore_index)
+        total = total + lov
+        terms["loss/lovasz"] = float(lov.detach())
+    terms["loss/total"] = float(total.detach())
+    return total, terms
+
+
+def _loaders(cfg: Config, run_dir: Path) -> tuple[DataLoader, DataLoader, dict[str, Any]]:
+    """Training loader over the label-fraction split, validation loader over the whole val split."""
+    ft, geo = cfg.finetune, cfg.geometry
+    cmap = class_map(ft.dataset)
+    train = index_split(cfg.data, ft.dataset, ft.train_split)
+    scans, bad_meta = scan_refs(train.refs)
+    split = make_split(scans, ft.dataset, ft.label_fraction, source=", ".join(train.shards))
+    split.save(run_dir / SPLIT_FILE)
+    keep = set(split.keys)
+    train_refs = [r for r in train.refs if r.key in keep]
+    val = index_split(cfg.data, ft.dataset, ft.val_split)
+    collate = partial(collate_scans, voxel_size=geo.voxel_size, point_range=ft.point_range)
+    augment = Voxelizer(geo.voxel_size, list(ft.point_range), ft, augment=True)
+    plain = Voxelizer(geo.voxel_size, list(ft.point_range), ft, augment=False)
+    generator = torch.Generator().manual_seed(ft.seed)
+    workers = {"num_workers": ft.loader_workers, "collate_fn": collate}
+    train_loader = DataLoader(
+        ScanDataset(train_refs, cmap, augment, ft.seed),
+        ft.batch_size,
+        shuffle=True,
+        generator=generator,
+        **workers,
+    )
+    val_loader = DataLoader(ScanDataset(val.refs, cmap, plain), ft.eval_batch_size, **workers)
+    info = {
+        "split": split.summary(),
+        "train_scans": len(train_refs),
+        "val_scans": len(val.refs),
+        "bad_shards": train.bad_shards + val.bad_shards,
+        "bad_meta_records": bad_meta,
+    }
+    log.info("fine-tuning data: %s; %d val scans", split.summary(), len(val.refs))
+    return train_loader, val_loader, info
+
+
+def _model(cfg: Config, run_dir: Path, device: torch.device, num_classes: int) -> SegmentationModel:
+    ft = cfg.finetune
+    model = build_segmentation_model(cfg.model.lidar, num_classes, device)
+    report = load_backbone(
+        model,
+        ft.backbone,
+        cfg.geometry.voxel_size,
+        cfg.model.lidar,
+        strict=ft.strict_backbone,
+        tracking_uri=cfg.tracking.uri,
+        download_dir=run_dir / "backbone_source",
+    )
+    (run_dir / LOAD_REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=1, sort_keys=True) + "\n")
+    if ft.linear_probe:
+        model.freeze_backbone()
+    return model
+
+
+def _check_bad(bad: int, seen: int, limit: float, what: str) -> None:
+    if seen and bad / seen > limit:
+        raise RuntimeError(
+            f"{bad} of {seen} {what} scans were unusable (see the warnings), more than "
+            f"finetune.max_bad_fraction={limit}"
+        )
+
+
+def _optimizer(model: SegmentationModel, cfg: Config, total: int) -> tuple[torch.optim.SGD, Any]:
+    """SGD over the trunk and head groups, and the per-step cosine of every group's rate to 0."""
+    ft = cfg.finetune
+    head_lr = ft.lr_probe if ft.linear_probe else ft.lr_head
+    optimizer = torch.optim.SGD(
+        model.param_groups(ft.lr_trunk, head_lr),
+        lr=head_lr,
+        momentum=ft.momentum,
+        dampening=ft.dampening,
+        weight_decay=ft.weight_decay,
+    )
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_factor(s, total))
+
+
+def _train_step(
+    model: SegmentationModel, batch: SegBatch, optimizer: torch.optim.SGD, cfg: Config, step: int
+) -> dict[str, float]:
+    """One SGD step on one batch; the loss terms (NonFiniteLoss, before any update, if not finite)."""
+    model.train()
+    logits = model(batch.voxel_coords, batch.voxel_features, batch.spatial_shape, batch.batch_size)  # (V, C)
+    loss, terms = segmentation_loss(
+        logits, batch.voxel_labels, cfg.finetune.ignore_index, cfg.finetune.lovasz
+    )
+    if not math.isfinite(terms["loss/total"]):
+        raise NonFiniteLoss(step, terms)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return terms
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+
+
+def finetune(cfg: Config, run_dir: Path, tracker: Any = None) -> FinetuneResult:
+    """Fine-tune (or linearly probe) on cfg.data.shards and score per point; see the module doc.
+
+    `tracker` (hvdistill/tracking.py's Tracker, optional) receives the metrics as they come.
+    """
+    ft, run_dir = cfg.finetune, Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(ft.seed)
+    device, cmap = pick_device(ft.device), class_map(ft.dataset)
+    train_loader, val_loader, data_info = _loaders(cfg, run_dir)
+    model = _model(cfg, run_dir, device, cmap.num_classes)
+    total = ft.max_steps or ft.epochs * len(train_loader)
+    optimizer, schedule = _optimizer(model, cfg, total)
+    log_metrics = (lambda m, s: tracker.log_metrics(_finite(m), s)) if tracker else (lambda m, s: None)
+    step, epoch, bad, seen, started = 0, 0, 0, 0, time.perf_counter()
+    while step < total:
+        train_loader.dataset.set_epoch(epoch)
+        stepped = False
+        for cpu_batch in train_loader:
+            bad, seen = bad + cpu_batch.bad, seen + cpu_batch.bad + cpu_batch.batch_size
+            batch = cpu_batch.to(device)
+            if not bool((batch.voxel_labels != ft.ignore_index).any()):
+                continue  # nothing labelled in this batch (all scans bad, or all ignore)
+            terms = _train_step(model, batch, optimizer, cfg, step)
+            schedule.step()
+            step, stepped = step + 1, True
+            if step % ft.log_every == 0 or step == total:
+                lrs = {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}
+                log_metrics({**terms, **lrs, "epoch": epoch}, step)
+                log.info("step %d/%d epoch %d loss %.4f", step, total, epoch, terms["loss/total"])
+            if ft.eval_every and step % ft.eval_every == 0 and step < total:
+                cm, _ = evaluate(model, val_loader, cmap.num_classes, ft.ignore_index, device)
+                log_metrics({"val/miou": scores(cm, cmap.names)["miou"]}, step)
+            if step >= total:
+                break
+        _check_bad(bad, seen, ft.max_bad_fraction, "training")
+        if not stepped:
+            raise RuntimeError(
+                "no training scan of the label split has a labelled voxel; see the warnings above"
+            )
+        epoch += 1
+    cm, stats = evaluate(model, val_loader, cmap.num_classes, ft.ignore_index, device)
+    _check_bad(stats["bad_scans"], stats["bad_scans"] + stats["scans"], ft.max_bad_fraction, "validation")
+    extra = {
+        **stats,
+        **data_info,
+        "dataset": ft.dataset,
+        "label_fraction": ft.label_fraction,
+        "linear_probe": ft.linear_probe,
+        "backbone": ft.backbone or "random",
+        "steps": step,
+        "epochs_started": epoch,
+        "bad_train_scans": bad,
+        "train_seconds": round(time.perf_counter() - started, 3),
+    }
+    paths = save_scores(run_dir, cm, cmap.names, extra)
+    result = {**scores(cm, cmap.names), **extra}
+    log_metrics({"val/miou": result["miou"], "val/accuracy": result["accuracy"]}, step)
+    log.info(
+        "mIoU %.4f over %d classes, %d points scored",
+        result["miou"],
+        result["classes_in_mean"],
+        result["points"],
+    )
+    return FinetuneResult(run_dir, result["miou"], step, result, paths, model)

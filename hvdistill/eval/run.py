@@ -1,0 +1,140 @@
+"""`hvdistill finetune CONFIG [key=value ...]`: one fine-tuning run in its own directory, tracked.
+
+The run directory `<finetune.output_dir>/<finetune.run_name or generated>` holds everything
+needed to reproduce and read the run:
+    config.yaml            the resolved config
+    label_split.json       the label-fraction split (what was kept, from which shards, the rule)
+    backbone_load.json     where the backbone came from (sha256), what was loaded
+    metrics.json           mIoU, per-class IoU, accuracy, points scored / outside the range, counts
+    confusion_matrix.csv   rows = ground truth, columns = prediction
+    per_class_iou.csv      per class: IoU, ground-truth and predicted points
+    tracking.json          the MLflow run id and store (with tracking.enabled)
+With `tracking.enabled`, the run is an MLflow run (hvdistill/tracking.py; store `tracking.uri`,
+default sqlite in the run directory): params = the config sections fine-tuning reads, metrics as
+they come (`loss/*`, `lr/*`, `val/miou`), the files above as artifacts. A sweep passes
+`parent_run_id` to nest the run under its parent.
+
+Validation covers the sections a fine-tuning run reads (`FINETUNE_SECTIONS`) and the LiDAR model
+config; the teacher's settings do not matter here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hvdistill.config import Config, ConfigError, flatten, load_config, to_dict
+from hvdistill.config.model import lidar_problems
+from hvdistill.eval.finetune import FinetuneResult, finetune
+from hvdistill.eval.metrics import METRICS_FILE
+
+log = logging.getLogger(__name__)
+FINETUNE_SECTIONS = ("data", "geometry", "tracking", "finetune")  # validated; plus model.lidar below
+CONFIG_FILE = "config.yaml"
+TRACKING_FILE = "tracking.json"
+RUN_ID_CHARS = 6  # random hex characters that keep generated run names unique
+
+
+def load_finetune_config(path: str | None, overrides: list[str]) -> Config:
+    """The config a fine-tuning run uses, validated for what fine-tuning reads (one ConfigError)."""
+    cfg = load_config(path, overrides, sections=FINETUNE_SECTIONS)
+    problems = lidar_problems(cfg.model.lidar, cfg.geometry)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def run_params(cfg: Config) -> dict[str, Any]:
+    """The MLflow params of a fine-tuning run: the sections it reads."""
+    params = flatten(cfg, FINETUNE_SECTIONS)
+    params.update({f"model.lidar.{k}": v for k, v in flatten(cfg.model.lidar).items()})
+    return params
+
+
+def make_run_dir(cfg: Config) -> Path:
+    """`<output_dir>/<run_name>`; a generated name when empty; a finished run is never overwritten."""
+    ft = cfg.finetune
+    name = ft.run_name or (
+        f"{ft.dataset}-{'probe' if ft.linear_probe else 'finetune'}-f{ft.label_fraction:g}-"
+        f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:RUN_ID_CHARS]}"
+    )
+    run_dir = Path(ft.output_dir) / name
+    if (run_dir / METRICS_FILE).exists():
+        raise FileExistsError(
+            f"{run_dir} holds a finished fine-tuning run; choose another finetune.run_name or remove it"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def run(cfg: Config, parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> FinetuneResult:
+    """One fine-tuning run: its directory, the config saved, tracking around `finetune`."""
+    run_dir = make_run_dir(cfg)
+    print(f"fine-tuning run directory: {run_dir}", flush=True)
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if not cfg.tracking.enabled:
+        return finetune(cfg, run_dir)
+    from hvdistill.tracking import default_tags, prepare_tracking, start_tracker
+
+    uri = prepare_tracking(cfg.tracking, run_dir)
+    all_tags = {
+        **default_tags(1),
+        "hvdistill.kind": "linear_probe" if cfg.finetune.linear_probe else "finetune",
+    }
+    tracker = start_tracker(
+        cfg.tracking,
+        run_dir,
+        is_main=True,
+        run_name=run_dir.name,
+        parent_run_id=parent_run_id,
+        tags={**all_tags, **(tags or {})},
+    )
+    with tracker:
+        (run_dir / TRACKING_FILE).write_text(json.dumps({"run_id": tracker.run_id, "uri": uri}) + "\n")
+        tracker.log_params(run_params(cfg))
+        result = finetune(cfg, run_dir, tracker)
+        for path in sorted(run_dir.glob("*.json")) + sorted(run_dir.glob("*.csv")) + [run_dir / CONFIG_FILE]:
+            tracker.log_artifact(path)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hvdistill finetune",
+        description="Fine-tune (or linearly probe, finetune.linear_probe=true) the 3D backbone for semantic "
+        "segmentation on labelled shards, with a label fraction; docs/finetuning.md.",
+    )
+    parser.add_argument("config", nargs="?", default=None, help="YAML diff over the defaults")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, applied in order")
+    args = parser.parse_args(argv)
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config and not config.endswith((".yaml", ".yml")):
+        config, overrides = None, [config, *overrides]
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_finetune_config(config, overrides)
+        result = run(cfg)
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:
+        log.debug("fine-tuning stopped", exc_info=True)
+        print(f"hvdistill finetune: {exc}", file=sys.stderr)
+        return 2
+    m = result.metrics
+    print(
+        f"mIoU {100 * result.miou:.2f} over {m['classes_in_mean']} classes, {m['points']} points "
+        f"({m['points_outside_range']} outside finetune.point_range), {result.steps} steps"
+    )
+    for name, path in result.paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
