@@ -197,6 +197,37 @@ def _finite(metrics: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
 
 
+def _final_scores(
+    cfg: Config,
+    model: SegmentationModel,
+    val_loader: DataLoader,
+    device: torch.device,
+    run_dir: Path,
+    run_info: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Score the whole val split per point; write metrics.json (scores + run facts) and the CSVs."""
+    ft, cmap = cfg.finetune, class_map(cfg.finetune.dataset)
+    cm, stats = evaluate(model, val_loader, cmap.num_classes, ft.ignore_index, device)
+    _check_bad(stats["bad_scans"], stats["bad_scans"] + stats["scans"], ft.max_bad_fraction, "validation")
+    extra = {
+        **stats,
+        **run_info,
+        "dataset": ft.dataset,
+        "label_fraction": ft.label_fraction,
+        "linear_probe": ft.linear_probe,
+        "backbone": ft.backbone or "random",
+    }
+    paths = save_scores(run_dir, cm, cmap.names, extra)
+    result = {**scores(cm, cmap.names), **extra}
+    log.info(
+        "mIoU %.4f over %d classes, %d points scored",
+        result["miou"],
+        result["classes_in_mean"],
+        result["points"],
+    )
+    return result, paths
+
+
 def finetune(cfg: Config, run_dir: Path, tracker: Any = None) -> FinetuneResult:
     """Fine-tune (or linearly probe) on cfg.data.shards and score per point; see the module doc.
 
@@ -229,7 +260,9 @@ def finetune(cfg: Config, run_dir: Path, tracker: Any = None) -> FinetuneResult:
                 log.info("step %d/%d epoch %d loss %.4f", step, total, epoch, terms["loss/total"])
             if ft.eval_every and step % ft.eval_every == 0 and step < total:
                 cm, _ = evaluate(model, val_loader, cmap.num_classes, ft.ignore_index, device)
-                log_metrics({"val/miou": scores(cm, cmap.names)["miou"]}, step)
+                miou = scores(cm, cmap.names)["miou"]
+                log_metrics({"val/miou": miou}, step)
+                log.info("step %d val mIoU %.4f", step, miou)
             if step >= total:
                 break
         _check_bad(bad, seen, ft.max_bad_fraction, "training")
@@ -238,27 +271,8 @@ def finetune(cfg: Config, run_dir: Path, tracker: Any = None) -> FinetuneResult:
                 "no training scan of the label split has a labelled voxel; see the warnings above"
             )
         epoch += 1
-    cm, stats = evaluate(model, val_loader, cmap.num_classes, ft.ignore_index, device)
-    _check_bad(stats["bad_scans"], stats["bad_scans"] + stats["scans"], ft.max_bad_fraction, "validation")
-    extra = {
-        **stats,
-        **data_info,
-        "dataset": ft.dataset,
-        "label_fraction": ft.label_fraction,
-        "linear_probe": ft.linear_probe,
-        "backbone": ft.backbone or "random",
-        "steps": step,
-        "epochs_started": epoch,
-        "bad_train_scans": bad,
-        "train_seconds": round(time.perf_counter() - started, 3),
-    }
-    paths = save_scores(run_dir, cm, cmap.names, extra)
-    result = {**scores(cm, cmap.names), **extra}
+    run_info = {**data_info, "steps": step, "epochs_started": epoch, "bad_train_scans": bad}
+    run_info["train_seconds"] = round(time.perf_counter() - started, 3)
+    result, paths = _final_scores(cfg, model, val_loader, device, run_dir, run_info)
     log_metrics({"val/miou": result["miou"], "val/accuracy": result["accuracy"]}, step)
-    log.info(
-        "mIoU %.4f over %d classes, %d points scored",
-        result["miou"],
-        result["classes_in_mean"],
-        result["points"],
-    )
     return FinetuneResult(run_dir, result["miou"], step, result, paths, model)
