@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from hvdistill.config import Config, load_config
+from hvdistill.data.shard_tar import scan_shard
 from hvdistill.geometry.voxel import voxelize
 from hvdistill.models.lidar import LidarStudent, build_lidar_model
 from tests.helpers import config_path
@@ -98,3 +100,14 @@ def write_labelled_shards(out: Path, roots: dict[str, Path], per_shard: int = 2)
     manifest = {"schema": schema.SCHEMA_VERSION, "shards": shards, "sources": sources, "skipped": []}
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
+
+
+def damage_labels(shards, tmp_path, value: int = 200):
+    """A copy of the shards whose first nuScenes val record has label `value` on its first point."""
+    copy = shutil.copytree(shards, tmp_path / "shards")
+    ref = next(scan_shard(str(sorted(copy.glob("nuscenes-val-*.tar"))[0])))
+    name, offset, size = next(m for m in ref.members if m[0] == "labels.npy")
+    with open(ref.shard, "r+b") as f:
+        f.seek(offset + size - 1)  # the last label byte (the npy payload ends the member)
+        f.write(bytes([value]))
+    return copy, ref.key

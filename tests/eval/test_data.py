@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
 
 from hvdistill.config import DataConfig, FinetuneConfig
 from hvdistill.data.sample_checks import SchemaError
-from hvdistill.data.shard_tar import scan_shard
 from hvdistill.eval.classes import class_map
 from hvdistill.eval.evaluate import evaluate, point_predictions
 from hvdistill.eval.scans import LabelledScan, ScanDataset, decode_scan, index_split, scan_refs
 from hvdistill.eval.segmentation import build_segmentation_model
 from hvdistill.eval.voxels import Voxelizer, augment_xyz, collate_scans, voxelize_scan
-from tests.eval.helpers import tiny_config
+from tests.eval.helpers import damage_labels, tiny_config
 
 NUSCENES = class_map("nuscenes")
 RANGE = [-3.2, -3.2, -1.6, 3.2, 3.2, 1.6]
@@ -42,17 +39,6 @@ def test_records_of_each_split_and_their_scenes(labelled_shards):
     assert (
         len(index_split(DataConfig(shards=[str(t) for t in tars]), "nuscenes", "val").refs) == 3
     )  # bare tars
-
-
-def damage_labels(shards, tmp_path, value: int = 200):
-    """A copy of the shards whose first nuScenes val record has label `value` on its first point."""
-    copy = shutil.copytree(shards, tmp_path / "shards")
-    ref = next(scan_shard(str(sorted(copy.glob("nuscenes-val-*.tar"))[0])))
-    name, offset, size = next(m for m in ref.members if m[0] == "labels.npy")
-    with open(ref.shard, "r+b") as f:
-        f.seek(offset + size - 1)  # the last label byte (the npy payload ends the member)
-        f.write(bytes([value]))
-    return copy, ref.key
 
 
 def test_a_damaged_scan_is_skipped_and_counted_in_evaluation(labelled_shards, tmp_path, caplog):

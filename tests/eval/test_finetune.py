@@ -14,7 +14,7 @@ from hvdistill.data.shards import build_shard_dataset
 from hvdistill.eval.finetune import finetune
 from hvdistill.eval.run import load_finetune_config, main
 from hvdistill.tracking import NullTracker
-from tests.eval.helpers import export_backbone, trained_looking_student
+from tests.eval.helpers import damage_labels, export_backbone, trained_looking_student
 from tests.helpers import config_path
 
 FAST = [
@@ -172,3 +172,16 @@ def test_user_mistakes_end_with_a_message_not_a_traceback(
 def test_no_shards_is_a_clear_error(tmp_path, capsys):
     assert main([config_path("tiny.yaml"), f"finetune.output_dir={tmp_path}", *FAST]) == 2
     assert "set data.shards=[SHARD_DIR]" in capsys.readouterr().err
+
+
+def test_unusable_val_scans_past_the_tolerated_fraction_stop_the_run(labelled_shards, tmp_path):
+    copy, _ = damage_labels(labelled_shards, tmp_path)
+    over = [f"data.shards=[{copy}]", *FAST, "finetune.linear_probe=true", "finetune.max_steps=1"]
+    cfg = load_finetune_config(config_path("tiny.yaml"), over)
+    with pytest.raises(
+        RuntimeError, match=r"1 of 3 validation scans were unusable \(.*max_bad_fraction=0.01"
+    ):
+        finetune(cfg, tmp_path / "strict")
+    cfg.finetune.max_bad_fraction = 0.5
+    result = finetune(cfg, tmp_path / "tolerant")
+    assert (result.metrics["scans"], result.metrics["bad_scans"]) == (2, 1)
