@@ -71,7 +71,9 @@ def export_backbone(student: LidarStudent, cfg: Config, out: Path, meta: bool = 
     return out
 
 
-def write_labelled_shards(out: Path, roots: dict[str, Path], per_shard: int = 2) -> Path:
+def write_labelled_shards(
+    out: Path, roots: dict[str, Path], per_shard: int = 2, cameras: tuple[str, ...] = ("CAM_FRONT",)
+) -> Path:
     """Shard the synthetic world's train and val splits in-process (no Ray): the samples
     `hvdistill shard` would write (prepare_sample + encode_sample + sharding's writer), a
     manifest.json listing them. Returns `out`."""
@@ -82,7 +84,7 @@ def write_labelled_shards(out: Path, roots: dict[str, Path], per_shard: int = 2)
     from sharding.writer import ShardWriter
     from tests.helpers.world import NUSCENES_VERSION
 
-    data = DataConfig(stored_image_width=96, stored_image_height=54, cameras=["CAM_FRONT"])
+    data = DataConfig(stored_image_width=96, stored_image_height=54, cameras=list(cameras))
     out.mkdir(parents=True, exist_ok=True)
     shards, sources = [], []
     for name, root in roots.items():
@@ -103,7 +105,7 @@ def write_labelled_shards(out: Path, roots: dict[str, Path], per_shard: int = 2)
 
 
 def damage_labels(shards, tmp_path, value: int = 200):
-    """A copy of the shards whose first nuScenes val record has label `value` on its first point."""
+    """A copy of the shards whose first nuScenes val record has label `value` on its last point."""
     copy = shutil.copytree(shards, tmp_path / "shards")
     ref = next(scan_shard(str(sorted(copy.glob("nuscenes-val-*.tar"))[0])))
     name, offset, size = next(m for m in ref.members if m[0] == "labels.npy")
