@@ -1,0 +1,114 @@
+"""Pretraining on a local Ray (127.0.0.1): 2 Ray Train workers, DeepSpeed ZeRO-2, one worker killed midway.
+
+One run covers the issue's test: the synthetic shards are trained for STEPS steps by two
+TorchTrainer workers with ZeRO-2; when the checkpoint of step KILL_AFTER is complete, one worker
+process is killed (SIGKILL, as a lost node or the OOM killer would). Ray must restart the worker
+group, the run must resume from the newest checkpoint in the same run directory and reach STEPS;
+the loss stays finite and goes down; both ranks end with identical parameters; and MLflow holds
+one run (the id recorded before the kill) whose metric history covers the steps before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from hvdistill.tracking import metric_history, run_record
+from launch.train import train_on_ray
+from tests.launch.ranks import params_file
+from tests.train.helpers import tiny_train_config
+
+STEPS = 12
+EVERY = 3  # train.checkpoint_every
+KILL_AFTER = 3  # kill once checkpoints/step-000003 is complete
+KILL_WAIT_S = 420.0  # worker start + DeepSpeed init + 3 steps, on two shared cores
+
+
+class WorkerKiller(threading.Thread):
+    """Kills one Ray Train worker of this process's local Ray once a checkpoint is complete."""
+
+    def __init__(self, run_dir: Path, step: int):
+        super().__init__(daemon=True)
+        self.marker = run_dir / "checkpoints" / f"step-{step:06d}" / "meta.json"
+        self.tracking_file = run_dir / "tracking.json"
+        self.victim: int | None = None
+        self.run_id_before: str | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        deadline = time.monotonic() + KILL_WAIT_S
+        while not self.marker.is_file():
+            if self.stop.wait(0.1) or time.monotonic() > deadline:
+                return
+        self.run_id_before = json.loads(self.tracking_file.read_text())["run_id"]
+        # only our own Ray's processes; a DataLoader worker forked by a Ray worker has the same
+        # title, so the victim is a titled process whose parent is not titled (the raylet's child)
+        titled = {}
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                if proc.cmdline()[:1] == ["ray::RayTrainWorker"]:
+                    titled[proc.pid] = proc
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        for proc in titled.values():
+            try:
+                if proc.ppid() not in titled:
+                    proc.kill()
+                    self.victim = proc.pid
+                    return
+            except psutil.NoSuchProcess:
+                continue
+
+
+@pytest.mark.slow
+def test_two_zero2_workers_survive_a_killed_worker_and_keep_one_mlflow_run(launch_shards, tmp_path, capfd):
+    out = tmp_path / "runs"
+    cfg = tiny_train_config(
+        launch_shards,
+        "dist.num_workers=2",
+        "dist.zero_stage=2",
+        "dist.max_failures=2",
+        f"train.max_steps={STEPS}",
+        f"train.checkpoint_every={EVERY}",
+        "train.log_every=1",
+        "train.eval_batches=1",
+        f"train.output_dir={out}",
+        "train.run_name=zero2-kill",
+        "tracking.enabled=true",
+    )
+    run_dir = out / "zero2-kill"
+    killer = WorkerKiller(run_dir, KILL_AFTER)
+    killer.start()
+    try:
+        result = train_on_ray(cfg, entry="tests.launch.ranks:run_recording_params")
+    finally:
+        killer.stop.set()
+        killer.join()
+    logs = capfd.readouterr()
+    text = logs.out + logs.err
+
+    assert killer.victim is not None, "no Ray Train worker was killed (checkpoint never appeared?)"
+    assert f"resuming at step {KILL_AFTER} from {run_dir / 'checkpoints'}" in text, text[-4000:]
+    assert result.run_dir == run_dir and result.steps == STEPS
+    assert result.checkpoint is not None and result.checkpoint.parent == run_dir / "checkpoints"
+
+    digests = {params_file(run_dir, rank).read_text() for rank in (0, 1)}
+    assert len(digests) == 1, "the two ranks ended with different parameters"
+
+    assert result.tracking_run_id == killer.run_id_before  # one MLflow run across the restart
+    record = run_record(result.tracking_uri, result.tracking_run_id)
+    assert record["status"] == "FINISHED" and record["tags"].get("hvdistill.resumes") == "1"
+    history = metric_history(result.tracking_uri, result.tracking_run_id, "loss/total")
+    steps = {step for step, _ in history}
+    assert steps == set(range(1, STEPS + 1)), steps  # before the kill, after it, nothing missing
+    losses = [value for _, value in history]
+    assert all(math.isfinite(v) for v in losses)
+    first, last = losses[:3], [v for s, v in history if s > STEPS - 3]
+    assert sum(last) / len(last) < sum(first) / len(first), history
