@@ -113,3 +113,23 @@ def test_point_predictions_follow_the_inverse_index_and_never_predict_ignore():
     inside = batch.point_to_voxel >= 0
     assert torch.equal(pred[inside], logits[:, 1:].argmax(1)[batch.point_to_voxel[inside]] + 1)
     assert torch.all(pred[~inside] == 0)
+
+
+def test_scores_do_not_depend_on_how_scans_are_batched_on_the_full_grid(labelled_shards):
+    """3 scans in one batch of the default 2048 x 2048 x 192 grid (batch x volume > 2**31) score
+    exactly like 3 batches of one: offsets are right and spconv's hashing does not overflow."""
+    cfg = tiny_config()
+    refs = index_split(DataConfig(shards=[str(labelled_shards)]), "nuscenes", "val").refs
+    dataset = ScanDataset(
+        refs, NUSCENES, Voxelizer(0.1, cfg.finetune.point_range, cfg.finetune, augment=False)
+    )
+    items = [dataset[i] for i in range(len(refs))]
+    torch.manual_seed(0)
+    model = build_segmentation_model(cfg.model.lidar, NUSCENES.num_classes)
+    whole = collate_scans(items, 0.1, cfg.finetune.point_range)
+    assert whole.spatial_shape == [192, 2048, 2048] and whole.batch_size == 3
+    cm_whole, _ = evaluate(model, [whole], NUSCENES.num_classes, 0, "cpu")
+    singles = [collate_scans([item], 0.1, cfg.finetune.point_range) for item in items]
+    cm_singles, _ = evaluate(model, singles, NUSCENES.num_classes, 0, "cpu")
+    assert np.array_equal(cm_whole.counts, cm_singles.counts) and cm_whole.points > 0
+    assert (cm_whole.counts.sum(0) > 0).sum() > 2  # several classes predicted: the comparison has teeth
