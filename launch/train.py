@@ -187,6 +187,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _keep_on_loopback() -> None:
+    """RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (unless set): else Ray 2.60 swaps 127.0.0.1 for the
+    machine's external address. Ray reads it when first imported, so say so if that was earlier."""
+    if "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" in os.environ:
+        return
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if "ray" in sys.modules:
+        print(
+            "launch: warning: ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set; "
+            "the local Ray may use the machine's external address; set it before importing ray",
+            file=sys.stderr,
+        )
+
+
 @contextmanager
 def ray_session(cfg: Config, address: str | None) -> Iterator[None]:
     """Connect to `address`, or start a local Ray on 127.0.0.1 sized for the workers; undo it after.
@@ -195,7 +209,8 @@ def ray_session(cfg: Config, address: str | None) -> Iterator[None]:
     running. The local one gets the dashboard on 127.0.0.1 (Ray Train's cleanup actor queries
     the state API it serves) on a free port.
     """
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before ray is imported
+    if not address:
+        _keep_on_loopback()
     import ray
 
     if ray.is_initialized():
@@ -251,8 +266,6 @@ def _keep(cfg: Config) -> int | None:
 
 def prepare_tracking_for(cfg: Config, run_dir: Path) -> str:
     """Create the MLflow store and experiment once, before workers open it; "" when tracking is off."""
-    if not cfg.tracking.enabled:
-        return ""
     from hvdistill.tracking import prepare_tracking
 
     return prepare_tracking(cfg.tracking, run_dir)

@@ -39,6 +39,7 @@ def test_submitted_pretraining_job_succeeds_and_names_its_run_directory(ray_head
         f"data.shards=[{launch_shards}]",
         f"train.output_dir={out}",
         "train.max_steps=2",
+        "tracking.enabled=true",
     ]
     done = submit(ray_head, "pretrain", "configs/tiny.yaml", *overrides, timeout=JOB_TIMEOUT_S)
     text = done.stdout + done.stderr
@@ -54,6 +55,8 @@ def test_submitted_pretraining_job_succeeds_and_names_its_run_directory(ray_head
     logs = submit(ray_head, "logs", job_id)
     assert logs.returncode == 0 and f"launch: run directory {run_dir}" in logs.stdout
     assert re.search(r"launch: finished 2 steps", logs.stdout), logs.stdout[-3000:]
+    ui = f"mlflow ui --backend-store-uri sqlite:///{run_dir / 'mlruns.db'} --host 127.0.0.1"
+    assert re.search(r"launch: MLflow run \w+; to see it: ", logs.stdout) and ui in logs.stdout
 
 
 @pytest.mark.slow
