@@ -3,8 +3,8 @@
 A tiny pretraining is submitted as a Ray job from another process (the CLI, as a user runs it),
 with the repository uploaded as the job's working directory; the job runs `hvdistill pretrain
 ... --ray --address auto` on the cluster and must SUCCEED, its logs must name the run directory,
-and `submit status` / `submit logs` must report it. A client without the token, or with a wrong
-one, gets a clear refusal.
+and `submit status` / `submit logs` must report it. `--no-follow` returns at once and `submit
+stop` ends a job. A client without the token, or with a wrong one, gets a clear refusal.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from tests.helpers import REPO_ROOT
 from tests.train.helpers import TINY_TRAIN
 
 JOB_TIMEOUT_S = 540
+STOP_WAIT_S = 120
 
 
 def submit(
@@ -70,3 +72,26 @@ def test_a_client_without_the_token_or_with_a_wrong_one_is_refused_with_the_fix(
     assert done.returncode == 2 and "RAY_AUTH_TOKEN" in done.stderr, done.stderr[-2000:]
     known = submit(ray_head, "status", "raysubmit_none")  # with the token: the job is unknown
     assert known.returncode == 1 and "raysubmit_none" in known.stderr, known.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_no_follow_returns_the_job_id_and_stop_ends_the_job(ray_head, launch_shards, tmp_path):
+    long_run = [
+        *TINY_TRAIN,
+        f"data.shards=[{launch_shards}]",
+        f"train.output_dir={tmp_path}",
+        "train.max_steps=10000",
+    ]
+    done = submit(ray_head, "pretrain", "configs/tiny.yaml", *long_run, "--no-follow")
+    assert done.returncode == 0, done.stderr[-3000:]
+    job_id = re.search(r"submit: job (\S+) submitted", done.stdout).group(1)
+    assert f"hvdistill submit logs {job_id}" in done.stdout  # how to follow it later
+    stopped = submit(ray_head, "stop", job_id)
+    assert stopped.returncode == 0 and f"{job_id}: stop requested" in stopped.stdout, stopped.stdout
+    deadline = time.monotonic() + STOP_WAIT_S
+    while True:
+        status = submit(ray_head, "status", job_id)
+        if f"{job_id} STOPPED" in status.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(2.0)
+    assert f"{job_id} STOPPED" in status.stdout, status.stdout

@@ -6,12 +6,14 @@ process is killed (SIGKILL, as a lost node or the OOM killer would). Ray must re
 group, the run must resume from the newest checkpoint in the same run directory and reach STEPS;
 the loss stays finite and goes down; both ranks end with identical parameters; and MLflow holds
 one run (the id recorded before the kill) whose metric history covers the steps before and after.
+A run that fails on every try is retried `dist.max_failures` times and then raises LaunchError.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from hvdistill.tracking import metric_history, run_record
-from launch.train import train_on_ray
+from launch.train import LaunchError, train_on_ray
 from tests.launch.ranks import params_file
 from tests.train.helpers import tiny_train_config
 
@@ -112,3 +114,19 @@ def test_two_zero2_workers_survive_a_killed_worker_and_keep_one_mlflow_run(launc
     assert all(math.isfinite(v) for v in losses)
     first, last = losses[:3], [v for s, v in history if s > STEPS - 3]
     assert sum(last) / len(last) < sum(first) / len(first), history
+
+
+@pytest.mark.slow
+def test_a_run_that_keeps_failing_is_retried_max_failures_times_then_raises(tmp_path, capfd):
+    empty = tmp_path / "no-shards"
+    empty.mkdir()
+    cfg = tiny_train_config(
+        empty, "dist.max_failures=1", f"train.output_dir={tmp_path / 'runs'}", "train.run_name=doomed"
+    )
+    with pytest.raises(LaunchError, match="doomed failed for good") as err:
+        train_on_ray(cfg)
+    text = capfd.readouterr()
+    line = re.escape(f"hvdistill pretrain: run directory {tmp_path / 'runs' / 'doomed'}")
+    attempts = set(re.findall(r"RayTrainWorker pid=(\d+)\)\S* " + line, text.out + text.err))
+    assert len(attempts) == 2, text.out[-3000:]  # the first try and one restart, each a new worker
+    assert str(empty) in str(err.value)  # the worker's own error reaches the driver
