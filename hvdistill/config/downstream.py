@@ -56,12 +56,27 @@ class FinetuneConfig:
     run_name: str = ""  # run directory name under output_dir; empty = generated
 
 
+RANDOM_INIT = "random"  # the sweep.checkpoints entry that means a randomly initialised backbone
+
+
 @dataclass(slots=True, kw_only=True)
 class SweepConfig:
+    """A Ray Tune sweep of fine-tuning runs: checkpoints x label fractions x seeds (x learning rates).
+
+    Each trial is the `finetune` section with its backbone, label fraction, seed and (when the
+    lists are given) learning rates replaced; docs/finetuning.md, section "Sweeps".
+    """
+
     label_fractions: list[float] = field(default_factory=lambda: [0.01, 0.05, 0.1, 0.25, 1.0])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    checkpoints: list[str] = field(default_factory=list)
-    max_concurrent: int = 1
+    checkpoints: list[str] = field(default_factory=lambda: [RANDOM_INIT])  # run dirs, backbone.pt, "random"
+    lr_trunk: list[float] = field(default_factory=list)  # empty = finetune.lr_trunk alone
+    lr_head: list[float] = field(default_factory=list)  # empty = finetune.lr_head alone
+    max_concurrent: int = 1  # trials running at once (also bounded by the cluster's CPUs / GPUs)
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    name: str = ""  # sweep directory under finetune.output_dir; empty = generated; same name = resume
+    after_pretrain: bool = False  # `pretrain --ray`: sweep the exported backbone (and random) at the end
 
 
 def _fraction_problems(p: list[str], fraction: float) -> None:
@@ -135,6 +150,20 @@ def sweep_problems(cfg: Config) -> list[str]:
     p: list[str] = []
     for f in cfg.sweep.label_fractions:
         check_range(p, "sweep.label_fractions[*]", f, 0.0, 1.0)
-    if cfg.sweep.max_concurrent < 1:
-        p.append(f"sweep.max_concurrent: {cfg.sweep.max_concurrent} must be >= 1")
+    sw = cfg.sweep
+    if sw.max_concurrent < 1:
+        p.append(f"sweep.max_concurrent: {sw.max_concurrent} must be >= 1")
+    for key in ("label_fractions", "seeds", "checkpoints"):
+        if not getattr(sw, key):
+            p.append(f"sweep.{key}: empty; give at least one value")
+    for key in ("lr_trunk", "lr_head"):
+        if any(v <= 0 for v in getattr(sw, key)):
+            p.append(f"sweep.{key}: {getattr(sw, key)} must all be > 0")
+    if sw.cpus_per_trial <= 0 or sw.gpus_per_trial < 0:
+        p.append(
+            f"sweep.cpus_per_trial / sweep.gpus_per_trial: {sw.cpus_per_trial} / {sw.gpus_per_trial} "
+            f"must be > 0 / >= 0"
+        )
+    if any(not c for c in sw.checkpoints):
+        p.append(f'sweep.checkpoints: an empty entry; write "{RANDOM_INIT}" for random init')
     return p
