@@ -18,7 +18,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "shard": ("sharding.cli", "shard every data.sources entry with Ray; `shard verify DIR`"),
     "demo": ("hvdistill.demo", "run the furthest pipeline that exists on the synthetic world"),
     "finetune": ("hvdistill.eval.run", "fine-tune or linearly probe the 3D backbone; mIoU per point"),
-    "submit": ("launch.submit", "submit pretraining to a Ray cluster as a job; submit status|logs|stop ID"),
+    "sweep": ("launch.sweep", "Ray Tune sweep: checkpoints x label fractions x seeds, table and plot"),
+    "report": ("hvdistill.eval.report", "a sweep's mIoU table, plot and per-class IoU, from MLflow"),
+    "submit": ("launch.submit", "submit pretraining or a sweep to Ray as a job; submit status|logs|stop ID"),
 }
 # verb -> (flag, module): with the flag among its arguments the verb runs that module instead
 FLAG_ROUTES: dict[str, tuple[str, str]] = {

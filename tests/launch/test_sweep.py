@@ -1,0 +1,100 @@
+"""A tiny label-efficiency sweep on local Ray Tune: 2 checkpoints x 2 fractions x 2 seeds, then a re-run that
+finishes only the missing trials."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from hvdistill.config import ConfigError
+from hvdistill.eval.report import TRIAL_TAG
+from hvdistill.tracking import artifact_paths, child_runs, run_record
+from launch.sweep import load_sweep_config, main, prepare_config, trial_specs
+from tests.eval.helpers import export_backbone, tiny_config, trained_looking_student, write_labelled_shards
+from tests.helpers import config_path
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TINY = [
+    "finetune.batch_size=2",
+    "finetune.eval_batch_size=2",
+    "finetune.loader_workers=0",
+    "finetune.max_steps=2",
+    "sweep.label_fractions=[0.5,1.0]",
+    "sweep.seeds=[0,1]",
+    "sweep.max_concurrent=2",
+    "sweep.cpus_per_trial=1",
+]
+
+
+@pytest.fixture(scope="module")
+def sweep_inputs(nuscenes_root, tmp_path_factory):
+    """Labelled nuScenes shards of the session world and a backbone.pt/backbone.json of a fresh student."""
+    shards = write_labelled_shards(tmp_path_factory.mktemp("sweep-shards"), {"nuscenes": nuscenes_root})
+    pre = export_backbone(
+        trained_looking_student(tiny_config()), tiny_config(), tmp_path_factory.mktemp("pre") / "pre"
+    )
+    return shards, pre
+
+
+def args_for(tmp_path, shards, checkpoints: str, *extra: str) -> list[str]:
+    return [
+        config_path("tiny.yaml"), f"data.shards=[{shards}]", f"finetune.output_dir={tmp_path}",
+        f"sweep.checkpoints=[{checkpoints}]", "sweep.name=s", *TINY, *extra,
+    ]  # fmt: skip
+
+
+def test_trial_keys_are_deterministic_and_distinct(tmp_path):
+    cfg = prepare_config(
+        load_sweep_config(
+            config_path("tiny.yaml"),
+            [*TINY, "sweep.checkpoints=[random,a/b]", "sweep.name=x", "sweep.lr_trunk=[0.1,0.2]"],
+        ),
+        tmp_path,
+    )
+    specs = trial_specs(cfg)
+    assert len(specs) == 2 * 2 * 2 * 2 and len({s["key"] for s in specs}) == 16
+    assert [s["key"] for s in trial_specs(cfg)] == [s["key"] for s in specs]
+    assert {s["checkpoint"] for s in specs} == {"random", str(tmp_path / "a" / "b")}
+    with pytest.raises(ConfigError, match="tracking.enabled"):
+        load_sweep_config(config_path("tiny.yaml"), ["tracking.enabled=false"])
+    with pytest.raises(ConfigError, match="sweep.checkpoints"):
+        load_sweep_config(config_path("tiny.yaml"), ["sweep.checkpoints=[]"])
+
+
+@pytest.mark.slow
+def test_sweep_runs_every_trial_as_a_child_run_and_a_rerun_finishes_only_the_missing(
+    sweep_inputs, tmp_path, capsys
+):
+    shards, pre = sweep_inputs
+    # an "interrupted" sweep: only the random-init trials ran
+    assert main(args_for(tmp_path, shards, "random")) == 0
+    first = capsys.readouterr().out
+    assert "sweep: 4 trials, 0 already finished, 4 to run" in first and first.count("sweep: [") == 4
+    sweep_dir = tmp_path / "s"
+    info = __import__("json").loads((sweep_dir / "sweep.json").read_text())
+    uri, parent = info["uri"], info["parent_run_id"]
+    before = {r["run_id"] for r in child_runs(uri, parent)}
+    assert len(before) == 4
+    # the full sweep under the same name: the 4 random-init trials are skipped, the 4 others run
+    assert main(args_for(tmp_path, shards, f"random,{pre}")) == 0
+    out = capsys.readouterr().out
+    assert "sweep: 8 trials, 4 already finished, 4 to run" in out
+    assert "sweep: [5/8]" in out and "sweep: [8/8]" in out and "sweep: [1/8]" not in out
+    children = child_runs(uri, parent)
+    assert len(children) == 8 and before <= {r["run_id"] for r in children}
+    assert all(r["status"] == "FINISHED" for r in children)
+    assert len({r["tags"][TRIAL_TAG] for r in children}) == 8
+    assert {r["tags"]["hvdistill.sweep.label"] for r in children} == {"random", "pre"}
+    assert run_record(uri, parent)["status"] == "FINISHED"
+    rows = list(csv.DictReader((sweep_dir / "report" / "summary.csv").open()))
+    assert {(r["checkpoint"], r["label_fraction"], r["n"]) for r in rows} == {
+        (c, f, "2") for c in ("random", "pre") for f in ("0.5", "1")
+    }
+    assert (sweep_dir / "report" / "label_efficiency.png").read_bytes()[:8] == PNG_MAGIC
+    assert f"sweep: plot {sweep_dir / 'report' / 'label_efficiency.png'}" in out and "| pre |" in out
+    assert "report/summary.md" in artifact_paths(uri, parent)
+    # nothing left to run: no new child, the report regenerated
+    assert main(args_for(tmp_path, shards, f"random,{pre}")) == 0
+    assert "8 already finished, 0 to run" in capsys.readouterr().out
+    assert len(child_runs(uri, parent)) == 8
