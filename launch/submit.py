@@ -2,6 +2,7 @@
 
     hvdistill submit pretrain CONFIG [key=value ...] --address http://HOST:8265
                      [--working-dir DIR | --no-upload] [--env KEY[=VALUE] ...] [--no-follow]
+    hvdistill submit sweep CONFIG [key=value ...] --address http://HOST:8265 [same options]
     hvdistill submit status JOB_ID --address http://HOST:8265
     hvdistill submit logs JOB_ID --address http://HOST:8265 [--follow]
     hvdistill submit stop JOB_ID --address http://HOST:8265
@@ -11,6 +12,9 @@ started), fixes `train.run_name` (so the run directory is known before the job r
 submits `python -m hvdistill.cli pretrain CONFIG ... train.run_name=NAME --ray --address auto`
 through Ray's JobSubmissionClient. It prints the job id and the run directory, then follows the
 job's logs until it ends (exit 0 only when the job SUCCEEDED); Ctrl-C stops following, not the job.
+`submit sweep` does the same for `hvdistill sweep` (launch/sweep.py): it fixes `sweep.name` (the
+sweep directory; submit it again with that name to finish missing trials) and submits
+`python -m hvdistill.cli sweep CONFIG ... sweep.name=NAME --address auto`.
 
 Code: by default the working directory (the project checkout you run from) is uploaded as the
 job's `working_dir`, without .venv, .git, data, runs, demo-output, mlruns and shards, so the
@@ -178,6 +182,50 @@ def job_request(args: argparse.Namespace) -> tuple[dict[str, Any], str, Config]:
     return request, run_name, cfg
 
 
+def _sweep_relative_paths(cfg: Config) -> list[str]:
+    """The sweep's path settings that are relative (see `_relative_paths`)."""
+    from hvdistill.config.downstream import RANDOM_INIT
+
+    paths = {
+        "finetune.output_dir": cfg.finetune.output_dir,
+        **{f"data.shards.{i}": s for i, s in enumerate(cfg.data.shards)},
+        **{f"sweep.checkpoints.{i}": c for i, c in enumerate(cfg.sweep.checkpoints) if c != RANDOM_INIT},
+    }
+    return [
+        f"{key}: {value!r} is relative; the job runs in a temporary copy of the working directory, "
+        f"so give an absolute path on storage every node sees (e.g. /mnt/shared/...)"
+        for key, value in paths.items()
+        if value and "://" not in value and not value.startswith("runs:/") and not Path(value).is_absolute()
+    ]
+
+
+def sweep_request(args: argparse.Namespace) -> tuple[dict[str, Any], str, Path]:
+    """(submit_job keyword arguments, sweep name, sweep directory) for `submit sweep`."""
+    from launch.sweep import load_sweep_config, prepare_config
+
+    cfg = load_sweep_config(args.config, list(args.overrides))
+    problems = _sweep_relative_paths(cfg)
+    if problems:
+        raise ConfigError(problems)
+    name = prepare_config(cfg).sweep.name
+    working_dir = None if args.no_upload else Path(args.working_dir).resolve()
+    overrides = [o for o in args.overrides if not o.startswith("sweep.name=")]
+    command = ["python", "-m", "hvdistill.cli", "sweep", _config_argument(args.config, working_dir)]
+    command += [*overrides, f"sweep.name={name}", "--address", "auto"]
+    runtime_env: dict[str, Any] = {}
+    if working_dir is not None:
+        runtime_env = {"working_dir": str(working_dir), "excludes": list(UPLOAD_EXCLUDES)}
+    env_vars = job_env(args.env)
+    if env_vars:
+        runtime_env["env_vars"] = env_vars
+    request = {
+        "entrypoint": shlex.join(command),
+        "runtime_env": runtime_env,
+        "metadata": {"hvdistill.sweep": name, "hvdistill.config": args.config},
+    }
+    return request, name, Path(cfg.finetune.output_dir) / name
+
+
 def follow(jobs: Any, job_id: str) -> str:
     """Print the job's logs as they come until it ends; return its final status."""
 
@@ -191,10 +239,20 @@ def follow(jobs: Any, job_id: str) -> str:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     request, run_name, cfg = job_request(args)
+    return _submit(args, request, f"run directory {Path(cfg.train.output_dir) / run_name}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    request, name, sweep_dir = sweep_request(args)
+    return _submit(args, request, f"sweep directory {sweep_dir} (sweep.name={name})")
+
+
+def _submit(args: argparse.Namespace, request: dict[str, Any], where: str) -> int:
+    """Submit, print the job id and where its results go, follow the logs unless --no-follow."""
     jobs = client(args.address)
     job_id = jobs.submit_job(**request)
     print(f"submit: job {job_id} submitted to {args.address or 'the cluster in RAY_ADDRESS'}", flush=True)
-    print(f"submit: run directory {Path(cfg.train.output_dir) / run_name} (on the cluster)", flush=True)
+    print(f"submit: {where} (on the cluster)", flush=True)
     later = f"--address {args.address}" if args.address else ""
     if args.no_follow:
         print(f"submit: follow it with `hvdistill submit logs {job_id} {later} --follow`")
@@ -229,12 +287,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="hvdistill submit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = p.add_subparsers(dest="command", required=True)
-    pre = sub.add_parser("pretrain", help="submit `hvdistill pretrain CONFIG ... --ray` as a Ray job")
+def _job_parser(pre: argparse.ArgumentParser, func: Any) -> None:
+    """The arguments `submit pretrain` and `submit sweep` share."""
     pre.add_argument("config", help="YAML diff over the default config")
     pre.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     upload = pre.add_mutually_exclusive_group()
@@ -246,7 +300,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--env", action="append", default=[], metavar="KEY[=VALUE]", help="environment variable for the job"
     )
     pre.add_argument("--no-follow", action="store_true", help="print the job id and return")
-    pre.set_defaults(func=cmd_pretrain)
+    pre.set_defaults(func=func)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hvdistill submit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    for verb, func, text in (
+        ("pretrain", cmd_pretrain, "submit `hvdistill pretrain CONFIG ... --ray` as a Ray job"),
+        ("sweep", cmd_sweep, "submit `hvdistill sweep CONFIG ...` as a Ray job"),
+    ):
+        _job_parser(sub.add_parser(verb, help=text), func)
     for name, func, text in (
         ("status", cmd_status, "the job's status"),
         ("logs", cmd_logs, "the job's logs"),
@@ -263,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`hvdistill submit pretrain|status|logs|stop ...`; 2 for a config or usage problem."""
+    """`hvdistill submit pretrain|sweep|status|logs|stop ...`; 2 for a config or usage problem."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -4,15 +4,21 @@ finishes only the missing trials."""
 from __future__ import annotations
 
 import csv
+import json
+import re
+import shlex
+import subprocess
+import sys
 
 import pytest
 
 from hvdistill.config import ConfigError
 from hvdistill.eval.report import TRIAL_TAG
 from hvdistill.tracking import artifact_paths, child_runs, run_record
+from launch.submit import build_parser, sweep_request
 from launch.sweep import load_sweep_config, main, prepare_config, trial_specs
 from tests.eval.helpers import export_backbone, tiny_config, trained_looking_student, write_labelled_shards
-from tests.helpers import config_path
+from tests.helpers import REPO_ROOT, config_path
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = [
@@ -72,7 +78,7 @@ def test_sweep_runs_every_trial_as_a_child_run_and_a_rerun_finishes_only_the_mis
     first = capsys.readouterr().out
     assert "sweep: 4 trials, 0 already finished, 4 to run" in first and first.count("sweep: [") == 4
     sweep_dir = tmp_path / "s"
-    info = __import__("json").loads((sweep_dir / "sweep.json").read_text())
+    info = json.loads((sweep_dir / "sweep.json").read_text())
     uri, parent = info["uri"], info["parent_run_id"]
     before = {r["run_id"] for r in child_runs(uri, parent)}
     assert len(before) == 4
@@ -98,3 +104,43 @@ def test_sweep_runs_every_trial_as_a_child_run_and_a_rerun_finishes_only_the_mis
     assert main(args_for(tmp_path, shards, f"random,{pre}")) == 0
     assert "8 already finished, 0 to run" in capsys.readouterr().out
     assert len(child_runs(uri, parent)) == 8
+
+
+def test_submit_sweep_request_fixes_the_sweep_name_and_refuses_relative_paths(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(REPO_ROOT)
+    argv = ["sweep", "configs/tiny.yaml", f"finetune.output_dir={tmp_path}", "data.shards=[/abs/shards]"]
+    args = build_parser().parse_args([*argv, "sweep.checkpoints=[random,/abs/run]", "sweep.seeds=[3]"])
+    request, name, sweep_dir = sweep_request(args)
+    words = shlex.split(request["entrypoint"])
+    assert words[:5] == ["python", "-m", "hvdistill.cli", "sweep", "configs/tiny.yaml"]
+    assert (
+        f"sweep.name={name}" in words and "sweep.seeds=[3]" in words and words[-2:] == ["--address", "auto"]
+    )
+    assert sweep_dir == tmp_path / name and name.startswith("sweep-")
+    args = build_parser().parse_args([*argv, "sweep.name=again"])
+    assert shlex.split(sweep_request(args)[0]["entrypoint"]).count("sweep.name=again") == 1
+    from launch.submit import main as submit_main
+
+    assert submit_main([*argv, "sweep.checkpoints=[runs/pretrain-x]", "--address", "http://127.0.0.1:9"]) == 2
+    assert "sweep.checkpoints.0: 'runs/pretrain-x' is relative" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_submitted_sweep_job_runs_its_trials_and_reports(ray_head, sweep_inputs, tmp_path):
+    shards, _ = sweep_inputs
+    overrides = [
+        f"data.shards=[{shards}]", f"finetune.output_dir={tmp_path}", "sweep.checkpoints=[random]",
+        "sweep.name=job", *TINY, "sweep.label_fractions=[1.0]",
+    ]  # fmt: skip
+    command = [sys.executable, "-m", "hvdistill.cli", "submit", "sweep", "configs/tiny.yaml", *overrides]
+    done = subprocess.run(
+        [*command, "--address", ray_head.dashboard], cwd=REPO_ROOT, env=ray_head.env,
+        capture_output=True, text=True, timeout=540,
+    )  # fmt: skip
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text[-5000:]
+    assert f"submit: sweep directory {tmp_path / 'job'} (sweep.name=job)" in done.stdout
+    assert re.search(r"sweep: \[2/2\] random-f1-s1-\w+: mIoU", done.stdout), text[-3000:]
+    info = json.loads((tmp_path / "job" / "sweep.json").read_text())
+    assert len(child_runs(info["uri"], info["parent_run_id"])) == 2
+    assert (tmp_path / "job" / "report" / "label_efficiency.png").read_bytes()[:8] == PNG_MAGIC
