@@ -320,6 +320,29 @@ def load_validated(cfg: Config) -> Config:
     return validate(cfg, SWEEP_SECTIONS)
 
 
+def after_pretrain_config(cfg: Config, run_dir: Path | None = None) -> Config:
+    """The sweep `sweep.after_pretrain` starts: the exported backbone of `run_dir` (when given) and
+    random init, under `sweep.name` or `sweep-<pretraining run name>`; validated (ConfigError), so a
+    pretraining launcher can check it before training."""
+    checkpoints = [str(run_dir) if run_dir else RANDOM_INIT, RANDOM_INIT]
+    name = cfg.sweep.name or f"sweep-{cfg.train.run_name or 'pretrain'}"
+    cfg = replace(cfg, sweep=replace(cfg.sweep, checkpoints=list(dict.fromkeys(checkpoints)), name=name))
+    problems = lidar_problems(cfg.model.lidar, cfg.geometry)
+    if not cfg.tracking.enabled:
+        problems.append(
+            "tracking.enabled: sweep.after_pretrain records its trials in MLflow; it must be true"
+        )
+    if problems:
+        raise ConfigError(problems)
+    return load_validated(cfg)
+
+
+def sweep_after_pretrain(cfg: Config, run_dir: Path, address: str | None = None) -> int:
+    """`sweep.after_pretrain`: sweep the backbone `run_dir` exported (and random init); exit status."""
+    print(f"sweep: pretraining finished; sweeping its backbone {run_dir / 'backbone.pt'} and random init")
+    return _finish(run_sweep(after_pretrain_config(cfg, run_dir), address))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hvdistill sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -341,6 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"hvdistill sweep: {exc}", file=sys.stderr)
         return 2
+    return _finish(result)
+
+
+def _finish(result: SweepResult) -> int:
+    """Print the report and the MLflow pointer; 1 when a trial failed."""
     print_paths(result.paths, prefix="sweep")
     from hvdistill.tracking import ui_command
 

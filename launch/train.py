@@ -327,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config, list(args.overrides), sections=RUN_SECTIONS["pretrain"])
+        if cfg.sweep.after_pretrain:  # its config errors before pretraining, not after
+            from launch.sweep import after_pretrain_config
+
+            after_pretrain_config(cfg)
     except ConfigError as exc:
         print(f"hvdistill pretrain: {exc}", file=sys.stderr)
         return 2
@@ -340,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
         from hvdistill.tracking import ui_command
 
         print(f"launch: MLflow run {result.tracking_run_id}; to see it: {ui_command(result.tracking_uri)}")
+    if cfg.sweep.after_pretrain:  # issue 11 item 5: the label-efficiency sweep of this backbone
+        from launch.sweep import sweep_after_pretrain
+
+        return sweep_after_pretrain(
+            replace(cfg, train=replace(cfg.train, run_name=result.run_name)), result.run_dir, args.address
+        )
     return 0
 
 

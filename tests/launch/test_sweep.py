@@ -144,3 +144,36 @@ def test_submitted_sweep_job_runs_its_trials_and_reports(ray_head, sweep_inputs,
     info = json.loads((tmp_path / "job" / "sweep.json").read_text())
     assert len(child_runs(info["uri"], info["parent_run_id"])) == 2
     assert (tmp_path / "job" / "report" / "label_efficiency.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_after_pretrain_sweep_config_is_checked_before_pretraining(capsys):
+    from launch.train import main as pretrain_ray_main
+
+    argv = [config_path("tiny.yaml"), "sweep.after_pretrain=true", "tracking.enabled=false", "--ray"]
+    assert pretrain_ray_main(argv) == 2
+    assert "sweep.after_pretrain records its trials in MLflow" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_after_pretrain_sweeps_the_exported_backbone_and_random_init(nuscenes_root, tmp_path, capsys):
+    from launch.train import main as pretrain_ray_main
+    from tests.eval.test_pretrain_backbone import PRETRAIN
+
+    shards = write_labelled_shards(
+        tmp_path / "shards", {"nuscenes": nuscenes_root}, cameras=("CAM_FRONT", "CAM_BACK")
+    )
+    argv = [
+        config_path("tiny.yaml"), *PRETRAIN, "tracking.enabled=true", f"data.shards=[{shards}]",
+        f"train.output_dir={tmp_path / 'pre'}", f"finetune.output_dir={tmp_path / 'ft'}", *TINY,
+        "sweep.label_fractions=[1.0]", "sweep.seeds=[0]", "sweep.after_pretrain=true", "--ray",
+    ]  # fmt: skip
+    assert pretrain_ray_main(argv) == 0
+    out = capsys.readouterr().out
+    sweep_dir = tmp_path / "ft" / "sweep-pre"
+    info = json.loads((sweep_dir / "sweep.json").read_text())
+    children = child_runs(info["uri"], info["parent_run_id"])
+    assert {r["tags"]["hvdistill.sweep.checkpoint"] for r in children} == {
+        str(tmp_path / "pre" / "pre"),
+        "random",
+    }
+    assert "sweep: [2/2]" in out and f"sweep: plot {sweep_dir / 'report' / 'label_efficiency.png'}" in out
