@@ -63,7 +63,8 @@ class RayTrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)  # rank 0's last reported metrics
     tracking_run_id: str | None = None
     tracking_uri: str = ""
-    checkpoint: Path | None = None  # newest run-directory checkpoint Ray registered
+    checkpoint: Path | None = None  # the run directory's newest checkpoint at the end
+    backbone: Path | None = None  # <run dir>/backbone.pt
     ray_storage: str = ""  # Ray Train's own run state (<storage_path>/<run name>)
 
 
@@ -146,7 +147,7 @@ class _Reporter:
 
 def read_pointer(checkpoint_dir: str | Path) -> dict[str, Any]:
     """What a Ray checkpoint of this module holds: {"step", "checkpoint"}, and at the end also
-    "run_dir", "tracking_run_id" and "final": true."""
+    "run_dir", "tracking_run_id", "backbone" and "final": true."""
     return json.loads((Path(checkpoint_dir) / POINTER_FILE).read_text())
 
 
@@ -170,11 +171,15 @@ def worker_main(config: dict[str, Any]) -> None:
     reporter = _Reporter(rank)
     hooks = RunHooks(on_log=reporter.on_log, on_checkpoint=reporter.on_checkpoint)
     result = _resolve_entry(config["entry"])(cfg, hooks)
+    from hvdistill.train.checkpoint import latest_checkpoint
+
+    newest = latest_checkpoint(result.run_dir)  # also one written before a restart
     final = {
         "step": int(result.steps),
-        "checkpoint": str(reporter.checkpoint) if reporter.checkpoint else None,
+        "checkpoint": str(newest) if newest else None,
         "run_dir": str(result.run_dir),
         "tracking_run_id": result.tracking_run_id,
+        "backbone": str(result.backbone) if result.backbone else None,
         "final": True,
     }
     reporter.on_log(int(result.steps), result.last_metrics or reporter.last)
@@ -253,15 +258,10 @@ def build_trainer(cfg: Config, entry: str = RUN_ENTRY) -> Any:
             name=cfg.train.run_name,
             storage_path=storage_path_of(cfg),
             failure_config=ray.train.FailureConfig(max_failures=d.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=_keep(cfg)),
+            # as many pointers as the run keeps checkpoints
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),
     )
-
-
-def _keep(cfg: Config) -> int | None:
-    """Ray keeps as many pointers as the run keeps checkpoints (train.keep_checkpoints, if set)."""
-    keep = getattr(cfg.train, "keep_checkpoints", 0)
-    return keep if keep and keep > 0 else None
 
 
 def prepare_tracking_for(cfg: Config, run_dir: Path) -> str:
@@ -305,6 +305,7 @@ def train_on_ray(cfg: Config, address: str | None = None, *, entry: str = RUN_EN
         tracking_run_id=pointer.get("tracking_run_id"),
         tracking_uri=uri,
         checkpoint=Path(pointer["checkpoint"]) if pointer.get("checkpoint") else None,
+        backbone=Path(pointer["backbone"]) if pointer.get("backbone") else None,
         ray_storage=f"{storage_path_of(cfg)}/{cfg.train.run_name}",
     )
 
@@ -340,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hvdistill pretrain: {exc}", file=sys.stderr)
         return 1
     print(f"launch: finished {result.steps} steps; run directory {result.run_dir}")
+    if result.backbone:
+        print(f"launch: backbone {result.backbone}")
     if result.tracking_run_id:
         from hvdistill.tracking import ui_command
 

@@ -99,7 +99,8 @@ def test_two_zero2_workers_survive_a_killed_worker_and_keep_one_mlflow_run(launc
     assert killer.victim is not None, "no Ray Train worker was killed (checkpoint never appeared?)"
     assert f"resuming at step {KILL_AFTER} from {run_dir / 'checkpoints'}" in text, text[-4000:]
     assert result.run_dir == run_dir and result.steps == STEPS
-    assert result.checkpoint is not None and result.checkpoint.parent == run_dir / "checkpoints"
+    assert result.checkpoint == run_dir / "checkpoints" / f"step-{STEPS:06d}"
+    assert result.backbone == run_dir / "backbone.pt" and result.backbone.is_file()
 
     digests = {params_file(run_dir, rank).read_text() for rank in (0, 1)}
     assert len(digests) == 1, "the two ranks ended with different parameters"
