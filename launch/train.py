@@ -275,8 +275,9 @@ def train_on_ray(cfg: Config, address: str | None = None, *, entry: str = RUN_EN
     """Run pretraining on `dist.num_workers` Ray Train workers; local Ray on 127.0.0.1 without `address`.
 
     `cfg` is validated for a pretraining run, its paths made absolute and its run name fixed;
-    the run directory and the tracking store exist before the first worker starts. Raises
-    LaunchError when the run failed after `dist.max_failures` restarts.
+    the run directory and the tracking store exist before the first worker starts. Each worker
+    calls `entry` ("module:function", default `hvdistill.train.run:run`) as f(cfg, hooks) and
+    returns its RunResult. Raises LaunchError when the run failed after `dist.max_failures` restarts.
     """
     from hvdistill.config import validate
 
