@@ -17,6 +17,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "inspect": ("hvdistill.data.sources.cli", "read a dataset through its source and print what it holds"),
     "shard": ("sharding.cli", "shard every data.sources entry with Ray; `shard verify DIR`"),
     "demo": ("hvdistill.demo", "run the furthest pipeline that exists on the synthetic world"),
+    "pretrain": ("hvdistill.train.run", "pretrain the 3D backbone (DeepSpeed); --ray: on Ray Train workers"),
     "finetune": ("hvdistill.eval.run", "fine-tune or linearly probe the 3D backbone; mIoU per point"),
     "sweep": ("launch.sweep", "Ray Tune sweep: checkpoints x label fractions x seeds, table and plot"),
     "report": ("hvdistill.eval.report", "a sweep's mIoU table, plot and per-class IoU, from MLflow"),

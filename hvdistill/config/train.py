@@ -88,6 +88,7 @@ class TrainConfig:
     run_name: str = ""  # run directory under output_dir; "" = generated on rank 0 and broadcast
     progress: bool = True  # live progress bar on rank 0
     deterministic: bool = False  # torch deterministic algorithms (exact resume tests)
+    torch_threads: int = 0  # torch intra-op threads per rank; 0 = torch's default (OMP_NUM_THREADS)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -156,10 +157,18 @@ def train_problems(cfg: Config) -> list[str]:
         )
     if t.log_every < 1 or t.checkpoint_every < 1 or t.keep_checkpoints < 1:
         p.append("train.log_every / train.checkpoint_every / train.keep_checkpoints: must be >= 1")
-    if min(t.max_steps, t.eval_every, t.eval_batches, t.steps_per_epoch, t.max_nonfinite_steps) < 0:
+    counts = (
+        t.max_steps,
+        t.eval_every,
+        t.eval_batches,
+        t.steps_per_epoch,
+        t.max_nonfinite_steps,
+        t.torch_threads,
+    )
+    if min(counts) < 0:
         p.append(
-            "train.max_steps / eval_every / eval_batches / steps_per_epoch / max_nonfinite_steps: "
-            "must be >= 0 (0 = the default rule)"
+            "train.max_steps / eval_every / eval_batches / steps_per_epoch / max_nonfinite_steps / "
+            "torch_threads: must be >= 0 (0 = the default rule)"
         )
     if t.epochs < 1 and t.max_steps == 0:
         p.append("train.epochs: must be >= 1 unless train.max_steps caps the run")

@@ -29,7 +29,7 @@ from hvdistill.batch import Batch
 from hvdistill.config import Config, DataConfig
 from hvdistill.data.augment import augment_sample
 from hvdistill.data.collate import collate
-from hvdistill.data.shard_index import MANIFEST
+from hvdistill.data.shard_index import MANIFEST, resolve_shards, select_datasets
 from hvdistill.data.shards import ShardDataset, build_shard_dataset
 
 _EPOCH, _START = range(2)
@@ -93,6 +93,12 @@ class BatchStream(IterableDataset):
             yield self._collate(pending, epoch, start + worker + k * workers)
 
 
+def has_split(data: DataConfig, split: str) -> bool:
+    """Whether `data.shards` hold shards of `split` (of the selected datasets)."""
+    entries, _ = resolve_shards(list(data.shards), [split])
+    return bool(select_datasets(entries, data, str(data.shards)))
+
+
 def build_stream(cfg: Config, split: str, rank: int, world_size: int) -> BatchStream:
     """The rank's stream of `split` ("train": resampled as configured; "val": every record once)."""
     data: DataConfig = cfg.data
@@ -109,18 +115,30 @@ def build_stream(cfg: Config, split: str, rank: int, world_size: int) -> BatchSt
     return BatchStream(reader, cfg, rank, augment=split == "train")
 
 
-def build_loader(stream: BatchStream, cfg: Config) -> DataLoader:
-    """A DataLoader whose (persistent) workers read, augment and collate whole micro-batches."""
+def build_loader(stream: BatchStream, cfg: Config, persistent: bool = True) -> DataLoader:
+    """A DataLoader whose workers (`data.loader_workers`, persistent by default) read, augment and
+    collate whole micro-batches."""
     workers = cfg.data.loader_workers
     extra = {"prefetch_factor": cfg.data.prefetch_factor} if workers > 0 else {}
     return DataLoader(
         stream,
         batch_size=None,
         num_workers=workers,
-        persistent_workers=workers > 0,
+        persistent_workers=persistent and workers > 0,
         generator=torch.Generator().manual_seed(cfg.train.seed),
         **extra,
     )
+
+
+def close_loader(loader: DataLoader | Iterator | None) -> None:
+    """Stop a DataLoader's (or iterator's) worker processes now rather than when garbage collected
+    (a traceback that keeps the loop's frames alive would otherwise keep them running)."""
+    iterator = getattr(loader, "_iterator", loader)
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    if isinstance(loader, DataLoader):
+        loader._iterator = None
 
 
 def manifest_hash(data: DataConfig) -> str:

@@ -33,9 +33,11 @@ optimizer avoids the fused_adam JIT build; runs end with barrier + destroy_proce
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -137,17 +139,16 @@ def shutdown_distributed(ctx: DistContext, clean: bool = True) -> None:
     if ctx.created and tdist.is_initialized():
         if clean:
             tdist.barrier()
-        tdist.destroy_process_group()
-        _forget_deepspeed_comm()
+        ds_comm = sys.modules.get("deepspeed.comm.comm")
+        if ds_comm is not None and ds_comm.cdb is not None:
+            # DeepSpeed's own teardown also drops the groups it cached (world, data parallel, ...);
+            # a later run in this process (tests, sweeps) then starts from a clean state
+            ds_comm.destroy_process_group()
+            ds_comm.cdb = None
+        else:
+            tdist.destroy_process_group()
     for key in ctx.env_added:
         os.environ.pop(key, None)
-
-
-def _forget_deepspeed_comm() -> None:
-    """DeepSpeed keeps a module-level backend bound to the destroyed group; a later run builds a new one."""
-    import deepspeed.comm.comm as ds_comm
-
-    ds_comm.cdb = None
 
 
 def grad_accumulation(cfg: Config, world_size: int) -> int:
@@ -200,6 +201,18 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     return torch.optim.SGD(
         groups, lr=lr, momentum=o.momentum, dampening=o.dampening, weight_decay=o.weight_decay
     )
+
+
+def import_deepspeed(device_type: str) -> Any:
+    """`import deepspeed` for this device type: its accelerator named (no probing, no warning), its
+    INFO logging quieted, and on CPU the shared-memory comm op switched off before any initialize."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if device_type == "cuda" else "cpu")
+    import deepspeed
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    if device_type == "cpu":
+        _skip_cpu_shm_comm()
+    return deepspeed
 
 
 def _skip_cpu_shm_comm() -> None:
@@ -269,6 +282,17 @@ class Engine:
         self.last_grad_norm = float("nan") if norm is None else float(norm)
         return True
 
+    def gathered(self, params: list[nn.Parameter]) -> contextlib.AbstractContextManager:
+        """Whole parameters inside the block (ZeRO-3 partitions them; other stages hold them whole).
+
+        With ZeRO-3, changes made to them on rank 0 inside the block reach every rank's partition.
+        """
+        if self.zero_stage != 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+
     # ---- state for checkpoints (plain tensors and numbers only) ----
     def optimizer_state(self) -> dict[str, Any]:
         """This rank's optimizer state (ZeRO: its partition) without unpicklable entries."""
@@ -304,23 +328,20 @@ class Engine:
 
 
 def prepare_model(model: nn.Module, cfg: Config, ctx: DistContext) -> nn.Module:
-    """SyncBatchNorm on GPU with several ranks (torch has no CPU SyncBatchNorm: per-rank BN on CPU)."""
+    """SyncBatchNorm on GPU with several ranks, before the engine wraps the model (torch has no
+    CPU SyncBatchNorm: on CPU the BatchNorm statistics stay per rank)."""
     if cfg.dist.sync_batchnorm and ctx.world_size > 1:
         if ctx.device.type == "cuda":
-            return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        log.warning("dist.sync_batchnorm: no SyncBatchNorm on CPU; BatchNorm statistics stay per rank")
+            return nn.SyncBatchNorm.convert_sync_batchnorm(model)  # trainable BNs; the teacher is no child
+        if ctx.is_main:
+            log.warning("dist.sync_batchnorm: no SyncBatchNorm on CPU; BatchNorm statistics stay per rank")
     return model
 
 
 def build_engine(model: nn.Module, cfg: Config, ctx: DistContext, total_steps: int) -> Engine:
     """deepspeed.initialize over the distiller with the client optimizer and LR schedule."""
     check_precision(cfg, ctx.device)
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if ctx.device.type == "cuda" else "cpu")
-    import deepspeed
-
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    if ctx.device.type == "cpu":
-        _skip_cpu_shm_comm()
+    deepspeed = import_deepspeed(ctx.device.type)
     model = prepare_model(model, cfg, ctx).to(ctx.device)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)

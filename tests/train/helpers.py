@@ -33,6 +33,7 @@ TINY_TRAIN = [
     "data.loader_workers=1",
     "data.shuffle_buffer=4",
     "train.progress=false",
+    "train.torch_threads=1",  # 2 cores shared with the DataLoader worker (and other ranks)
     "tracking.enabled=false",
 ]
 

@@ -91,7 +91,7 @@ def _two_ranks_and_one(i: int, _: int, port: int, single_port: int, shards: str,
         _engine_worker(0, 1, single_port, shards, out)
 
 
-def test_two_ranks_match_one_process_zero0_and_zero2(train_shards, tmp_path):
+def test_two_ranks_match_one_process_zero0_and_zero2(train_shards, tmp_path, forkable):
     spawn_ranks(_two_ranks_and_one, 3, (free_port(), str(train_shards), str(tmp_path)), timeout=300)
     load = lambda name: torch.load(tmp_path / name, weights_only=True)  # noqa: E731
     for stage in STAGES:
