@@ -97,6 +97,14 @@ def test_sweep_runs_every_trial_as_a_child_run_and_a_rerun_finishes_only_the_mis
     assert {(r["checkpoint"], r["label_fraction"], r["n"]) for r in rows} == {
         (c, f, "2") for c in ("random", "pre") for f in ("0.5", "1")
     }
+    for row in rows:  # the table is the mean of what the children logged
+        mious = [
+            r["metrics"]["val/miou"]
+            for r in children
+            if r["tags"]["hvdistill.sweep.label"] == row["checkpoint"]
+            and float(r["tags"]["hvdistill.sweep.label_fraction"]) == float(row["label_fraction"])
+        ]
+        assert len(mious) == 2 and abs(float(row["miou_mean"]) - sum(mious) / 2) < 1e-6
     assert (sweep_dir / "report" / "label_efficiency.png").read_bytes()[:8] == PNG_MAGIC
     assert f"sweep: plot {sweep_dir / 'report' / 'label_efficiency.png'}" in out and "| pre |" in out
     assert "report/summary.md" in artifact_paths(uri, parent)
