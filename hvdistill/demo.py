@@ -1,15 +1,17 @@
-"""`hvdistill demo`: the furthest pipeline that exists, run on the synthetic world.
+"""`hvdistill demo`: the whole chain on the synthetic world, each stage through its user command.
 
-Stages, each through the same entry point a user would call:
-  1. `hvdistill synth`    a small synthetic dataset in the real nuScenes format
-  2. `hvdistill inspect`  read it back through nuscenes-devkit (the nuScenes source)
-  3. `hvdistill shard`    convert it into WebDataset shards with a local Ray cluster
-  4. `hvdistill shard verify` and a streaming read of the shards
-  5. augment + collate a batch and run the distiller and the hybrid-view loss, forward and
-     backward, for a few SGD steps on the same samples (the loss falls; the pretraining loop
-     with DeepSpeed and MLflow comes next)
+  1. `hvdistill synth`          a small synthetic dataset in the real nuScenes format
+  2. `hvdistill inspect`        read it back through nuscenes-devkit (the nuScenes source)
+  3. `hvdistill shard`          convert its train and val splits into WebDataset shards with Ray
+  4. `hvdistill shard verify`   check every shard against the manifest (on Ray)
+  5. `hvdistill pretrain --ray` hybrid-view distillation on Ray Train workers with DeepSpeed
+                                (`dist.num_workers` CPU workers, `train.max_steps` steps), tracked
+                                in MLflow, the 3D backbone exported
+  6. the sweep it chains (`sweep.after_pretrain`): fine-tuning of that backbone and of random
+     init at the configured label fractions and seeds on Ray Tune, then the report (mIoU table,
+     label-efficiency plot) with the paths and the `mlflow ui` commands printed
 Everything is written under `--out` (default demo-output/); the config is configs/demo.yaml
-plus any `key=value` overrides.
+plus any `key=value` overrides (e.g. `train.max_steps=20` for a quick look).
 """
 
 from __future__ import annotations
@@ -18,9 +20,6 @@ import argparse
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from hvdistill.config import Config, ConfigError, load_config
 
@@ -75,69 +74,15 @@ def run_data_stages(cfg: Config, out: Path, config_path: str, overrides: list[st
     return shards
 
 
-def read_batch(cfg: Config, shards: Path, batch_size: int) -> tuple[list, int]:
-    """Stream the shards once (no resampling); return `batch_size` samples and the count seen."""
-    from hvdistill.data.shards import build_shard_dataset
+def run_pretraining(config_path: str, overrides: list[str], shards: Path, address: str | None) -> None:
+    """Stage 5 (and 6): `hvdistill pretrain --ray` on the shards; with sweep.after_pretrain the
+    label-efficiency sweep of the exported backbone against random init follows on the same Ray."""
+    from hvdistill.cli import main as hvdistill
 
-    cfg.data.shards = [str(shards)]
-    cfg.data.resampled = False
-    samples, seen = [], 0
-    for sample in build_shard_dataset(cfg.data, rank=0, world_size=1):
-        seen += 1
-        if len(samples) < batch_size:
-            samples.append(sample)
-    return samples, seen
-
-
-def run_model_stage(cfg: Config, shards: Path, steps: int) -> dict[str, float]:
-    """Stage 5: a few SGD steps of distiller + loss on batches built from the shards."""
-    from hvdistill.data.augment import augment_sample
-    from hvdistill.data.collate import collate
-    from hvdistill.losses.total import build_hybrid_view_loss
-    from hvdistill.models.distiller import build_distiller
-    from hvdistill.precision import choose_image_dtype
-
-    t = _stage("5. stream the shards, augment + collate, distil (forward + backward)")
-    samples, seen = read_batch(cfg, shards, cfg.train.micro_batch)
-    print(
-        f"streamed {seen} samples ({'+'.join(cfg.data.shard_splits)}) from {shards}; "
-        f"batch of {len(samples)}: "
-        f"{[s.key[:8] for s in samples]}"
-    )
-    torch.manual_seed(cfg.train.seed)
-    print(choose_image_dtype(cfg.precision, "cpu").describe(cfg.precision.image_dtype))
-    model = build_distiller(cfg, "cpu")
-    loss_fn = build_hybrid_view_loss(cfg)
-    params = [p for g in model.parameter_groups() for p in g.params]
-    o = cfg.optim
-    opt = torch.optim.SGD(
-        params,
-        lr=o.lr * cfg.train.global_batch / o.reference_batch if o.scale_lr else o.lr,
-        momentum=o.momentum,
-        dampening=o.dampening,
-        weight_decay=o.weight_decay,
-    )
-    rng = np.random.default_rng(cfg.train.seed)
-    model.train()
-    terms = {}
-    for step in range(steps):
-        batch = collate([augment_sample(s, cfg.augment, cfg.geometry, rng) for s in samples], cfg.geometry)
-        out = loss_fn(model(batch, with_bev=loss_fn.bev_active(0)), epoch=0)
-        if not torch.isfinite(out.total):
-            raise SystemExit(f"hvdistill demo: non-finite loss at step {step}: {out.as_floats()}")
-        opt.zero_grad(set_to_none=True)
-        out.total.backward()
-        opt.step()
-        terms = out.as_floats()
-        print(
-            f"step {step}: "
-            + "  ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in terms.items())
-            + f"  (superpixels {out.num_superpixels}, depth cells {out.num_depth_cells}, "
-            f"BEV anchors {out.num_bev_anchors}, points {len(batch.points)}, "
-            f"voxels {len(batch.voxel_coords)})"
-        )
-    _done(t)
-    return terms
+    cmd = ["pretrain", config_path, f"data.shards=[{shards}]", *overrides, "--ray"]
+    if address:
+        cmd += ["--address", address]
+    _check(hvdistill(cmd), "pretrain (and the sweep after it)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--out", default="demo-output")
     parser.add_argument("--workers", type=int, default=2, help="Ray workers for sharding")
-    parser.add_argument("--steps", type=int, default=8, help="distillation steps in stage 5")
+    parser.add_argument("--address", default=None, help="an existing Ray cluster for stages 5-6")
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -155,13 +100,26 @@ def main(argv: list[str] | None = None) -> int:
         n_sources = len(load_config(args.config, args.overrides, sections=()).data.sources)
         # every source of the demo config is read from the world written under --out
         roots = [f"data.sources.{i}.root={out / 'synthetic-nuscenes'}" for i in range(n_sources)]
-        overrides = roots + args.overrides
+        outputs = [f"train.output_dir={out / 'runs'}", f"finetune.output_dir={out / 'finetune'}"]
+        overrides = roots + outputs + args.overrides
         cfg = load_config(args.config, overrides)
     except ConfigError as exc:
         print(f"hvdistill demo: {exc}", file=sys.stderr)
         return 2
     start = time.perf_counter()
     shards = run_data_stages(cfg, out, args.config, overrides, args.workers)
-    run_model_stage(cfg, shards, args.steps)
+    t = _stage(
+        f"5. pretrain on Ray Train: {cfg.dist.num_workers} workers, {cfg.train.max_steps} steps"
+        + (" -> 6. label-efficiency sweep and report" if cfg.sweep.after_pretrain else "")
+    )
+    from hvdistill.precision import choose_image_dtype
+
+    print(
+        choose_image_dtype(cfg.precision, "cuda" if cfg.dist.use_gpu else "cpu").describe(
+            cfg.precision.image_dtype
+        )
+    )
+    run_pretraining(args.config, overrides, shards, args.address)
+    _done(t)
     print(f"\nhvdistill demo: all stages passed in {time.perf_counter() - start:.0f} s; outputs in {out}/")
     return 0
