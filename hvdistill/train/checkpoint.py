@@ -154,9 +154,8 @@ def save_checkpoint(
     if zero > 0 or rank == 0:
         own["optimizer"] = engine.optimizer_state()
     _save(own, tmp / rank_file(rank))
-    with engine.gathered(list(engine.module.parameters())):  # ZeRO-3: whole parameters (a collective)
-        if rank == 0:
-            _save({k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}, tmp / MODEL)
+    if rank == 0:  # ZeRO-0/1/2 keep whole parameters on every rank
+        _save({k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}, tmp / MODEL)
     dist.barrier()
     if rank == 0:
         full = {
@@ -201,8 +200,7 @@ def load_checkpoint(path: Path, engine: Engine, loss_fn: nn.Module) -> dict[str,
         )
     device = next(engine.module.parameters()).device
     load = lambda name: torch.load(Path(path) / name, map_location=device, weights_only=True)  # noqa: E731
-    with engine.gathered(list(engine.module.parameters())):  # ZeRO-3: re-partitioned on leaving
-        engine.module.load_state_dict(load(MODEL))
+    engine.module.load_state_dict(load(MODEL))
     own = load(rank_file(dist.rank()))
     optimizer = own["optimizer"] if zero > 0 else load(rank_file(0))["optimizer"]
     engine.load_optimizer_state(optimizer)

@@ -8,7 +8,9 @@ set for the run and removed again by `shutdown_distributed`, so DeepSpeed never 
 
 DeepSpeed config (`deepspeed_config`): generated from ours, the one source of truth:
 micro-batch = `train.micro_batch`, gradient accumulation = global / (micro x world) (integral or a
-ConfigError naming the fix), ZeRO stage = `dist.zero_stage`, clipping = `optim.grad_clip`, no
+ConfigError naming the fix), ZeRO stage = `dist.zero_stage` (0, 1 or 2; 3 is refused: it releases
+parameters between forward and backward, which spconv's backward cannot take), clipping =
+`optim.grad_clip`, no
 config-level optimizer or scheduler (a client torch optimizer and LR schedule), no fp16/bf16
 section.
 
@@ -33,7 +35,6 @@ optimizer avoids the fused_adam JIT build; runs end with barrier + destroy_proce
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -175,6 +176,15 @@ def check_precision(cfg: Config, device: torch.device) -> None:
 def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
     """The DeepSpeed JSON config generated from ours (see the module docstring)."""
     gas = grad_accumulation(cfg, world_size)
+    if cfg.dist.zero_stage == 3:
+        raise ConfigError(
+            [
+                "dist.zero_stage: 3 is not supported: ZeRO-3 releases each parameter after its forward "
+                "and spconv's sparse convolutions keep their weight tensors for the backward (their "
+                "backward then fails on the released weight); use dist.zero_stage=2 (gradients and "
+                "optimizer states partitioned; the trainable model is ~50M parameters at the paper size)"
+            ]
+        )
     zero: dict[str, Any] = {"stage": cfg.dist.zero_stage}
     if cfg.dist.zero_stage in (1, 2):
         zero["elastic_checkpoint"] = False  # per-rank optimizer partitions, loadable rank by rank
@@ -281,17 +291,6 @@ class Engine:
         norm = self.ds.get_global_grad_norm() if self.zero_stage > 0 else self._pending_norm
         self.last_grad_norm = float("nan") if norm is None else float(norm)
         return True
-
-    def gathered(self, params: list[nn.Parameter]) -> contextlib.AbstractContextManager:
-        """Whole parameters inside the block (ZeRO-3 partitions them; other stages hold them whole).
-
-        With ZeRO-3, changes made to them on rank 0 inside the block reach every rank's partition.
-        """
-        if self.zero_stage != 3:
-            return contextlib.nullcontext()
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
 
     # ---- state for checkpoints (plain tensors and numbers only) ----
     def optimizer_state(self) -> dict[str, Any]:

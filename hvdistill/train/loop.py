@@ -20,6 +20,7 @@ they were, so a run resumed from a checkpoint continues exactly like one that ne
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
@@ -41,6 +42,7 @@ from hvdistill.train.engine import DistContext, Engine
 
 log = logging.getLogger(__name__)
 TERMS = ("total", "ipv", "depth", "bev")
+METRICS_FILE = "metrics.jsonl"  # every published metrics dict, one JSON line each (rank 0)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -123,14 +125,16 @@ def train(job: TrainJob) -> dict[str, float]:
             bar.update(1)
             if state.step % cfg.train.log_every == 0 or state.step == job.total_steps:
                 last = publish(job, meter.flush(), bar)
-            if cfg.train.eval_every and state.step % cfg.train.eval_every == 0:
-                last = {**last, **publish(job, evaluate(job))}
-            if state.step % cfg.train.checkpoint_every == 0:
-                checkpoint(job)
+            with meter.paused():  # evaluation and checkpoints are not training throughput
+                if cfg.train.eval_every and state.step % cfg.train.eval_every == 0:
+                    last = {**last, **publish(job, evaluate(job))}
+                if state.step % cfg.train.checkpoint_every == 0:
+                    checkpoint(job)
         if state.batches_done >= job.micro_per_epoch:  # the epoch is complete
             state.epoch, state.batches_done = state.epoch + 1, 0
             if not cfg.train.eval_every:
-                last = {**last, **publish(job, evaluate(job))}
+                with meter.paused():
+                    last = {**last, **publish(job, evaluate(job))}
     if job.last_checkpoint != state.step:
         checkpoint(job)
     bar.close()
@@ -196,6 +200,9 @@ def publish(job: TrainJob, metrics: dict[str, float], bar: tqdm | None = None) -
         return {}
     step = job.state.step
     job.tracker.log_metrics(metrics, step=step)
+    if job.ctx.is_main:  # also a plain record beside the checkpoints, readable without MLflow
+        with open(job.run_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
     if job.on_log is not None:
         job.on_log(step, metrics)
     if bar is not None and "loss/total" in metrics:
@@ -235,13 +242,26 @@ class Meter:
 
     def _reset(self) -> None:
         self.sums, self.micro, self.wait = torch.zeros(len(TERMS), dtype=torch.float64), 0, 0.0
-        self.lr, self.grad_norm, self.start = float("nan"), float("nan"), time.perf_counter()
+        self.lr, self.grad_norm, self.start, self.excluded = (
+            float("nan"),
+            float("nan"),
+            time.perf_counter(),
+            0.0,
+        )
 
     @contextlib.contextmanager
     def waiting(self):
+        """Time blocked on the DataLoader."""
         tic = time.perf_counter()
         yield
         self.wait += time.perf_counter() - tic
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Time left out of the window (evaluation, checkpoints)."""
+        tic = time.perf_counter()
+        yield
+        self.excluded += time.perf_counter() - tic
 
     def micro_batch(self, values: torch.Tensor) -> None:
         if bool(torch.isfinite(values).all()):
@@ -252,7 +272,7 @@ class Meter:
         self.lr, self.grad_norm = lr, grad_norm
 
     def flush(self) -> dict[str, float]:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        elapsed = max(time.perf_counter() - self.start - self.excluded, 1e-9)
         means = self.sums / max(self.micro, 1)
         out = {f"loss/{k}": float(v) for k, v in zip(TERMS, means)}
         out.update(
@@ -261,6 +281,8 @@ class Meter:
             samples_per_s=self.micro * self.samples_per_micro / elapsed,
             data_wait_fraction=self.wait / elapsed,
         )
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            out["memory/peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
         self._reset()
         return {k: v for k, v in out.items() if not math.isnan(v)}
 

@@ -293,9 +293,7 @@ def export(job: TrainJob, run_id: str | None) -> Path:
         "tracking_run_id": run_id,
         "run_dir": str(job.run_dir),
     }
-    module = job.engine.module
-    with job.engine.gathered(list(module.parameters())):
-        path = ckpt.export_backbone(job.run_dir, module, info)
+    path = ckpt.export_backbone(job.run_dir, job.engine.module, info)
     job.tracker.log_artifact(path, "backbone")
     job.tracker.log_artifact(path.with_name("backbone.json"), "backbone")
     return path

@@ -38,8 +38,6 @@ def _samples(cfg):
 
 
 def _engine_worker(rank: int, world: int, port: int, shards: str, out: str) -> None:
-    from hvdistill.data.augment import augment_sample
-    from hvdistill.data.collate import collate
     from hvdistill.losses.total import build_hybrid_view_loss
 
     rank_env(rank, world, port)
@@ -63,9 +61,7 @@ def _engine_worker(rank: int, world: int, port: int, shards: str, out: str) -> N
         norms = []
         for step in range(STEPS):
             mine = [2 * step + rank * per_rank + i for i in range(per_rank)]
-            rngs = [np.random.default_rng(i) for i in mine]
-            augmented = [augment_sample(samples[i], cfg.augment, cfg.geometry, g) for i, g in zip(mine, rngs)]
-            terms = loss_fn(engine.forward(collate(augmented, cfg.geometry), with_bev=True), epoch=0)
+            terms = loss_fn(engine.forward(_batch(samples, mine, cfg), with_bev=True), epoch=0)
             engine.backward(terms.total)
             assert engine.step(), "global_batch = micro x world: every micro-step is an optimizer step"
             norms.append(engine.last_grad_norm)
@@ -83,17 +79,75 @@ def _close(a: torch.Tensor, b: torch.Tensor, initial: torch.Tensor) -> bool:
     return diff <= 1e-6 and diff <= 0.01 * update + 1e-9
 
 
-def _two_ranks_and_one(i: int, _: int, port: int, single_port: int, shards: str, out: str) -> None:
-    """Processes 0 and 1: the ranks of a 2-rank group; process 2: a group of its own."""
+def _batch(samples, indices, cfg):
+    from hvdistill.data.augment import augment_sample
+    from hvdistill.data.collate import collate
+
+    rngs = [np.random.default_rng(i) for i in indices]
+    return collate(
+        [augment_sample(samples[i], cfg.augment, cfg.geometry, g) for i, g in zip(indices, rngs)],
+        cfg.geometry,
+    )
+
+
+def _accumulation_worker(port: int, shards: str, out: str) -> None:
+    """One optimizer step over 2 accumulated micro-batches, by DeepSpeed and by hand."""
+    from hvdistill.losses.total import build_hybrid_view_loss
+    from hvdistill.train.engine import build_optimizer
+
+    rank_env(0, 1, port)
+    torch.set_num_threads(1)
+    cfg = tiny_train_config(
+        Path(shards), "train.micro_batch=1", "train.global_batch=2", "precision.image_dtype=float32"
+    )
+    ctx = init_distributed(cfg)
+    samples, loss_fn = _samples(cfg), build_hybrid_view_loss(cfg)
+    torch.manual_seed(0)
+    engine = build_engine(build_distiller(cfg, "cpu"), cfg, ctx, total_steps=1)
+    engine.train(False)
+    stepped = []
+    for i in (0, 1):
+        engine.backward(loss_fn(engine.forward(_batch(samples, [i], cfg), with_bev=True), epoch=0).total)
+        stepped.append(engine.step())
+    torch.manual_seed(0)
+    model = build_distiller(cfg, "cpu")
+    model.train(False)
+    optimizer = build_optimizer(model, cfg)  # the peak rate: the schedule's factor of step 0 of 1 is 1
+    for i in (0, 1):
+        loss_fn(model(_batch(samples, [i], cfg), with_bev=True), epoch=0).total.backward()
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad /= 2  # the mean over the accumulation window
+    optimizer.step()
+    ours = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
+    torch.save(
+        {"stepped": torch.tensor(stepped), "engine": ours, "manual": dict(model.named_parameters())},
+        Path(out) / "accumulation.pt",
+    )
+    shutdown_distributed(ctx)
+
+
+def _processes(i: int, _: int, port: int, single_port: int, gas_port: int, shards: str, out: str) -> None:
+    """0 and 1: the ranks of a 2-rank group; 2: one process alone; 3: the accumulation check."""
     if i < 2:
         _engine_worker(i, 2, port, shards, out)
-    else:
+    elif i == 2:
         _engine_worker(0, 1, single_port, shards, out)
+    else:
+        _accumulation_worker(gas_port, shards, out)
 
 
-def test_two_ranks_match_one_process_zero0_and_zero2(train_shards, tmp_path, forkable):
-    spawn_ranks(_two_ranks_and_one, 3, (free_port(), str(train_shards), str(tmp_path)), timeout=300)
-    load = lambda name: torch.load(tmp_path / name, weights_only=True)  # noqa: E731
+@pytest.fixture(scope="module")
+def engine_runs(train_shards, tmp_path_factory, forkable) -> Path:
+    """The four processes of `_processes`, run once for this module's tests; their output directory."""
+    out = tmp_path_factory.mktemp("engine")
+    ports = (free_port(), free_port())
+    spawn_ranks(_processes, 4, (*ports, str(train_shards), str(out)), timeout=300)
+    return out
+
+
+def test_two_ranks_match_one_process_zero0_and_zero2(engine_runs):
+    load = lambda name: torch.load(engine_runs / name, weights_only=True)  # noqa: E731
     for stage in STAGES:
         one, r0, r1 = (load(f"w{w}-z{stage}-r{r}.pt") for w, r in ((1, 0), (2, 0), (2, 1)))
         for name, p in one["params"].items():
@@ -109,6 +163,14 @@ def test_two_ranks_match_one_process_zero0_and_zero2(train_shards, tmp_path, for
     assert any(not torch.equal(moved["params"][n], moved["initial"][n]) for n in moved["params"])
 
 
+def test_accumulated_micro_batches_average_their_gradients(engine_runs):
+    """DeepSpeed divides by the accumulation steps itself: 2 micro-batches give their mean gradient."""
+    result = torch.load(engine_runs / "accumulation.pt", weights_only=True)
+    assert result["stepped"].tolist() == [False, True]
+    for name, p in result["manual"].items():
+        assert torch.allclose(result["engine"][name], p, rtol=0, atol=1e-6), name
+
+
 def test_global_batch_must_split_into_ranks_and_micro_batches(train_shards):
     from hvdistill.train.engine import deepspeed_config
 
@@ -119,6 +181,9 @@ def test_global_batch_must_split_into_ranks_and_micro_batches(train_shards):
     assert "optimizer" not in ds and "scheduler" not in ds and not ds["bf16"]["enabled"]
     with pytest.raises(ConfigError, match="train.global_batch: 6 is not a multiple of .* 2 x 2"):
         deepspeed_config(cfg, world_size=2)
+    cfg.dist.zero_stage = 3
+    with pytest.raises(ConfigError, match="dist.zero_stage: 3 is not supported"):
+        deepspeed_config(cfg, world_size=3)
 
 
 def test_float16_is_refused_on_cpu(train_shards):

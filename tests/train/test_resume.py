@@ -87,3 +87,42 @@ def test_resumed_run_equals_the_straight_run(train_shards, tmp_path, zero):
     steps = [s for s, _ in metric_history(record["uri"], record["run_id"], "loss/total")]
     assert steps == list(range(1, K + 1))
     assert run_record(record["uri"], record["run_id"])["status"] == "FINISHED"
+
+
+def _two_rank_worker(rank: int, world: int, port: int, ports: list[int], shards: str, out: str) -> None:
+    from tests.train.helpers import rank_env
+
+    torch.set_num_threads(1)
+    for i, (name, hooks) in enumerate(
+        [("straight", None), ("resumed", RunHooks(on_checkpoint=_crash_at(K // 2))), ("resumed", None)]
+    ):
+        rank_env(rank, world, [port, *ports][i])
+        try:
+            run(_config(Path(shards), Path(out), name, 2), hooks)
+        except Crash:
+            assert i == 1
+
+
+@pytest.mark.slow
+def test_two_rank_zero2_resume_equals_the_straight_run(train_shards, tmp_path, forkable):
+    """The same with 2 ranks: each rank's optimizer partition and RNG states come back from its own file."""
+    from tests.helpers.gloo import free_port
+    from tests.train.helpers import spawn_ranks
+
+    spawn_ranks(
+        _two_rank_worker, 2, ([free_port(), free_port()], str(train_shards), str(tmp_path)), timeout=600
+    )
+    for rank_file in ("rank-00000.pt", "rank-00001.pt"):
+        a, b = (
+            torch.load(tmp_path / name / f"checkpoints/step-{K:06d}" / rank_file, weights_only=True)
+            for name in ("straight", "resumed")
+        )
+        for i, (x, y) in enumerate(
+            zip(
+                a["optimizer"]["single_partition_of_fp32_groups"],
+                b["optimizer"]["single_partition_of_fp32_groups"],
+            )
+        ):
+            assert torch.equal(x, y), f"{rank_file}: fp32 partition {i} differs after resuming"
+    a, b = (_final_state(tmp_path / name) for name in ("straight", "resumed"))
+    assert not [k for k in a if not torch.equal(a[k], b[k])]
