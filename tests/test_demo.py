@@ -5,9 +5,15 @@ then the chained fine-tuning sweep on Ray Tune and its report)."""
 
 import json
 
+import pytest
+
 from hvdistill.demo import main
 
 
+# About 2.5 min on 2 cores (Ray Train + DeepSpeed + Ray Tune start-up dominate): `make test-all`.
+# `make test` keeps the cheaper end-to-end runs: tests/train/test_run.py (shards -> pretrain
+# CLI -> backbone) and tests/eval/test_finetune.py (shards -> finetune CLI -> per-point mIoU).
+@pytest.mark.slow
 def test_demo_runs_every_stage(tmp_path, capsys):
     rc = main(
         [

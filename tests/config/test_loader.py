@@ -64,6 +64,7 @@ def test_semantic_problems_name_the_key_and_the_fix():
         DEMO,
         [
             "model.image.random_init=false",
+            "train.micro_batch=2",
             "train.global_batch=3",
             "augment.hflip_p=1.5",
             "geometry.crop_width=417",
