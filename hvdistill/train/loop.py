@@ -241,7 +241,12 @@ class Meter:
         self._reset()
 
     def _reset(self) -> None:
-        self.sums, self.micro, self.wait = torch.zeros(len(TERMS), dtype=torch.float64), 0, 0.0
+        self.sums, self.micro, self.finite, self.wait = (
+            torch.zeros(len(TERMS), dtype=torch.float64),
+            0,
+            0,
+            0.0,
+        )
         self.lr, self.grad_norm, self.start, self.excluded = (
             float("nan"),
             float("nan"),
@@ -264,8 +269,9 @@ class Meter:
         self.excluded += time.perf_counter() - tic
 
     def micro_batch(self, values: torch.Tensor) -> None:
-        if bool(torch.isfinite(values).all()):
+        if bool(torch.isfinite(values).all()):  # skipped micro-batches count in time, not in the losses
             self.sums += values.double()
+            self.finite += 1
         self.micro += 1
 
     def step(self, lr: float, grad_norm: float) -> None:
@@ -273,7 +279,7 @@ class Meter:
 
     def flush(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.start - self.excluded, 1e-9)
-        means = self.sums / max(self.micro, 1)
+        means = self.sums / self.finite if self.finite else torch.full_like(self.sums, float("nan"))
         out = {f"loss/{k}": float(v) for k, v in zip(TERMS, means)}
         out.update(
             lr=self.lr,
