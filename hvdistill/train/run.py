@@ -1,8 +1,9 @@
 """`run(cfg)`: one pretraining process, alike under `hvdistill pretrain`, torchrun/deepspeed and Ray Train.
 
 Order: process group (reused, from the launcher's environment, or a 1-rank loopback gloo group)
--> run directory `<train.output_dir>/<train.run_name or pretrain-<UTC time>-<6 hex>>` (rank 0
-decides, every rank gets it; printed at the start and the end) -> the resume decision (the newest
+-> the DeepSpeed config and precision checked (a config error leaves nothing behind) -> run
+directory `<train.output_dir>/<train.run_name or pretrain-<UTC time>-<6 hex>>` (rank 0 decides,
+every rank gets it; printed at the start and the end) -> the resume decision (the newest
 complete checkpoint in it when `train.resume=auto`; rank 0 decides) -> tracking (rank 0 a real
 MLflow tracker continuing the run id in `tracking.json`, other ranks a null one) -> `config.yaml`
 (resolved, with the resolved precision) and `deepspeed.json` -> data, model, loss, engine ->
@@ -41,6 +42,7 @@ from hvdistill.train.data import build_loader, build_stream, close_loader, has_s
 from hvdistill.train.engine import (
     DistContext,
     build_engine,
+    check_precision,
     deepspeed_config,
     grad_accumulation,
     init_distributed,
@@ -198,11 +200,12 @@ def run(cfg: Config, hooks: RunHooks | None = None) -> RunResult:
 
 def _run(cfg: Config, ctx: DistContext, hooks: RunHooks) -> RunResult:
     seed_everything(cfg)
+    check_precision(cfg, ctx.device)
+    ds_config = deepspeed_config(cfg, ctx.world_size)  # config errors before anything is written
     run_dir = resolve_run_dir(cfg, ctx)
     if ctx.is_main:
         print(f"hvdistill pretrain: run directory {run_dir}", flush=True)
     cfg = resolved_precision(replace(cfg, train=replace(cfg.train, run_name=run_dir.name)), ctx.device)
-    ds_config = deepspeed_config(cfg, ctx.world_size)
     resume_from = resume_point(cfg, run_dir, ctx)
     tracker, uri = start_tracking(cfg, run_dir, ctx)
     status = "FAILED"
