@@ -1,12 +1,22 @@
 """The LSS frustum and the lift of image points back into the (augmented) LiDAR frame.
 
 `make_frustum` gives, for one augmented crop, the (u, v, depth) of every feature cell and
-depth bin: u, v at the centres of the `stride` x `stride` pixel blocks, depth at bin centres
-of [depth_min, depth_max) in `depth_step` steps (118 bins by default). `lift_to_lidar` undoes
-the camera's image augmentation, back-projects with K at the given depth (camera z), maps
-camera -> LiDAR, and applies the LiDAR augmentation, so lifted features land where the LiDAR
-BEV features of the same augmented sample are. `frustum_cells` turns that into BEV cell indices
-for the scatter-add pooling of the model.
+depth bin: u, v at the receptive-field centre of the cell, depth at bin centres of
+[depth_min, depth_max) in `depth_step` steps (118 bins by default).
+
+Feature-cell centres: cell (i, j) of a feature map at stride s sits at pixel
+(u, v) = (s j + c, s i + c), pixel centres at integer coordinates (docs/geometry.md). `c` is the
+receptive-field centre of cell 0, `FEATURE_CELL_CENTRE` = 0: a torchvision ResNet's stem
+(conv 7x7 stride 2 padding 3, max-pool 3x3 stride 2 padding 1) and its later convs are all
+centred, so cell j looks at pixel s j at any output stride. It is a property of the network,
+not a tunable: `hvdistill/models/image/teacher.py: feature_grid` derives it from the teacher's
+modules and the teacher refuses a backbone that disagrees; the frustum, the depth targets
+(hvdistill/losses/depth.py) and the teacher's IPV upsampling all place cell j at s j + c.
+
+`lift_to_lidar` undoes the camera's image augmentation, back-projects with K at the given
+depth (camera z), maps camera -> LiDAR, and applies the LiDAR augmentation, so lifted features
+land where the LiDAR BEV features of the same augmented sample are. `frustum_cells` turns that
+into BEV cell indices for the scatter-add pooling of the model.
 """
 
 from __future__ import annotations
@@ -14,6 +24,8 @@ from __future__ import annotations
 import torch
 
 from hvdistill.geometry.bev import BEVGrid
+
+FEATURE_CELL_CENTRE = 0.0  # pixel of feature cell 0's receptive-field centre; cell j at stride * j + this
 
 
 def depth_bin_centres(depth_min: float, depth_max: float, depth_step: float) -> torch.Tensor:
@@ -30,11 +42,16 @@ def depth_to_bin(depth: torch.Tensor, depth_min: float, depth_max: float, depth_
 
 
 def make_frustum(
-    crop_height: int, crop_width: int, stride: int, depth_min: float, depth_max: float, depth_step: float
+    crop_height: int,
+    crop_width: int,
+    stride: int,
+    depth_min: float,
+    depth_max: float,
+    depth_step: float,
+    centre: float = FEATURE_CELL_CENTRE,
 ) -> torch.Tensor:
-    """(D, Hf, Wf, 3) float64 (u, v, depth) in augmented-crop pixel coordinates."""
+    """(D, Hf, Wf, 3) float64 (u, v, depth) in augmented-crop pixels; cell j at u = stride * j + centre."""
     hf, wf = crop_height // stride, crop_width // stride
-    centre = (stride - 1) / 2.0
     u = torch.arange(wf, dtype=torch.float64) * stride + centre  # (Wf,)
     v = torch.arange(hf, dtype=torch.float64) * stride + centre  # (Hf,)
     d = depth_bin_centres(depth_min, depth_max, depth_step)  # (D,)

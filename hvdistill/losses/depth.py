@@ -1,10 +1,18 @@
 """The depth loss: LiDAR-supervised depth distributions of the lift (BEVDepth style).
 
 Targets live at the depth net's resolution (1/`pool` of the crop, pool = LossConfig.
-depth_target_pool = 4): each cell takes the minimum non-zero LiDAR depth of the pairs whose
-pixel falls in its `pool` x `pool` patch (pixel = rounded (u, v), pixel centres at integer
-coordinates as in hvdistill/geometry/frustum.py), computed from the pairs directly with a
-scatter-min instead of a full-resolution depth image. The depth becomes a one-hot over the
+depth_target_pool = 4): each cell takes the minimum non-zero LiDAR depth of the pairs in its
+patch, computed from the pairs directly with a scatter-min instead of a full-resolution depth
+image. Feature cell j is centred at pixel pool * j + c (c = FEATURE_CELL_CENTRE = 0, pixel
+centres at integer coordinates; see hvdistill/geometry/frustum.py), where the frustum puts its
+ray and the IPV upsampling its feature. The patch is centred there: a pair at sub-pixel (u, v)
+goes to the cell whose centre is nearest, column floor((u - c) / pool + 1/2), i.e. cell j takes
+u in [pool * j + c - pool / 2, pool * j + c + pool / 2), 4 px wide and centred on 4 j exactly.
+Whole-pixel windows cannot be centred on a pixel for an even pool ([4j - 2, 4j + 1] is off by
+-0.5 px, [4j - 1, 4j + 2] by +0.5 px), so the rule uses the stored sub-pixel coordinates.
+Pairs inside the crop but past the last cell centre's half-window (the last pool / 2 - c columns
+and rows) take the last cell, as the replicated border of the IPV upsampling does; only pairs
+whose pixel (rounded (u, v)) lies outside the crop are dropped. The depth becomes a one-hot over the
 bins [depth_min, depth_max) in depth_step steps (`depth_to_bin`); cells without a point, or
 whose depth falls outside the bins, are not counted.
 
@@ -24,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from hvdistill import dist
-from hvdistill.geometry.frustum import depth_to_bin
+from hvdistill.geometry.frustum import FEATURE_CELL_CENTRE, depth_to_bin
 
 
 def depth_targets(
@@ -35,14 +43,19 @@ def depth_targets(
     grid_height: int,
     grid_width: int,
     pool: int,
+    centre: float = FEATURE_CELL_CENTRE,
 ) -> torch.Tensor:
-    """(N_img, Hf, Wf) float32 minimum non-zero pair depth per pool x pool patch; 0 = none.
+    """(N_img, Hf, Wf) float32 minimum non-zero pair depth per patch centred on its cell; 0 = none.
 
-    pair_image (Q,), pair_uv (Q, 2) (u = column, v = row, crop pixels), pair_depth (Q,) metres.
+    pair_image (Q,), pair_uv (Q, 2) (u = column, v = row, crop pixels), pair_depth (Q,) metres;
+    cell j is centred at pixel pool * j + centre (see the module docstring).
     """
-    col = torch.round(pair_uv[:, 0]).long() // pool  # (Q,)
-    row = torch.round(pair_uv[:, 1]).long() // pool  # (Q,)
-    keep = (pair_depth > 0) & (col >= 0) & (col < grid_width) & (row >= 0) & (row < grid_height)
+    pixel = torch.round(pair_uv).long()  # (Q, 2)
+    inside = (pixel >= 0).all(1) & (pixel[:, 0] < grid_width * pool) & (pixel[:, 1] < grid_height * pool)
+    nearest = torch.floor((pair_uv.double() - centre) / pool + 0.5).long()  # (Q, 2) nearest cell centre
+    col = nearest[:, 0].clamp(0, grid_width - 1)  # (Q,)
+    row = nearest[:, 1].clamp(0, grid_height - 1)  # (Q,)
+    keep = (pair_depth > 0) & inside
     cell = (pair_image.long() * grid_height + row) * grid_width + col  # (Q,)
     n_cells = num_images * grid_height * grid_width
     best = torch.full((n_cells,), float("inf"), device=pair_depth.device)  # (N*Hf*Wf,)

@@ -21,6 +21,8 @@ Data flow for a batch of B samples with n_cam cameras (N = B * n_cam images):
   voxels -> student -> per-voxel IPV features (V, 64) and LiDAR BEV cells (K, 64)
   crops  -> teacher -> 1/4-resolution head map (N, 64, 56, 104) and IPV map (N, 64, 224, 416)
   head map + camera geometry -> depth net -> depth logits (N, D, 56, 104) -> lift -> image BEV
+Feature cell j of the teacher looks at pixel 4 j (its receptive-field centre, derived from the
+network); `check_feature_grid` makes sure the lift's frustum rays start there.
 """
 
 from __future__ import annotations
@@ -131,6 +133,25 @@ def convert_sync_batchnorm(model: Distiller) -> Distiller:
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the registered children, in place
 
 
+def check_feature_grid(teacher: ImageTeacher, lift: BEVLift | None) -> None:
+    """Raise unless the lift's frustum puts feature cell j where the teacher's cell j looks.
+
+    The teacher derives its cells' receptive-field centres from its own modules (stride * j +
+    centre px, `image/teacher.py: feature_grid`); the frustum rays must start at those pixels.
+    """
+    if lift is None:
+        return
+    stride, centre = teacher.grid
+    u = lift.frustum[0, 0, :, 0]  # (Wf,) u of the frustum's first row of cells
+    expected = torch.arange(u.numel(), dtype=u.dtype, device=u.device) * stride + centre
+    if not torch.equal(u, expected):
+        raise ValueError(
+            f"the lift's frustum puts feature cells at u = {u[:3].tolist()}..., the teacher's cells look at "
+            f"{expected[:3].tolist()}... (stride {stride}, centre {centre} px); build the frustum with "
+            "the teacher's feature_grid"
+        )
+
+
 def build_distiller(cfg: Config, device: torch.device | str = "cpu") -> Distiller:
     """Student, teacher (weights from cfg.model.image) and lift for `device`.
 
@@ -141,4 +162,5 @@ def build_distiller(cfg: Config, device: torch.device | str = "cpu") -> Distille
     teacher = build_image_teacher(cfg.model, cfg.precision, device).to(device)
     needs_lift = cfg.loss.weight_depth != 0 or cfg.loss.weight_bev != 0
     lift = build_depth_lift(cfg.model, cfg.geometry, cfg.precision, device).to(device) if needs_lift else None
+    check_feature_grid(teacher, lift)
     return Distiller(student, teacher, lift)

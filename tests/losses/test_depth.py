@@ -1,4 +1,7 @@
-"""Depth targets (min non-zero depth per patch) and the BCE depth loss, against references."""
+"""Depth targets (min non-zero depth per patch centred on its cell) and the BCE depth loss vs references.
+
+The patch centred on pixel 4j is tested in tests/models/image/test_feature_centres.py.
+"""
 
 import math
 
@@ -21,20 +24,18 @@ def _pairs(seed: int = 0, q: int = 150):
     return pair_image, pair_uv, pair_depth
 
 
+def _nearest_cell(x: float, n: int) -> int:
+    """The cell whose centre (pixel POOL * j) is nearest to x; ties to the higher cell."""
+    return max(range(n), key=lambda j: (-abs(x - POOL * j), j))
+
+
 def _naive_targets(pair_image, pair_uv, pair_depth):
-    """BEVDepth's procedure: a full-resolution depth image (min per pixel), then patch min."""
-    full = torch.zeros(N_IMG, H, W)
-    for n, (u, v), d in zip(pair_image.tolist(), pair_uv.tolist(), pair_depth.tolist()):
-        r, c = int(round(v)), int(round(u))
-        if d > 0 and (full[n, r, c] == 0 or d < full[n, r, c]):
-            full[n, r, c] = d
+    """Per cell, the min non-zero depth of the pairs nearer to its centre (pixel 4j) than to any other."""
     out = torch.zeros(N_IMG, HF, WF)
-    for n in range(N_IMG):
-        for i in range(HF):
-            for j in range(WF):
-                patch = full[n, i * POOL : (i + 1) * POOL, j * POOL : (j + 1) * POOL]
-                nz = patch[patch > 0]
-                out[n, i, j] = nz.min() if nz.numel() else 0.0
+    for n, (u, v), d in zip(pair_image.tolist(), pair_uv.tolist(), pair_depth.tolist()):
+        i, j = _nearest_cell(v, HF), _nearest_cell(u, WF)
+        if d > 0 and (out[n, i, j] == 0 or d < out[n, i, j]):
+            out[n, i, j] = d
     return out
 
 

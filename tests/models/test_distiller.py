@@ -1,13 +1,14 @@
 """The whole distiller on a tiny batch: finite loss terms, gradients where they belong."""
 
 import numpy as np
+import pytest
 import torch
 
 from hvdistill.config import Config, load_config
 from hvdistill.data.augment import augment_sample
 from hvdistill.data.collate import collate
 from hvdistill.losses.total import build_hybrid_view_loss
-from hvdistill.models.distiller import build_distiller
+from hvdistill.models.distiller import build_distiller, check_feature_grid
 from tests.helpers import config_path
 from tests.helpers.memory_sample import make_sample
 
@@ -77,3 +78,13 @@ def test_two_stage_first_stage_skips_the_bev_lift_and_still_trains():
     assert float(terms.bev) == 0.0 and terms.num_bev_anchors == 0 and torch.isfinite(terms.total)
     terms.total.backward()
     assert all(p.grad is not None for p in model.student.backbone.parameters() if p.requires_grad)
+
+
+def test_frustum_must_start_its_rays_where_the_teacher_cells_look():
+    cfg = tiny_config()
+    model = build_distiller(cfg)  # checks the built pair: cell j at pixel 4j on both sides
+    assert model.teacher.grid == (4, 0.0)
+    assert float(model.lift.frustum[0, 0, 1, 0]) == 4.0
+    model.lift.frustum = model.lift.frustum + torch.tensor([1.5, 1.5, 0.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="frustum"):  # the old 4 x 4-block centres, 1.5 px off
+        check_feature_grid(model.teacher, model.lift)

@@ -16,8 +16,17 @@ while dtype casts (`.half()`, `.bfloat16()`, `.double()`, `.to(dtype)`) leave it
 its compute dtype is chosen by autocast (`compute_dtype`), and a cast backbone would no
 longer match its float32 input when autocast is off. The head is
 a 1x1 conv C_b -> feature_dim whose output at 1/4 resolution feeds the depth bridge; for the
-IPV branch it is upsampled x output_stride (bilinear, align_corners=False, i.e. the same
-half-pixel-centre convention as the frustum) and L2-normalised over channels.
+IPV branch it is upsampled x output_stride and L2-normalised over channels.
+
+Feature-cell centres: `feature_grid` derives (stride, centre) from the backbone's modules, so
+that cell j's receptive field is centred at pixel stride * j + centre (pixel centres at integer
+coordinates). For the torchvision ResNets centre = 0 at every output stride; the teacher refuses
+a backbone whose centre differs from `FEATURE_CELL_CENTRE` (hvdistill/geometry/frustum.py), the
+convention the frustum and the depth targets share. The IPV upsampling (`upsample_cells`) puts
+cell j's feature exactly at pixel stride * j + centre and interpolates linearly in between,
+replicating the border cells outwards. (Bilinear `interpolate` with align_corners=False would
+put it at stride * j + (stride - 1) / 2, 1.5 px off at stride 4; align_corners=True, SLidR's,
+at j * (W - 1) / (Wf - 1), drifting to 3 px off at the right edge of a 416 px crop.)
 The dense image side runs under autocast in the dtype `precision.image_dtype` resolves to on the
 build device (hvdistill/precision.py: `auto` = bf16 where the hardware runs it natively, fp32
 elsewhere); every output is returned as float32. The backbone map (N, C_b, H / s, W / s), the
@@ -36,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hvdistill.config import ModelConfig, PrecisionConfig
+from hvdistill.geometry.frustum import FEATURE_CELL_CENTRE
 from hvdistill.models.image.resnet import ARCHITECTURES, ResNet, dilation_for_output_stride
 from hvdistill.models.image.weights import LoadReport, load_teacher_weights
 from hvdistill.precision import resolve_image_dtype
@@ -59,6 +69,55 @@ class FrozenModule:
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
+
+
+class FeatureGrid(NamedTuple):
+    stride: int  # pixels between neighbouring cells
+    centre: float  # pixel of cell 0's receptive-field centre: cell j at stride * j + centre
+
+
+def _along_width(value: int | tuple[int, ...]) -> int:
+    return value[-1] if isinstance(value, tuple) else value
+
+
+def feature_grid(backbone: nn.Module) -> FeatureGrid:
+    """Stride and receptive-field centre of `backbone.features`, composed over its modules.
+
+    Walks the convolutions and max-pools in registration order, which for a ResNet is the order
+    of its main path (stem, then each block's convs); the residual projections (`downsample`)
+    run in parallel to a block and are skipped. A layer with kernel k, stride s, padding p and
+    dilation d centres its output i at input s * i + d (k - 1) / 2 - p. Along the width (the
+    ResNets are square). Empirically confirmed by tests/models/image/test_feature_centres.py.
+    """
+    stride, centre = 1, 0.0
+    for name, m in backbone.named_modules():
+        if "downsample" in name or not isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+            continue
+        k, s = _along_width(m.kernel_size), _along_width(m.stride)
+        p, d = _along_width(m.padding), _along_width(m.dilation)
+        centre += stride * (d * (k - 1) / 2 - p)
+        stride *= s
+    return FeatureGrid(stride, centre)
+
+
+def upsample_cells(head: torch.Tensor, stride: int, centre: float) -> torch.Tensor:
+    """(N, C, Hf, Wf) -> (N, C, stride * Hf, stride * Wf) with cell j's value at pixel stride * j + centre.
+
+    Bilinear between cell centres, border cells replicated outwards. `centre` must be a whole
+    pixel in [0, stride]: the map is padded by one replicated cell, interpolated with
+    align_corners=True onto a grid whose step is exactly 1 / stride cell, and cropped.
+    """
+    c = int(centre)
+    if c != centre or not 0 <= c <= stride:
+        raise ValueError(f"feature-cell centre {centre} must be a whole pixel in [0, {stride}]")
+    hf, wf = head.shape[-2:]
+    lead = 1 if c > 0 else 0  # a replicated cell before the first when pixels precede its centre
+    padded = F.pad(head, (lead, 1, lead, 1), mode="replicate")  # (N, C, Hf + lead + 1, Wf + lead + 1)
+    hp, wp = padded.shape[-2:]
+    size = (stride * (hp - 1) + 1, stride * (wp - 1) + 1)  # output pixel y samples padded cell y / stride
+    up = F.interpolate(padded, size=size, mode="bilinear", align_corners=True)  # (N, C, ~s Hp, ~s Wp)
+    y0 = stride * lead - c
+    return up[..., y0 : y0 + stride * hf, y0 : y0 + stride * wf]  # (N, C, s Hf, s Wf)
 
 
 def _target_device(fn: Callable[[torch.Tensor], torch.Tensor], current: torch.device) -> torch.device:
@@ -87,6 +146,13 @@ class ImageTeacher(nn.Module):
             p.requires_grad_(False)
         self.frozen = FrozenModule(backbone.eval())  # not a child: see the module docstring
         self.output_stride = output_stride
+        self.grid = feature_grid(backbone)
+        if self.grid != (output_stride, FEATURE_CELL_CENTRE):
+            raise ValueError(
+                f"the {arch} teacher's feature cells sit at stride {self.grid.stride}, centre "
+                f"{self.grid.centre} px; the frustum and depth targets assume stride {output_stride}, "
+                f"centre {FEATURE_CELL_CENTRE} (hvdistill/geometry/frustum.py: FEATURE_CELL_CENTRE)"
+            )
         self.head = nn.Conv2d(backbone.out_channels, feature_dim, kernel_size=1)
         mean_t = torch.tensor(mean if mean is not None else [0.0, 0.0, 0.0]).view(1, 3, 1, 1)
         std_t = torch.tensor(std if std is not None else [1.0, 1.0, 1.0]).view(1, 3, 1, 1)
@@ -141,7 +207,7 @@ class ImageTeacher(nn.Module):
             head = self.head(feats).float()  # (N, D, H/s, W/s)
         backbone = feats.float() if with_backbone else None
         del feats  # the head's autograd keeps what its weight gradient needs
-        up = F.interpolate(head, size=(h, w), mode="bilinear", align_corners=False)  # (N, D, H, W)
+        up = upsample_cells(head, self.grid.stride, self.grid.centre)  # (N, D, H, W), cell j at s j + c
         return TeacherOutput(backbone, head, F.normalize(up, dim=1))
 
 
@@ -180,4 +246,13 @@ def build_image_teacher(
     return teacher
 
 
-__all__ = ["ImageTeacher", "TeacherOutput", "build_image_teacher", "load_teacher_weights", "LoadReport"]
+__all__ = [
+    "FeatureGrid",
+    "ImageTeacher",
+    "TeacherOutput",
+    "build_image_teacher",
+    "feature_grid",
+    "load_teacher_weights",
+    "LoadReport",
+    "upsample_cells",
+]

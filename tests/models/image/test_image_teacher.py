@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from hvdistill.models.image import ImageTeacher
+from hvdistill.models.image.teacher import upsample_cells
 
 
 def make_teacher(dtype=torch.float32) -> ImageTeacher:
@@ -27,7 +28,7 @@ def test_shapes_stride_and_normalisation():
     assert out.ipv.shape == (2, 64, 64, 96)
     assert all(t.dtype == torch.float32 for t in out)
     torch.testing.assert_close(out.ipv.norm(dim=1), torch.ones(2, 64, 96))
-    up = F.interpolate(out.head, size=(64, 96), mode="bilinear", align_corners=False)
+    up = upsample_cells(out.head, 4, 0.0)  # cell j at pixel 4j (tests/models/image/test_feature_centres.py)
     torch.testing.assert_close(out.ipv, F.normalize(up, dim=1))
 
 
