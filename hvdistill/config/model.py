@@ -27,6 +27,13 @@ class LidarModelConfig:
 
     in_channels: int = 1  # intensity
     stem_channels: int = 32
+    # 3x3x3 conv + BN + ReLU units in the stem: MinkUNet34C's conv0p1s1 = 1; 2 = the earlier two-conv stem
+    stem_convs: int = 1
+    # BatchNorm momentum (torch's meaning, as MinkowskiEngine's): SLidR's bn_momentum 0.05 for the stem,
+    # strided, transposed and residual-projection norms (and the BEV head's); its residual blocks keep
+    # torch's 0.1 (res16unet's _make_layer never passes bn_momentum to the blocks)
+    bn_momentum: float = 0.05
+    block_bn_momentum: float = 0.1
     planes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 256, 128, 96, 96])
     encoder_blocks: list[int] = field(default_factory=lambda: [2, 3, 4, 6])
     decoder_blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
@@ -112,6 +119,11 @@ def lidar_problems(lm: LidarModelConfig, g: GeometryConfig) -> list[str]:
         )
     if any(n < 1 for n in [lm.in_channels, lm.stem_channels, *lm.planes]):
         p.append("model.lidar.planes / stem_channels / in_channels: every width must be >= 1")
+    if lm.stem_convs < 1:
+        p.append(f"model.lidar.stem_convs: {lm.stem_convs} must be >= 1 (MinkUNet34C: 1)")
+    for key in ("bn_momentum", "block_bn_momentum"):
+        if not 0.0 < getattr(lm, key) <= 1.0:
+            p.append(f"model.lidar.{key}: {getattr(lm, key)} must be in (0, 1] (torch's BatchNorm momentum)")
     return p
 
 

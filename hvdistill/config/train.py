@@ -29,7 +29,9 @@ class LossConfig:
     bev_start_epoch: int = 0  # two-stage schedule: BEV loss joins at this epoch
     max_bev_anchors: int = 0  # subsample BEV anchors per sample; 0 = all
     depth_reduction: Literal["cells_x_bins", "cells"] = "cells_x_bins"  # see docs/models.md
-    renormalize_pooled: bool = True  # L2-normalise superpoint/superpixel means (SLidR: false)
+    # L2-normalise the superpoint/superpixel means before the InfoNCE; false = SLidR's
+    # loss_superpixels_average (means of unit vectors, not renormalised), the published recipe
+    renormalize_pooled: bool = False
 
 
 @dataclass(slots=True, kw_only=True)

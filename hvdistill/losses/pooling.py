@@ -4,11 +4,12 @@ A superpixel id is unique per camera and sample (-1 = no superpixel). For every 
 hit by at least one point<->pixel pair:
 - the superpoint feature is the mean of the 3D features of its paired points;
 - the superpixel feature is the mean of the 2D features of its pixels;
-both are then L2-normalised (`normalize=True`, LossConfig.renormalize_pooled). SLidR averages
-per-point / per-pixel features that are already unit length and does not renormalise the
-means; renormalising makes every logit a cosine similarity / temperature, so the scale of a
-superpixel's logits no longer depends on how uniform its features are. `normalize=False`
-reproduces SLidR's pooling exactly.
+SLidR (`pretrain/lightning_trainer.py: loss_superpixels_average`) feeds
+these means of unit-length features to the InfoNCE as they are, so their logits are
+cos / temperature scaled by both means' norms; that is the default
+(`normalize=False`, LossConfig.renormalize_pooled = false). `normalize=True` L2-normalises both
+means, making every logit a cosine similarity / temperature whatever the spread of the
+features a superpixel averages (an option, not the published recipe).
 
 Sums are accumulated with index_add (points) and scatter_add (pixels, on the (N, C, H*W)
 layout of the feature map, so the map is never permuted or copied); there are no Python
@@ -54,7 +55,7 @@ def pool_superpixels(
     pair_superpixel: torch.Tensor,
     image_features: torch.Tensor,
     superpixels: torch.Tensor,
-    normalize: bool = True,
+    normalize: bool = False,
 ) -> PooledSuperpixels:
     """Matched superpoint / superpixel features of every superpixel with a paired point.
 

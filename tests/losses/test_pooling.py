@@ -68,7 +68,7 @@ def test_pooling_gradients_equal_loop_reference():
     for fn in ("fast", "naive"):
         pf, ff = point_feats.clone().requires_grad_(), feats.clone().requires_grad_()
         if fn == "fast":
-            out = pool_superpixels(pf, pair_sp, ff, superpixels)
+            out = pool_superpixels(pf, pair_sp, ff, superpixels, normalize=True)
             a, b = out.superpoints, out.superpixels
         else:
             _, a, b = _naive(pf, pair_sp, ff, superpixels, True)

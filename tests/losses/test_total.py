@@ -47,6 +47,32 @@ def test_total_is_the_weighted_sum_with_published_weights():
     assert set(terms.as_floats()) == {"loss/total", "loss/ipv", "loss/depth", "loss/bev"}
 
 
+def _slidr_superpixel_loss(x: LossInputs, temperature: float) -> torch.Tensor:
+    """SLidR's loss_superpixels_average (pretrain/lightning_trainer.py), with dense one-hots."""
+    n_sp = int(x.superpixels.max()) + 1
+    valid = x.pair_superpixel >= 0
+    one_hot_p = F.one_hot(x.pair_superpixel[valid], n_sp).t().float()  # (S, Q)
+    one_hot_i = F.one_hot(x.superpixels.flatten(), n_sp).t().float()  # (S, N*H*W)
+    k = one_hot_p @ x.pair_point_features[valid]
+    k = k / (one_hot_p.sum(1)[:, None] + 1e-6)  # superpoint means, not renormalised
+    q = one_hot_i @ x.image_features.permute(0, 2, 3, 1).flatten(0, 2)
+    q = q / (one_hot_i.sum(1)[:, None] + 1e-6)
+    mask = k[:, 0] != 0  # superpixels with a paired point
+    logits = k[mask] @ q[mask].t() / temperature
+    return F.cross_entropy(logits, torch.arange(int(mask.sum())))
+
+
+def test_default_ipv_term_is_slidr_superpixel_loss():
+    """The published recipe by default: the superpixel means go into the InfoNCE unnormalised."""
+    x = _inputs(3)
+    got = HybridViewLoss(LossConfig(), GEOMETRY, feature_dim=C)(x, epoch=0).ipv
+    torch.testing.assert_close(got, _slidr_superpixel_loss(x, 0.07), rtol=1e-5, atol=1e-5)
+    renormalised = HybridViewLoss(LossConfig(renormalize_pooled=True), GEOMETRY, feature_dim=C)(
+        x, epoch=0
+    ).ipv
+    assert abs(float(renormalised) - float(got)) > 1e-2  # the option is a different loss
+
+
 def test_custom_weights_and_tiling_do_not_change_terms():
     untiled = HybridViewLoss(LossConfig(tile_size=0), GEOMETRY, feature_dim=C)(_inputs(), 0)
     cfg = LossConfig(weight_ipv=2.0, weight_depth=3.0, weight_bev=5.0, tile_size=3)

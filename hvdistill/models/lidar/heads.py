@@ -7,10 +7,11 @@ BEV head: collapses z onto the BEV grid whose cells are `stride` voxels wide in 
 (ix // stride, iy // stride), flat index iy * bev_size + ix as in `geometry/bev.py`. Two variants
 (`LidarModelConfig.bev_head`):
 - "strided" (the paper): log2(stride) sparse convs with kernel and stride (1, 2, 2) in (z, y, x),
-  each + BN + ReLU, bring the sparse tensor to the 0.4 m grid in x/y while keeping z; the
-  z-collapse then pools the features of each (batch, y, x) column of the result
-  (`bev_pool`: max by default). Each output site of a kernel-2 stride-2 conv covers exactly the
-  voxels (2o, 2o + 1), so the non-empty cells are those of the input voxels.
+  each + BN (momentum `bn_momentum`, as the backbone's strided convs) + ReLU, bring the sparse
+  tensor to the 0.4 m grid in x/y while keeping z; the z-collapse then pools the features of
+  each (batch, y, x) column of the result (`bev_pool`: max by default). Each output site of a
+  kernel-2 stride-2 conv covers exactly the voxels (2o, 2o + 1), so the non-empty cells are
+  those of the input voxels.
 - "column": pools the planes[7] voxel features of each (batch, iy // stride, ix // stride)
   column directly (no extra parameters before the projection).
 Both end with a linear projection to feature_dim and L2-normalise. Output: (K, feature_dim)
@@ -77,6 +78,7 @@ class BEVHead(nn.Module):
         bev_size: int,
         pool: str,
         algo: spconv.ConvAlgo | None,
+        bn_momentum: float,
     ):
         super().__init__()
         if variant not in ("strided", "column"):
@@ -96,7 +98,7 @@ class BEVHead(nn.Module):
                         in_channels, in_channels, (1, 2, 2), stride=(1, 2, 2), bias=False, algo=algo
                     )
                 )
-                layers.extend(norm_relu(in_channels))
+                layers.extend(norm_relu(in_channels, bn_momentum))
             self.reduce_xy = spconv.SparseSequential(*layers)
         self.proj = nn.Linear(in_channels, feature_dim)
 

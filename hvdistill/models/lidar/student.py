@@ -54,7 +54,9 @@ class LidarStudent(nn.Module):
         self.backbone = SparseUNet(cfg, algo)
         out = self.backbone.out_channels
         self.ipv_head = IPVHead(out, feature_dim)
-        self.bev_head = BEVHead(out, feature_dim, cfg.bev_head, bev_stride, bev_size, cfg.bev_pool, algo)
+        self.bev_head = BEVHead(
+            out, feature_dim, cfg.bev_head, bev_stride, bev_size, cfg.bev_pool, algo, cfg.bn_momentum
+        )
 
     def _sparse_context(self, device_type: str) -> contextlib.AbstractContextManager:
         """fp16 autocast for the sparse convs when configured and the inputs are on CUDA, else nothing."""

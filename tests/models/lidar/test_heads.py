@@ -37,7 +37,7 @@ def test_pool_columns_matches_a_loop(reduce):
 @pytest.mark.parametrize("variant", ["strided", "column"])
 def test_bev_head_cells_are_the_voxel_columns(variant):
     coords, feats = random_voxels(1)
-    head = BEVHead(CHANNELS, DIM, variant, STRIDE, BEV_SIZE, "max", conv_algo("cpu"))
+    head = BEVHead(CHANNELS, DIM, variant, STRIDE, BEV_SIZE, "max", conv_algo("cpu"), 0.05)
     bev, indices = head(sparse_input(coords, feats, SHAPE, 2))
     expected = torch.unique(
         torch.stack([coords[:, 0], coords[:, 2] // STRIDE, coords[:, 3] // STRIDE], 1).long(), dim=0
@@ -49,7 +49,7 @@ def test_bev_head_cells_are_the_voxel_columns(variant):
 
 def test_strided_head_reduces_x_y_by_the_stride_and_keeps_z():
     coords, feats = random_voxels(2)
-    head = BEVHead(CHANNELS, DIM, "strided", STRIDE, BEV_SIZE, "max", conv_algo("cpu"))
+    head = BEVHead(CHANNELS, DIM, "strided", STRIDE, BEV_SIZE, "max", conv_algo("cpu"), 0.05)
     out = head.reduce_xy(sparse_input(coords, feats, SHAPE, 2))
     assert out.spatial_shape == [SHAPE[0], BEV_SIZE, BEV_SIZE]
     expected = torch.unique(
@@ -60,11 +60,11 @@ def test_strided_head_reduces_x_y_by_the_stride_and_keeps_z():
 
 def test_bev_head_rejects_bad_settings():
     with pytest.raises(ValueError, match="power-of-two"):
-        BEVHead(CHANNELS, DIM, "strided", 3, BEV_SIZE, "max", None)
+        BEVHead(CHANNELS, DIM, "strided", 3, BEV_SIZE, "max", None, 0.05)
     with pytest.raises(ValueError, match="bev_head"):
-        BEVHead(CHANNELS, DIM, "pillars", STRIDE, BEV_SIZE, "max", None)
+        BEVHead(CHANNELS, DIM, "pillars", STRIDE, BEV_SIZE, "max", None, 0.05)
     with pytest.raises(ValueError, match="bev_pool"):
-        BEVHead(CHANNELS, DIM, "column", STRIDE, BEV_SIZE, "sum", None)
+        BEVHead(CHANNELS, DIM, "column", STRIDE, BEV_SIZE, "sum", None, 0.05)
 
 
 def test_ipv_head_is_unit_norm_per_voxel():

@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+import spconv.pytorch as spconv
 import torch
 from torch import nn
 
@@ -166,6 +167,33 @@ def test_paper_config_builds_the_minkunet34c_layout():
     assert [s[0].conv1.in_channels for s in unet.decoder] == [256 + 128, 128 + 64, 96 + 32, 96 + 32]
     n_params = sum(p.numel() for p in unet.parameters())
     assert 30e6 < n_params < 45e6  # MinkUNet34C: ~37.8M parameters
+
+
+def test_stem_and_batchnorm_momenta_follow_slidr_minkunet34c():
+    """res16unet.py: conv0p1s1 (one 3x3x3 conv, config kernel_size 3) + bn0 + relu; bn_momentum 0.05
+    on the stem, strided, transposed and projection norms, torch's 0.1 inside the residual blocks."""
+    unet = build_lidar_model(Config().model, Config().geometry, "cpu").backbone
+    convs = [m for m in unet.stem.modules() if isinstance(m, spconv.SubMConv3d)]
+    assert [(c.in_channels, c.out_channels, tuple(c.kernel_size)) for c in convs] == [(1, 32, (3, 3, 3))]
+    momenta = {name: m.momentum for name, m in unet.named_modules() if isinstance(m, nn.BatchNorm1d)}
+    in_blocks = {n: v for n, v in momenta.items() if n.endswith(("norm1", "norm2"))}
+    outside = {n: v for n, v in momenta.items() if n not in in_blocks}
+    assert set(in_blocks.values()) == {0.1} and len(in_blocks) == 2 * (2 + 3 + 4 + 6 + 2 + 2 + 2 + 2)
+    assert set(outside.values()) == {0.05} and any(".project." in n for n in outside)
+    assert len([n for n in outside if n.startswith(("stem", "down", "up"))]) == 1 + 4 + 4
+
+
+def test_stem_option_and_momentum_semantics():
+    """`stem_convs=2` is the earlier stem; one training step moves running stats by the momentum."""
+    cfg = load_config(TINY, ["model.lidar.stem_convs=2", "model.lidar.bn_momentum=0.3"])
+    model = build(cfg).train()
+    stem = model.backbone.stem
+    assert len(stem) == 2 and "stem.1.0.weight" in model.backbone_state_dict()
+    seen = {}
+    stem[0][0].register_forward_hook(lambda mod, args, out: seen.update(rows=out.features.detach()))
+    coords, feats, shape, batch_size, _ = voxel_batch(cfg)
+    model(coords, feats, shape, batch_size)
+    torch.testing.assert_close(stem[0][1].running_mean, 0.3 * seen["rows"].mean(0))  # torch/ME semantics
 
 
 def test_build_reports_inconsistent_settings():
