@@ -16,6 +16,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "synth": ("hvdistill.synthetic.cli", "generate the synthetic world in nuScenes / SemanticKITTI format"),
     "inspect": ("hvdistill.data.sources.cli", "read a dataset through its source and print what it holds"),
     "shard": ("sharding.cli", "shard every data.sources entry with Ray; `shard verify DIR`"),
+    "teacher": (
+        "hvdistill.teacher.cli",
+        "train the synthetic world's image teacher: teacher train CONFIG [k=v ...]",
+    ),
     "demo": ("hvdistill.demo", "run the furthest pipeline that exists on the synthetic world"),
     "pretrain": ("hvdistill.train.run", "pretrain the 3D backbone (DeepSpeed); --ray: on Ray Train workers"),
     "finetune": ("hvdistill.eval.run", "fine-tune or linearly probe the 3D backbone; mIoU per point"),

@@ -7,10 +7,10 @@ one `ConfigError` that names each key and says how to fix it. `flatten()` gives 
 `{"a.b": value}` dict used for MLflow params and Ray Tune search spaces.
 
 Each section's dataclasses and checks live in one module beside this one (data, synth,
-geometry, model, train, downstream); a check that reads keys of several sections lives with the
-section that owns the dependent key. `validate` composes them, for every section or only the
-sections a kind of run uses (`RUN_SECTIONS`). The machinery (YAML reading, overrides, type
-checks, nearest-name suggestions) lives in hvdistill/config/loader.py.
+geometry, model, train, downstream, teacher); a check that reads keys of several sections
+lives with the section that owns the dependent key. `validate` composes them, for every
+section or only the sections a kind of run uses (`RUN_SECTIONS`). The machinery (YAML
+reading, overrides, type checks, nearest-name suggestions) lives in hvdistill/config/loader.py.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from hvdistill.config.model import (
     model_problems,
 )
 from hvdistill.config.synth import SynthConfig, synth_problems
+from hvdistill.config.teacher import TeacherTrainConfig, teacher_train_problems
 from hvdistill.config.train import (
     DistConfig,
     LossConfig,
@@ -75,6 +76,7 @@ __all__ = [
     "SuperpixelConfig",
     "SweepConfig",
     "SynthConfig",
+    "TeacherTrainConfig",
     "TrackingConfig",
     "TrainConfig",
     "flatten",
@@ -103,6 +105,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    teacher_train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
 
 
 # section -> its checks (each reads the whole config; cross-section checks sit with the owner)
@@ -120,10 +123,11 @@ CHECKS: dict[str, Callable[[Config], list[str]]] = {
     "tracking": tracking_problems,
     "finetune": finetune_problems,
     "sweep": sweep_problems,
+    "teacher_train": teacher_train_problems,
 }
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
 
-_PRETRAIN = tuple(s for s in SECTIONS if s not in ("synth", "finetune", "sweep"))
+_PRETRAIN = tuple(s for s in SECTIONS if s not in ("synth", "finetune", "sweep", "teacher_train"))
 # kind of run -> the sections it reads: validated when it loads, and the parameters it records
 RUN_SECTIONS: dict[str, tuple[str, ...]] = {
     "synth": ("synth",),
@@ -131,6 +135,7 @@ RUN_SECTIONS: dict[str, tuple[str, ...]] = {
     "pretrain": _PRETRAIN,
     "finetune": (*_PRETRAIN, "finetune"),
     "sweep": (*_PRETRAIN, "finetune", "sweep"),
+    "teacher": ("data", "geometry", "augment", "teacher_train"),  # `hvdistill teacher train`
     "all": SECTIONS,
 }
 

@@ -1,0 +1,89 @@
+"""The `teacher_train` section: training a small image teacher on the synthetic world; its checks.
+
+Only `hvdistill teacher train` reads it (docs/teacher.md). The network is the backbone of
+`model.image` (its arch), trained at `teacher_train.output_stride` and used by pretraining at
+`model.image.output_stride`; crops take their size from `geometry.crop_height` /
+`geometry.crop_width` and their sampling from the `augment` section's crop ranges; the data
+are the roots of `data.sources`, at the stored resolution of the `data` section.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from hvdistill.config.loader import check_range
+
+if TYPE_CHECKING:
+    from hvdistill.config import Config
+
+OUTPUT_STRIDES = (4, 8, 16, 32)  # what a torchvision ResNet reaches by dilating layer2..layer4
+SPLITS = ("train", "val")
+
+
+@dataclass(slots=True, kw_only=True)
+class TeacherTrainConfig:
+    """Supervised training of the image backbone on the renderer's per-pixel class maps."""
+
+    steps: int = 300
+    batch_size: int = 4
+    lr: float = 0.05  # SGD, cosine-decayed to 0 over `steps`
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    seed: int = 0
+    output_stride: int = 8  # training stride; weights are stride-free, pretraining dilates to its own
+    loader_workers: int = 0  # DataLoader worker processes (0 = read in the training process)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
+    output: str = "runs/teacher/teacher.pt"  # the backbone state dict; <output>.json beside it
+    train_split: Literal["train", "val"] = "train"  # split of each data.sources root trained on
+    eval_split: Literal["train", "val"] = "val"  # held-out split scored after training
+    eval_images: int = 96  # cap on the held-out images scored (0 = all of them)
+    max_bad_fraction: float = 0.1  # stop when more of the listed pairs than this are unreadable
+    log_every: int = 25  # steps between loss lines
+
+
+def teacher_train_problems(cfg: Config) -> list[str]:
+    """Every inconsistency of the `teacher_train` section and what it needs elsewhere, with its fix."""
+    t = cfg.teacher_train
+    p: list[str] = []
+    for key in ("steps", "batch_size", "log_every"):
+        if getattr(t, key) < 1:
+            p.append(f"teacher_train.{key}: {getattr(t, key)} must be >= 1")
+    for key in ("loader_workers", "eval_images"):
+        if getattr(t, key) < 0:
+            p.append(f"teacher_train.{key}: {getattr(t, key)} must be >= 0")
+    if t.lr <= 0:
+        p.append(f"teacher_train.lr: {t.lr} must be > 0")
+    if t.weight_decay < 0:
+        p.append(f"teacher_train.weight_decay: {t.weight_decay} must be >= 0")
+    check_range(p, "teacher_train.momentum", t.momentum, 0.0, 0.999)
+    check_range(p, "teacher_train.max_bad_fraction", t.max_bad_fraction, 0.0, 1.0)
+    if t.output_stride not in OUTPUT_STRIDES:
+        p.append(f"teacher_train.output_stride: {t.output_stride} is not one of {list(OUTPUT_STRIDES)}")
+    if cfg.model.image.output_stride not in OUTPUT_STRIDES:
+        p.append(
+            f"model.image.output_stride: {cfg.model.image.output_stride} is not one of "
+            f"{list(OUTPUT_STRIDES)}; the teacher is scored at the stride pretraining uses"
+        )
+    if not t.output or not t.output.endswith(".pt"):
+        p.append(f"teacher_train.output: {t.output!r} must name a .pt file (e.g. runs/teacher/teacher.pt)")
+    if t.train_split == t.eval_split:
+        p.append(
+            f"teacher_train.eval_split: {t.eval_split} is the training split too; "
+            f"score held-out scenes (teacher_train.eval_split=val)"
+        )
+    return p + _source_problems(cfg)
+
+
+def _source_problems(cfg: Config) -> list[str]:
+    """The data roots the teacher reads: at least one, all of one dataset (one class space)."""
+    names = {s.name for s in cfg.data.sources}
+    if not cfg.data.sources:
+        return ["data.sources: empty; name the synthetic world's root (written with `--side-outputs`)"]
+    if len(names) > 1:
+        return [
+            f"data.sources: mixes datasets {sorted(names)}; the teacher learns one class space, so "
+            f"list the roots of one dataset (a config whose data.sources are all nuscenes or all "
+            f"semantickitti)"
+        ]
+    return []

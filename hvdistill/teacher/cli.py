@@ -1,0 +1,58 @@
+"""`hvdistill teacher train CONFIG [key=value ...]`: train the synthetic world's image teacher.
+
+Reads the `teacher_train`, `data`, `geometry` and `augment` sections (plus `model.image` for the
+architecture, input statistics and the stride pretraining uses), trains, writes
+`teacher_train.output` and its `.json`, and prints the `model.image.*` overrides that make
+pretraining load the result. Config mistakes, unreadable roots and too much damaged data end
+with exit status 2 and a message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from hvdistill.config import RUN_SECTIONS, ConfigError, load_config
+from hvdistill.data.errors import DatasetLayoutError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hvdistill teacher", description=__doc__)
+    sub = parser.add_subparsers(dest="action", required=True)
+    train = sub.add_parser("train", help="train the image teacher on a synthetic world's class maps")
+    train.add_argument("config", nargs="?", default=None, help="YAML diff over the defaults")
+    train.add_argument("overrides", nargs="*", help="key.sub=value overrides, applied in order")
+    return parser
+
+
+def overrides_for(weights: str) -> str:
+    """The pretraining overrides that load the teacher at `weights`."""
+    return (
+        f"model.image.weights={weights} model.image.weights_format=torchvision model.image.random_init=false"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config and not config.endswith((".yaml", ".yml")):
+        config, overrides = None, [config, *overrides]
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from hvdistill.teacher.train import NonFiniteTeacherLoss, TeacherDataError, train_teacher
+
+    try:
+        cfg = load_config(config, overrides, sections=RUN_SECTIONS["teacher"])
+        result = train_teacher(cfg)
+    except (ConfigError, DatasetLayoutError, TeacherDataError, NonFiniteTeacherLoss, ValueError) as err:
+        print(f"hvdistill teacher: {err}", file=sys.stderr)
+        return 2
+    val = result.val
+    print(
+        f"teacher: {result.steps} steps in {result.seconds:.0f} s ({result.steps_per_second:.2f} steps/s), "
+        f"final loss {result.final_loss:.3f}; {val['split']} pixel mIoU {val['miou']:.3f}, "
+        f"accuracy {val['accuracy']:.3f} over {val['images']} images; {len(result.bad_pairs)} bad pairs"
+    )
+    print(f"wrote {result.weights} and {result.weights.removesuffix('.pt')}.json")
+    print(f"pretrain with: {overrides_for(result.weights)}")
+    return 0

@@ -1,0 +1,276 @@
+"""Train the image teacher's backbone on the renderer's class maps; save it as torchvision weights.
+
+The network is the backbone `model.image` describes, built by the same code the pretraining
+teacher uses (`ARCHITECTURES[arch]` with torchvision's dilation flags, its fc dropped), so the
+saved keys are the teacher's keys. A throwaway 1x1 classifier on its features gives logits that
+are upsampled (bilinear) to the crop and trained with per-pixel cross-entropy, class 0 ignored.
+Inputs are normalised with `model.image.mean` / `std`, as the teacher does.
+
+Training runs at `teacher_train.output_stride`; the weights are stride-free, so pretraining
+dilates the same weights to `model.image.output_stride`, as it does with an ImageNet-trained
+ResNet. The held-out score is taken the way pretraining will use the file: the saved
+checkpoint is read back through `load_teacher_weights` (format torchvision, strict) into a
+backbone at `model.image.output_stride`, and the trained classifier is applied to its features.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from hvdistill.config import Config
+from hvdistill.eval.classes import class_map
+from hvdistill.eval.metrics import ConfusionMatrix, scores
+from hvdistill.models.image.resnet import ARCHITECTURES, ResNet, dilation_for_output_stride
+from hvdistill.models.image.weights import load_teacher_weights
+from hvdistill.teacher.crops import Batch, PairViews, collate, draw_order
+from hvdistill.teacher.data import Listing, PairError, list_pairs
+
+log = logging.getLogger(__name__)
+WEIGHTS_FORMAT = "torchvision"
+
+
+class TeacherDataError(RuntimeError):
+    """Too many unreadable pairs, or none to train on: says how many and which."""
+
+
+class NonFiniteTeacherLoss(FloatingPointError):
+    """The teacher's loss stopped being finite: carries the step and the loss."""
+
+    def __init__(self, step: int, loss: float):
+        self.step, self.loss = step, loss
+        super().__init__(f"teacher training loss is {loss} at step {step}; lower teacher_train.lr")
+
+
+class Segmenter(nn.Module):
+    """The teacher backbone plus a 1x1 classifier; logits upsampled to the input size."""
+
+    def __init__(self, backbone: ResNet, num_classes: int, mean: list[float], std: list[float]):
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = nn.Conv2d(backbone.out_channels, num_classes, kernel_size=1)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1] -> (N, C, H, W) logits."""
+        x = (images - self.mean) / self.std  # (N, 3, H, W)
+        logits = self.classifier(self.backbone.features(x))  # (N, C, H / s, W / s)
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@dataclass
+class TeacherResult:
+    """What a teacher run wrote and measured (also the content of `<output>.json`)."""
+
+    weights: str
+    dataset: str
+    roots: list[str]
+    steps: int
+    final_loss: float
+    seconds: float
+    steps_per_second: float
+    train_pairs: int
+    bad_pairs: list[dict[str, str]]
+    val: dict[str, Any]
+    config: dict[str, Any]
+
+
+def build_backbone(cfg: Config, output_stride: int) -> ResNet:
+    """`model.image.arch` dilated to `output_stride`, fc removed: the pretraining teacher's build."""
+    backbone = ARCHITECTURES[cfg.model.image.arch](dilation_for_output_stride(output_stride))
+    backbone.fc = nn.Identity()  # as ImageTeacher: the teacher never classifies
+    return backbone
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; cuda without a GPU is an error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("teacher_train.device: cuda requested but no GPU is visible; set it to auto or cpu")
+    return torch.device(
+        "cuda" if name == "auto" and torch.cuda.is_available() else name.replace("auto", "cpu")
+    )
+
+
+class BadPairs:
+    """Distinct unreadable pairs seen so far; a stop once more than the allowed fraction are bad."""
+
+    def __init__(self, total: int, max_fraction: float, listed: list[PairError]):
+        self.total, self.max_fraction, self.seen = total, max_fraction, {}
+        self.add(listed)
+
+    def add(self, errors: list[PairError]) -> None:
+        for err in errors:
+            if err.path not in self.seen:
+                self.seen[err.path] = err.reason
+                log.warning("teacher: skipping %s: %s", err.path, err.reason)
+        if len(self.seen) > self.max_fraction * self.total:
+            shown = "; ".join(f"{p}: {r}" for p, r in list(self.seen.items())[:5])
+            raise TeacherDataError(
+                f"{len(self.seen)} of {self.total} image / class-map pairs are unreadable, more than "
+                f"teacher_train.max_bad_fraction={self.max_fraction}: {shown}"
+            )
+
+
+def _train_loader(cfg: Config, listing: Listing) -> DataLoader:
+    t = cfg.teacher_train
+    order = draw_order(len(listing.pairs), t.steps * t.batch_size, t.seed)
+    views = PairViews(listing.pairs, cfg, listing.lookup, order)
+    return DataLoader(
+        views, batch_size=t.batch_size, shuffle=False, num_workers=t.loader_workers, collate_fn=collate
+    )
+
+
+def _step(model: Segmenter, batch: Batch, opt: torch.optim.Optimizer, device: torch.device) -> float:
+    """One SGD step on the batch; returns its loss."""
+    logits = model(batch.images.to(device))  # (B, C, Hc, Wc)
+    loss = F.cross_entropy(logits, batch.classes.to(device), ignore_index=0)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def train_segmenter(
+    cfg: Config, listing: Listing, bad: BadPairs, device: torch.device
+) -> tuple[Segmenter, float]:
+    """`teacher_train.steps` SGD steps (cosine lr); returns the model and the last logged mean loss."""
+    t = cfg.teacher_train
+    torch.manual_seed(t.seed)
+    names = class_map(listing.dataset).names
+    model = Segmenter(
+        build_backbone(cfg, t.output_stride), len(names), cfg.model.image.mean, cfg.model.image.std
+    )
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    losses: list[float] = []
+    final = math.nan
+    for step, batch in enumerate(_train_loader(cfg, listing), start=1):
+        bad.add(batch.errors)
+        lr = t.lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / t.steps))  # cosine to 0 over the run
+        for group in opt.param_groups:
+            group["lr"] = lr
+        if len(batch.images):
+            loss = _step(model, batch, opt, device)
+            if not math.isfinite(loss):
+                raise NonFiniteTeacherLoss(step, loss)
+            losses.append(loss)
+        if step % t.log_every == 0 or step == t.steps:
+            final = sum(losses) / max(len(losses), 1)
+            log.info("teacher step %d/%d loss %.4f lr %.4g", step, t.steps, final, lr)
+            losses = []
+    return model, final
+
+
+def save_backbone(backbone: ResNet, path: Path) -> None:
+    """A plain torchvision-style state dict of CPU tensors (no fc), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+@torch.no_grad()
+def evaluate(
+    cfg: Config, weights: Path, classifier: nn.Conv2d, listing: Listing, device: torch.device
+) -> dict:
+    """Pixel scores of the saved weights at `model.image.output_stride` on held-out views."""
+    backbone = build_backbone(cfg, cfg.model.image.output_stride)
+    report = load_teacher_weights(backbone, weights, WEIGHTS_FORMAT)  # strict, as pretraining loads it
+    model = Segmenter(backbone, classifier.out_channels, cfg.model.image.mean, cfg.model.image.std)
+    model.classifier.load_state_dict(classifier.state_dict())
+    model.to(device).eval()
+    names = class_map(listing.dataset).names
+    cm = ConfusionMatrix(len(names), ignore_index=0)
+    pairs = _capped(listing.pairs, cfg.teacher_train.eval_images)
+    loader = DataLoader(
+        PairViews(pairs, cfg, listing.lookup),
+        batch_size=cfg.teacher_train.batch_size,
+        num_workers=cfg.teacher_train.loader_workers,
+        collate_fn=collate,
+    )
+    errors, scored = list(listing.bad), 0
+    for batch in loader:
+        errors += batch.errors
+        scored += len(batch.images)
+        if len(batch.images):
+            cm.update(model(batch.images.to(device)).argmax(1).cpu(), batch.classes)  # (B, Hc, Wc)
+    for err in errors:
+        log.warning("teacher eval: skipping %s: %s", err.path, err.reason)
+    out = scores(cm, names)
+    out.update(
+        split=cfg.teacher_train.eval_split, images=scored, bad=len(errors), loaded_keys=len(report.loaded)
+    )
+    return out
+
+
+def _capped(pairs: list, cap: int) -> list:
+    """At most `cap` pairs (0 = all), evenly spread over the list (so over scenes and cameras)."""
+    if cap == 0 or len(pairs) <= cap:
+        return list(pairs)
+    step = len(pairs) / cap
+    return [pairs[int(i * step)] for i in range(cap)]
+
+
+def train_teacher(cfg: Config) -> TeacherResult:
+    """List, train, save, score and describe: the whole `hvdistill teacher train` run."""
+    t = cfg.teacher_train
+    device = resolve_device(t.device)
+    train = list_pairs(cfg, t.train_split)
+    bad = BadPairs(len(train.pairs) + len(train.bad), t.max_bad_fraction, train.bad)
+    if not train.pairs:
+        raise TeacherDataError(f"no image / class-map pairs in the {t.train_split} split of {train.roots}")
+    start = time.perf_counter()
+    model, final_loss = train_segmenter(cfg, train, bad, device)
+    seconds = time.perf_counter() - start
+    out = Path(t.output)
+    save_backbone(model.backbone, out)
+    val = evaluate(cfg, out, model.classifier, list_pairs(cfg, t.eval_split), device)
+    result = TeacherResult(
+        weights=str(out),
+        dataset=train.dataset,
+        roots=train.roots,
+        steps=t.steps,
+        final_loss=final_loss,
+        seconds=round(seconds, 2),
+        steps_per_second=round(t.steps / seconds, 3),
+        train_pairs=len(train.pairs),
+        bad_pairs=[{"path": p, "reason": r} for p, r in bad.seen.items()],
+        val=val,
+        config=_config_used(cfg),
+    )
+    out.with_suffix(".json").write_text(json.dumps(_json_safe(asdict(result)), indent=2) + "\n")
+    return result
+
+
+def _config_used(cfg: Config) -> dict[str, Any]:
+    """The sections a teacher run reads, plus `model.image`."""
+    return {
+        "teacher_train": asdict(cfg.teacher_train),
+        "model.image": asdict(cfg.model.image),
+        "geometry": {"crop_height": cfg.geometry.crop_height, "crop_width": cfg.geometry.crop_width},
+        "augment": asdict(cfg.augment),
+        "data": asdict(cfg.data),
+    }
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN -> None, recursively (JSON has no NaN)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value

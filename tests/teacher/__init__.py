@@ -1,0 +1,1 @@
+"""Tests of `hvdistill teacher train` (hvdistill/teacher/)."""

@@ -1,0 +1,42 @@
+"""The `teacher_train` section's checks: every mistake listed with its fix, in one ConfigError."""
+
+from __future__ import annotations
+
+import pytest
+
+from hvdistill.config import RUN_SECTIONS, Config, ConfigError, load_config, problems
+from hvdistill.config.data import SourceConfig
+
+
+def test_defaults_are_clean_and_pretraining_does_not_carry_the_section():
+    assert problems(Config(), ["teacher_train"]) == []
+    assert "teacher_train" not in RUN_SECTIONS["pretrain"]
+    assert "teacher_train" in RUN_SECTIONS["teacher"]
+
+
+def test_every_mistake_is_listed_with_its_key():
+    overrides = [
+        "teacher_train.steps=0",
+        "teacher_train.batch_size=0",
+        "teacher_train.lr=0",
+        "teacher_train.momentum=1.5",
+        "teacher_train.weight_decay=-1",
+        "teacher_train.loader_workers=-1",
+        "teacher_train.eval_images=-2",
+        "teacher_train.max_bad_fraction=2",
+        "teacher_train.output_stride=3",
+        "teacher_train.output=runs/teacher.bin",
+        "teacher_train.eval_split=train",
+        "model.image.output_stride=6",
+    ]
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides, sections=RUN_SECTIONS["teacher"])
+    text = str(err.value)
+    for key in [o.split("=")[0] for o in overrides]:
+        assert key in text, key
+
+
+def test_mixed_datasets_are_refused():
+    cfg = Config()
+    cfg.data.sources = [SourceConfig(name="nuscenes", root="a"), SourceConfig(name="semantickitti", root="b")]
+    assert any("mixes datasets" in p for p in problems(cfg, ["teacher_train"]))
