@@ -23,7 +23,8 @@ class LossConfig:
     weight_depth: float = 60.0
     weight_bev: float = 0.25
     gather_across_ranks: bool = True  # the loss owns the gather; identical with one process
-    queue_size: int = 0  # momentum queue of past keys; 0 = off
+    # FIFO of past (detached) keys as extra negatives; no momentum encoder (loss.queue_size before); 0 = off
+    key_queue_size: int = 0
     tile_size: int = 4096  # keys per tile in the tiled InfoNCE; 0 = untiled
     depth_target_pool: int = 4  # min non-zero depth in each 4x4 patch
     bev_start_epoch: int = 0  # two-stage schedule: BEV loss joins at this epoch
@@ -111,8 +112,8 @@ def loss_problems(cfg: Config) -> list[str]:
     p: list[str] = []
     if cfg.loss.temperature <= 0:
         p.append("loss.temperature: must be > 0")
-    if cfg.loss.tile_size < 0 or cfg.loss.queue_size < 0:
-        p.append("loss.tile_size / loss.queue_size: must be >= 0 (0 turns them off)")
+    if cfg.loss.tile_size < 0 or cfg.loss.key_queue_size < 0:
+        p.append("loss.tile_size / loss.key_queue_size: must be >= 0 (0 turns them off)")
     if cfg.loss.depth_target_pool != cfg.geometry.feature_stride:
         p.append(
             f"loss.depth_target_pool: {cfg.loss.depth_target_pool} must equal "

@@ -10,8 +10,10 @@ Large pools, all exact (see tests/losses/test_infonce.py):
   keys (memory n_local x N, not N x N). The positive of local row i is global column
   offset_of_rank + i.
 - A queue of past keys (`KeyQueue`): detached extra negative columns after the N current keys;
-  a FIFO of `LossConfig.queue_size` rows, refreshed with this step's (gathered) keys after the
-  loss has been computed, so a batch's keys are never their own negatives.
+  a FIFO of `LossConfig.key_queue_size` rows, refreshed with this step's (gathered) keys after
+  the loss has been computed, so a batch's keys are never their own negatives. The keys come
+  from the trainable teacher head of earlier steps, not from a momentum (EMA) encoder as in
+  MoCo, so older entries are staler (docs/method.md).
 - Tiling (`tile_size > 0`): keys are visited `tile_size` columns at a time with a streaming
   log-sum-exp; the positive logits are computed directly; a hand-written backward recomputes
   each tile's logits. The full (n x N) logit matrix is never held; peak memory is n x tile.
@@ -212,5 +214,5 @@ class InfoNCE(nn.Module):
 def build_infonce(loss_cfg, dim: int) -> InfoNCE:
     """InfoNCE from a LossConfig and the feature dimension (ModelConfig.feature_dim)."""
     return InfoNCE(
-        loss_cfg.temperature, loss_cfg.tile_size, loss_cfg.gather_across_ranks, loss_cfg.queue_size, dim
+        loss_cfg.temperature, loss_cfg.tile_size, loss_cfg.gather_across_ranks, loss_cfg.key_queue_size, dim
     )

@@ -27,6 +27,15 @@ def test_defaults_are_the_published_recipe():
     )
     assert cfg.geometry.voxel_size == 0.1 and cfg.geometry.bev_size == 256 and cfg.geometry.depth_bins == 118
     assert cfg.data.superpixels.n_segments == 150 and cfg.model.lidar.encoder_blocks == [2, 3, 4, 6]
+    # SLidR's loss_superpixels_average, MinkUNet34C's stem, res16unet's BatchNorm momenta (docs/method.md)
+    assert cfg.loss.renormalize_pooled is False and cfg.model.lidar.stem_convs == 1
+    assert (cfg.model.lidar.bn_momentum, cfg.model.lidar.block_bn_momentum) == (0.05, 0.1)
+    assert cfg.loss.key_queue_size == 0  # beyond the paper: off
+
+
+def test_the_renamed_queue_key_is_refused_with_its_new_name():
+    problems, _ = problems_of(None, ["loss.queue_size=64"])
+    assert problems == ["loss.queue_size: unknown key; did you mean 'loss.key_queue_size'?"]
 
 
 def test_every_shipped_config_loads():

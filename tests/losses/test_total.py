@@ -94,19 +94,19 @@ def test_two_stage_schedule_switches_bev_on():
 
 
 def test_queues_are_module_state_and_fill_in_training():
-    loss = HybridViewLoss(LossConfig(queue_size=16), GEOMETRY, feature_dim=C)
+    loss = HybridViewLoss(LossConfig(key_queue_size=16), GEOMETRY, feature_dim=C)
     loss(_inputs(), 0)
     state = loss.state_dict()
     assert int(state["ipv_contrast.queue.count"]) == 10
     assert int(state["bev_contrast.queue.count"]) == 16
-    fresh = HybridViewLoss(LossConfig(queue_size=16), GEOMETRY, feature_dim=C)
+    fresh = HybridViewLoss(LossConfig(key_queue_size=16), GEOMETRY, feature_dim=C)
     fresh.load_state_dict(state)
     torch.testing.assert_close(fresh.ipv_contrast.queue.keys(), loss.ipv_contrast.queue.keys())
 
 
 def test_build_from_config():
     cfg = Config()
-    cfg.loss = dataclasses.replace(cfg.loss, queue_size=4)
+    cfg.loss = dataclasses.replace(cfg.loss, key_queue_size=4)
     loss = build_hybrid_view_loss(cfg)
     assert loss.ipv_contrast.queue.buffer.shape == (4, cfg.model.feature_dim)
     assert loss.ipv_contrast.temperature == 0.07

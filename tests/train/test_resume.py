@@ -40,7 +40,7 @@ def _config(shards: Path, out: Path, name: str, zero: int):
         "train.deterministic=true",
         "precision.image_dtype=float32",
         "loss.max_bev_anchors=16",
-        "loss.queue_size=64",
+        "loss.key_queue_size=64",
         "tracking.enabled=true",
     )
 
