@@ -20,7 +20,7 @@ VERBS: dict[str, tuple[str, str]] = {
         "hvdistill.teacher.cli",
         "train the synthetic world's image teacher: teacher train CONFIG [k=v ...]",
     ),
-    "demo": ("hvdistill.demo", "run the furthest pipeline that exists on the synthetic world"),
+    "demo": ("launch.demo", "the whole chain on the synthetic world: synth, shard, pretrain, sweep, report"),
     "pretrain": ("hvdistill.train.run", "pretrain the 3D backbone (DeepSpeed); --ray: on Ray Train workers"),
     "finetune": ("hvdistill.eval.run", "fine-tune or linearly probe the 3D backbone; mIoU per point"),
     "sweep": ("launch.sweep", "Ray Tune sweep: checkpoints x label fractions x seeds, table and plot"),

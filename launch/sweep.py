@@ -30,8 +30,6 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from itertools import product
 from pathlib import Path
@@ -42,7 +40,7 @@ from hvdistill.config.downstream import RANDOM_INIT
 from hvdistill.config.model import lidar_problems
 from hvdistill.eval.report import REPORT_ARTIFACTS, SWEEP_FILE, TAG_PREFIX, TRIAL_TAG, print_paths, report
 from hvdistill.eval.run import FINETUNE_SECTIONS
-from launch.train import LOOPBACK, _free_port, _keep_on_loopback
+from launch.local_ray import ray_session
 
 SWEEP_SECTIONS = (*FINETUNE_SECTIONS, "sweep")
 TRIALS_DIR = "trials"
@@ -202,35 +200,6 @@ def _progress_callback(total: int, done: int) -> Any:
     return Progress()
 
 
-@contextmanager
-def ray_session(cfg: Config, address: str | None) -> Iterator[None]:
-    """Connect to `address`, or start a local Ray on 127.0.0.1 for max_concurrent trials; undo it after."""
-    if not address:
-        _keep_on_loopback()
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    if address:
-        ray.init(address=address)
-    else:
-        sw = cfg.sweep
-        gpus = {"num_gpus": math.ceil(sw.max_concurrent * sw.gpus_per_trial)} if sw.gpus_per_trial else {}
-        ray.init(
-            num_cpus=max(1, math.ceil(sw.max_concurrent * sw.cpus_per_trial)),
-            _node_ip_address=LOOPBACK,
-            include_dashboard=True,
-            dashboard_host=LOOPBACK,
-            dashboard_port=_free_port(),
-            **gpus,
-        )
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def open_parent(cfg: Config, sweep_dir: Path) -> tuple[Any, str]:
     """(parent tracker, store uri): the run recorded in sweep.json reopened, else a new one."""
     from hvdistill.tracking import default_tags, prepare_tracking, start_tracker
@@ -304,7 +273,10 @@ def run_sweep(cfg: Config, address: str | None = None) -> SweepResult:
     failed: list[str] = []
     try:
         if pending:
-            with ray_session(cfg, address):
+            sw = cfg.sweep
+            need = {"num_cpus": math.ceil(sw.max_concurrent * sw.cpus_per_trial)}
+            need["num_gpus"] = math.ceil(sw.max_concurrent * sw.gpus_per_trial)
+            with ray_session(address, **need):
                 failed = _tune(cfg, pending, parent.run_id, uri, sweep_dir, len(specs))
         paths = report(uri, parent.run_id, sweep_dir / REPORT_ARTIFACTS, tracker=parent)
     except BaseException:
@@ -337,10 +309,10 @@ def after_pretrain_config(cfg: Config, run_dir: Path | None = None) -> Config:
     return load_validated(cfg)
 
 
-def sweep_after_pretrain(cfg: Config, run_dir: Path, address: str | None = None) -> int:
-    """`sweep.after_pretrain`: sweep the backbone `run_dir` exported (and random init); exit status."""
+def run_after_pretrain(cfg: Config, run_dir: Path, address: str | None = None) -> SweepResult:
+    """`sweep.after_pretrain`: sweep the backbone `run_dir` exported (and random init)."""
     print(f"sweep: pretraining finished; sweeping its backbone {run_dir / 'backbone.pt'} and random init")
-    return _finish(run_sweep(after_pretrain_config(cfg, run_dir), address))
+    return run_sweep(after_pretrain_config(cfg, run_dir), address)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -364,10 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"hvdistill sweep: {exc}", file=sys.stderr)
         return 2
-    return _finish(result)
+    return finish(result)
 
 
-def _finish(result: SweepResult) -> int:
+def finish(result: SweepResult) -> int:
     """Print the report and the MLflow pointer; 1 when a trial failed."""
     print_paths(result.paths, prefix="sweep")
     from hvdistill.tracking import ui_command

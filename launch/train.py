@@ -29,24 +29,22 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
-import socket
+import math
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from hvdistill.config import RUN_SECTIONS, Config, ConfigError, from_dict, load_config, to_dict
+from launch.local_ray import ray_session
 
 RUN_ENTRY = "hvdistill.train.run:run"  # module:function called on every worker as f(cfg, hooks)
 POINTER_FILE = "pointer.json"  # what a Ray checkpoint holds: {"step", "checkpoint", "run_dir"}
 RAY_STORAGE_DIR = "ray"  # default dist.storage_path under train.output_dir
-LOOPBACK = "127.0.0.1"
 
 
 class LaunchError(RuntimeError):
@@ -186,55 +184,16 @@ def worker_main(config: dict[str, Any]) -> None:
     reporter.report(int(result.steps), final)  # Ray's Result carries the last checkpoint's report
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
-def _keep_on_loopback() -> None:
-    """RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (unless set): else Ray 2.60 swaps 127.0.0.1 for the
-    machine's external address. Ray reads it when first imported, so say so if that was earlier."""
-    if "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" in os.environ:
-        return
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    if "ray" in sys.modules:
-        print(
-            "launch: warning: ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set; "
-            "the local Ray may use the machine's external address; set it before importing ray",
-            file=sys.stderr,
-        )
-
-
-@contextmanager
-def ray_session(cfg: Config, address: str | None) -> Iterator[None]:
-    """Connect to `address`, or start a local Ray on 127.0.0.1 sized for the workers; undo it after.
-
-    A Ray that is already initialized in this process (a caller's) is used as it is and left
-    running. The local one gets the dashboard on 127.0.0.1 (Ray Train's cleanup actor queries
-    the state API it serves) on a free port.
-    """
-    if not address:
-        _keep_on_loopback()
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(
-            num_cpus=cfg.dist.num_workers * cfg.dist.cpus_per_worker,
-            _node_ip_address=LOOPBACK,
-            include_dashboard=True,
-            dashboard_host=LOOPBACK,
-            dashboard_port=_free_port(),
-        )
-    try:
-        yield
-    finally:
-        ray.shutdown()
+def session_resources(cfg: Config) -> dict[str, int]:
+    """CPUs / GPUs a local Ray needs for this run's workers and, with `sweep.after_pretrain`, the
+    chained sweep's concurrent trials (it runs on the same Ray)."""
+    d, sw = cfg.dist, cfg.sweep
+    cpus = d.num_workers * d.cpus_per_worker
+    gpus = d.num_workers * d.gpus_per_worker if d.use_gpu else 0
+    if sw.after_pretrain:
+        cpus = max(cpus, sw.max_concurrent * sw.cpus_per_trial)
+        gpus = max(gpus, sw.max_concurrent * sw.gpus_per_trial)
+    return {"num_cpus": math.ceil(cpus), "num_gpus": math.ceil(gpus)}
 
 
 def build_trainer(cfg: Config, entry: str = RUN_ENTRY) -> Any:
@@ -286,7 +245,7 @@ def train_on_ray(cfg: Config, address: str | None = None, *, entry: str = RUN_EN
     run_dir.mkdir(parents=True, exist_ok=True)
     uri = prepare_tracking_for(cfg, run_dir)
     print(f"launch: run directory {run_dir}", flush=True)
-    with ray_session(cfg, address):
+    with ray_session(address, **session_resources(cfg)):
         import ray.train
 
         try:
@@ -324,6 +283,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def print_pretraining(result: RayTrainResult) -> None:
+    """The run directory, backbone and the `mlflow ui` command of a finished run."""
+    print(f"launch: finished {result.steps} steps; run directory {result.run_dir}")
+    if result.backbone:
+        print(f"launch: backbone {result.backbone}")
+    if result.tracking_run_id:
+        from hvdistill.tracking import ui_command
+
+        print(f"launch: MLflow run {result.tracking_run_id}; to see it: {ui_command(result.tracking_uri)}")
+
+
+def pretrain_then_sweep(cfg: Config, address: str | None = None) -> tuple[RayTrainResult, Any]:
+    """Pretraining on Ray and, with `sweep.after_pretrain`, the sweep of its backbone (issue 11
+    item 5) on the same Ray session: (pretraining result, SweepResult or None)."""
+    with ray_session(address, **session_resources(cfg)):
+        result = train_on_ray(cfg, address)
+        print_pretraining(result)
+        if not cfg.sweep.after_pretrain:
+            return result, None
+        from launch.sweep import run_after_pretrain
+
+        named = replace(cfg, train=replace(cfg.train, run_name=result.run_name))
+        return result, run_after_pretrain(named, result.run_dir, address)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`hvdistill pretrain CONFIG [key=value ...] --ray [--address ADDR]`."""
     args = build_parser().parse_args(argv)
@@ -337,24 +321,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hvdistill pretrain: {exc}", file=sys.stderr)
         return 2
     try:
-        result = train_on_ray(cfg, args.address)
+        _, swept = pretrain_then_sweep(cfg, args.address)
     except LaunchError as exc:
         print(f"hvdistill pretrain: {exc}", file=sys.stderr)
         return 1
-    print(f"launch: finished {result.steps} steps; run directory {result.run_dir}")
-    if result.backbone:
-        print(f"launch: backbone {result.backbone}")
-    if result.tracking_run_id:
-        from hvdistill.tracking import ui_command
+    if swept is None:
+        return 0
+    from launch.sweep import finish
 
-        print(f"launch: MLflow run {result.tracking_run_id}; to see it: {ui_command(result.tracking_uri)}")
-    if cfg.sweep.after_pretrain:  # issue 11 item 5: the label-efficiency sweep of this backbone
-        from launch.sweep import sweep_after_pretrain
-
-        return sweep_after_pretrain(
-            replace(cfg, train=replace(cfg.train, run_name=result.run_name)), result.run_dir, args.address
-        )
-    return 0
+    return finish(swept)
 
 
 if __name__ == "__main__":

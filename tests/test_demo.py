@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from hvdistill.demo import main
+from launch.demo import main
 
 
 # About 2.5 min on 2 cores (Ray Train + DeepSpeed + Ray Tune start-up dominate): `make test-all`.

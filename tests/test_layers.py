@@ -208,7 +208,7 @@ def test_every_module_keeps_the_layer_rules():
         ("hvdistill/geometry/voxel.py", "from .. import batch\n", "geometry"),
         ("hvdistill/data/collate.py", "from hvdistill.models.lidar import student\n", "models"),
         ("hvdistill/data/__init__.py", "from ..models import distiller\n", "models"),
-        ("hvdistill/demo.py", "from hvdistill.synthetic import write_nuscenes\n", "synthetic"),
+        ("launch/demo.py", "from hvdistill.synthetic import write_nuscenes\n", "synthetic"),
         ("sharding/job.py", "from hvdistill.synthetic.world import World\n", "synthetic"),
     ],
 )

@@ -11,7 +11,9 @@
      init at the configured label fractions and seeds on Ray Tune, then the report (mIoU table,
      label-efficiency plot) with the paths and the `mlflow ui` commands printed
 Everything is written under `--out` (default demo-output/); the config is configs/demo.yaml
-plus any `key=value` overrides (e.g. `train.max_steps=20` for a quick look).
+plus any `key=value` overrides (e.g. `train.max_steps=20` for a quick look). Every stage runs
+on one local Ray on 127.0.0.1 (or the cluster of `--address`), started once for the whole
+chain. The last lines say where the report, the plot and the MLflow runs are.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from hvdistill.config import Config, ConfigError, load_config
 
@@ -74,15 +78,41 @@ def run_data_stages(cfg: Config, out: Path, config_path: str, overrides: list[st
     return shards
 
 
-def run_pretraining(config_path: str, overrides: list[str], shards: Path, address: str | None) -> None:
-    """Stage 5 (and 6): `hvdistill pretrain --ray` on the shards; with sweep.after_pretrain the
-    label-efficiency sweep of the exported backbone against random init follows on the same Ray."""
-    from hvdistill.cli import main as hvdistill
+def run_pretraining(cfg: Config, shards: Path, address: str | None) -> tuple[Any, Any]:
+    """Stage 5 (and 6): pretraining on Ray Train on the shards; with sweep.after_pretrain the
+    label-efficiency sweep of the exported backbone against random init follows on the same Ray.
+    (pretraining result, sweep result or None); SystemExit when either failed."""
+    from launch.train import LaunchError, pretrain_then_sweep
 
-    cmd = ["pretrain", config_path, f"data.shards=[{shards}]", *overrides, "--ray"]
-    if address:
-        cmd += ["--address", address]
-    _check(hvdistill(cmd), "pretrain (and the sweep after it)")
+    cfg = replace(cfg, data=replace(cfg.data, shards=[str(shards)]))
+    try:
+        result, swept = pretrain_then_sweep(cfg, address)
+    except LaunchError as exc:
+        raise SystemExit(f"hvdistill demo: pretraining failed: {exc}") from exc
+    if swept is not None and swept.failed:
+        raise SystemExit(f"hvdistill demo: {len(swept.failed)} sweep trial(s) failed: {swept.failed}")
+    return result, swept
+
+
+def print_summary(out: Path, trained: Any, swept: Any) -> None:
+    """Where everything is: the report's table and plot, the backbone and both MLflow runs."""
+    from hvdistill.tracking import ui_command
+
+    print("\n=== where to look ===")
+    print(f"outputs:            {out}/")
+    print(f"pretraining run:    {trained.run_dir}")
+    print(f"backbone:           {trained.backbone}")
+    if trained.tracking_run_id:
+        print(f"pretraining MLflow: {ui_command(trained.tracking_uri)}")
+    if swept is None:
+        return
+    for key in ("summary_md", "plot", "per_class_md"):
+        if key in swept.paths:
+            print(f"{key + ':':20}{swept.paths[key]}")
+    print(f"sweep MLflow:       {ui_command(swept.uri)}  (parent run {swept.parent_run_id})")
+    summary = swept.paths.get("summary_md")
+    if summary and Path(summary).is_file():
+        print("\n" + Path(summary).read_text().rstrip())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--out", default="demo-output")
     parser.add_argument("--workers", type=int, default=2, help="Ray workers for sharding")
-    parser.add_argument("--address", default=None, help="an existing Ray cluster for stages 5-6")
+    parser.add_argument(
+        "--address", default=None, help="an existing Ray cluster for every stage; default: one local Ray"
+    )
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -103,9 +135,23 @@ def main(argv: list[str] | None = None) -> int:
         outputs = [f"train.output_dir={out / 'runs'}", f"finetune.output_dir={out / 'finetune'}"]
         overrides = roots + outputs + args.overrides
         cfg = load_config(args.config, overrides)
+        if cfg.sweep.after_pretrain:  # the sweep's config errors now, not after pretraining
+            from launch.sweep import after_pretrain_config
+
+            after_pretrain_config(cfg)
     except ConfigError as exc:
         print(f"hvdistill demo: {exc}", file=sys.stderr)
         return 2
+    from launch.local_ray import ray_session
+    from launch.train import session_resources
+
+    need = session_resources(cfg)
+    with ray_session(args.address, num_cpus=max(args.workers, need["num_cpus"]), num_gpus=need["num_gpus"]):
+        return _run(cfg, out, args, overrides)
+
+
+def _run(cfg: Config, out: Path, args: argparse.Namespace, overrides: list[str]) -> int:
+    """Every stage, in order, on the Ray session `main` holds."""
     start = time.perf_counter()
     shards = run_data_stages(cfg, out, args.config, overrides, args.workers)
     t = _stage(
@@ -119,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg.precision.image_dtype
         )
     )
-    run_pretraining(args.config, overrides, shards, args.address)
+    trained, swept = run_pretraining(cfg, shards, args.address)
     _done(t)
+    print_summary(out, trained, swept)
     print(f"\nhvdistill demo: all stages passed in {time.perf_counter() - start:.0f} s; outputs in {out}/")
     return 0
