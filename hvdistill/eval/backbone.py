@@ -41,7 +41,9 @@ BACKBONE_META = "backbone.json"
 RUN_PREFIX = "runs:/"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 # the model.lidar fields that decide the backbone's weights (heads and dtypes do not)
-LAYOUT_FIELDS = ("in_channels", "stem_channels", "planes", "encoder_blocks", "decoder_blocks")
+LAYOUT_FIELDS = ("in_channels", "stem_channels", "stem_convs", "planes", "encoder_blocks", "decoder_blocks")
+# backbone.json files written before a layout key existed hold the layout of that time
+LAYOUT_BEFORE_KEY = {"stem_convs": 2}
 TOLERATED = ("num_batches_tracked",)  # BN counters: absent from some exports, unused in training
 VOXEL_TOLERANCE = 1e-9
 
@@ -157,7 +159,7 @@ def layout_problems(meta: Mapping[str, Any], cfg: LidarModelConfig, voxel_size: 
     if meta and lidar is None:
         p.append(f"{BACKBONE_META} holds no model.lidar config; the layout cannot be checked")
     for name in LAYOUT_FIELDS if lidar is not None else ():
-        theirs, ours = lidar.get(name), getattr(cfg, name)
+        theirs, ours = lidar.get(name, LAYOUT_BEFORE_KEY.get(name)), getattr(cfg, name)
         if isinstance(ours, list):
             theirs = list(theirs) if isinstance(theirs, list | tuple) else theirs
         if theirs != ours:

@@ -32,6 +32,7 @@ from hvdistill.config import Config
 from hvdistill.eval.classes import class_map
 from hvdistill.eval.metrics import ConfusionMatrix, scores
 from hvdistill.models.image.resnet import ARCHITECTURES, ResNet, dilation_for_output_stride
+from hvdistill.models.image.teacher import feature_grid, upsample_cells
 from hvdistill.models.image.weights import load_teacher_weights
 from hvdistill.teacher.crops import Batch, PairViews, collate, draw_order
 from hvdistill.teacher.data import Listing, PairError, list_pairs
@@ -66,7 +67,12 @@ class Segmenter(nn.Module):
         """(N, 3, H, W) in [0, 1] -> (N, C, H, W) logits."""
         x = (images - self.mean) / self.std  # (N, 3, H, W)
         logits = self.classifier(self.backbone.features(x))  # (N, C, H / s, W / s)
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        grid = feature_grid(self.backbone)  # cell j sits at pixel stride * j + centre, as in pretraining
+        h, w = images.shape[-2:]
+        up = upsample_cells(logits, grid.stride, grid.centre)  # (N, C, s Hf, s Wf)
+        if up.shape[-2] < h or up.shape[-1] < w:  # a crop side that is not a multiple of the stride
+            up = F.pad(up, (0, max(0, w - up.shape[-1]), 0, max(0, h - up.shape[-2])), mode="replicate")
+        return up[..., :h, :w]  # (N, C, H, W)
 
 
 @dataclass

@@ -57,6 +57,20 @@ def test_a_backbone_json_with_another_layout_is_refused_with_the_matching_overri
     assert "set geometry.voxel_size=0.1" in text
 
 
+def test_a_two_conv_stem_is_refused_and_a_json_without_stem_convs_reads_as_two(tmp_path):
+    cfg = tiny_config("model.lidar.stem_convs=2")
+    run = export_backbone(trained_looking_student(cfg), cfg, tmp_path / "run")
+    one_conv = tiny_config()  # the MinkUNet34C default
+    with pytest.raises(ValueError, match=r"set model\.lidar\.stem_convs=2"):
+        load(build_segmentation_model(one_conv.model.lidar, NUM_CLASSES), str(run), one_conv)
+    meta = json.loads((run / "backbone.json").read_text())
+    del meta["model"]["lidar"]["stem_convs"]  # written before the key existed: a two-conv stem
+    (run / "backbone.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"set model\.lidar\.stem_convs=2"):
+        load(build_segmentation_model(one_conv.model.lidar, NUM_CLASSES), str(run), one_conv)
+    load(build_segmentation_model(cfg.model.lidar, NUM_CLASSES), str(run), cfg)  # its own layout loads
+
+
 def test_shape_mismatch_without_metadata_is_refused(tmp_path):
     cfg = tiny_config()
     run = export_backbone(trained_looking_student(cfg), cfg, tmp_path / "run", meta=False)
