@@ -25,6 +25,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "finetune": ("hvdistill.eval.run", "fine-tune or linearly probe the 3D backbone; mIoU per point"),
     "sweep": ("launch.sweep", "Ray Tune sweep: checkpoints x label fractions x seeds, table and plot"),
     "report": ("hvdistill.eval.report", "a sweep's mIoU table, plot and per-class IoU, from MLflow"),
+    "study": ("launch.study", "the label-efficiency study: world, teacher, 3 pretrainings, sweeps, table"),
     "submit": ("launch.submit", "submit pretraining or a sweep to Ray as a job; submit status|logs|stop ID"),
 }
 # verb -> (flag, module): with the flag among its arguments the verb runs that module instead

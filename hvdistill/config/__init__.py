@@ -7,7 +7,7 @@ one `ConfigError` that names each key and says how to fix it. `flatten()` gives 
 `{"a.b": value}` dict used for MLflow params and Ray Tune search spaces.
 
 Each section's dataclasses and checks live in one module beside this one (data, synth,
-geometry, model, train, downstream, teacher); a check that reads keys of several sections
+geometry, model, train, downstream, teacher, study); a check that reads keys of several sections
 lives with the section that owns the dependent key. `validate` composes them, for every
 section or only the sections a kind of run uses (`RUN_SECTIONS`). The machinery (YAML
 reading, overrides, type checks, nearest-name suggestions) lives in hvdistill/config/loader.py.
@@ -37,6 +37,7 @@ from hvdistill.config.model import (
     ModelConfig,
     model_problems,
 )
+from hvdistill.config.study import StudyConfig, study_problems
 from hvdistill.config.synth import SynthConfig, synth_problems
 from hvdistill.config.teacher import TeacherTrainConfig, teacher_train_problems
 from hvdistill.config.train import (
@@ -73,6 +74,7 @@ __all__ = [
     "OptimConfig",
     "PrecisionConfig",
     "SourceConfig",
+    "StudyConfig",
     "SuperpixelConfig",
     "SweepConfig",
     "SynthConfig",
@@ -106,6 +108,7 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     teacher_train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
 
 # section -> its checks (each reads the whole config; cross-section checks sit with the owner)
@@ -124,10 +127,11 @@ CHECKS: dict[str, Callable[[Config], list[str]]] = {
     "finetune": finetune_problems,
     "sweep": sweep_problems,
     "teacher_train": teacher_train_problems,
+    "study": study_problems,
 }
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
 
-_PRETRAIN = tuple(s for s in SECTIONS if s not in ("synth", "finetune", "sweep", "teacher_train"))
+_PRETRAIN = tuple(s for s in SECTIONS if s not in ("synth", "finetune", "sweep", "teacher_train", "study"))
 # kind of run -> the sections it reads: validated when it loads, and the parameters it records
 RUN_SECTIONS: dict[str, tuple[str, ...]] = {
     "synth": ("synth",),
@@ -136,6 +140,7 @@ RUN_SECTIONS: dict[str, tuple[str, ...]] = {
     "finetune": (*_PRETRAIN, "finetune"),
     "sweep": (*_PRETRAIN, "finetune", "sweep"),
     "teacher": ("data", "geometry", "augment", "teacher_train"),  # `hvdistill teacher train`
+    "study": SECTIONS,  # `hvdistill study`: every stage, world to report
     "all": SECTIONS,
 }
 

@@ -1,0 +1,119 @@
+"""`hvdistill study`: the variants are the loss ablations they claim, everything lands under --out, the
+summary table is read right from the sweeps' CSVs; the whole chain on a tiny world (slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hvdistill.config import RUN_SECTIONS, ConfigError, load_config
+from hvdistill.config.study import VARIANTS
+from launch.study import main, study_overrides, study_table, sweep_config, variant_config
+from tests.helpers import config_path
+
+
+def study_config(out: Path, *extra: str):
+    base = load_config(config_path("study.yaml"), list(extra), sections=())
+    return load_config(
+        config_path("study.yaml"), [*study_overrides(base, out), *extra], sections=RUN_SECTIONS["study"]
+    )
+
+
+@pytest.mark.parametrize("name", ["study.yaml", "study-gpu.yaml"])
+def test_both_study_configs_validate_for_every_stage(tmp_path, name):
+    base = load_config(config_path(name), [], sections=())
+    cfg = load_config(config_path(name), study_overrides(base, tmp_path), sections=RUN_SECTIONS["study"])
+    assert cfg.study.variants == list(VARIANTS) and cfg.sweep.label_fractions == [0.01, 0.1]
+
+
+def test_variants_drop_exactly_their_loss_terms(tmp_path):
+    cfg = study_config(tmp_path)
+    weights = {v: variant_config(cfg, v).loss for v in VARIANTS}
+    assert (weights["full"].weight_depth, weights["full"].weight_bev) == (60.0, 0.25)
+    assert (weights["ipv_depth"].weight_depth, weights["ipv_depth"].weight_bev) == (60.0, 0.0)
+    assert (weights["ipv"].weight_depth, weights["ipv"].weight_bev) == (0.0, 0.0)
+    assert all(w.weight_ipv == 1.0 for w in weights.values())
+    assert variant_config(cfg, "ipv").train.run_name == "study-ipv"
+
+
+def test_everything_the_study_writes_is_under_out(tmp_path):
+    cfg = study_config(tmp_path)
+    paths = [s.root for s in cfg.data.sources] + list(cfg.data.shards)
+    paths += [
+        cfg.teacher_train.output,
+        cfg.model.image.weights,
+        cfg.train.output_dir,
+        cfg.finetune.output_dir,
+    ]
+    assert all(Path(p).is_relative_to(tmp_path) for p in paths), paths
+    assert not cfg.model.image.random_init and cfg.model.image.weights_format == "torchvision"
+
+
+def test_probe_sweep_freezes_the_backbone_at_the_probe_fractions(tmp_path):
+    cfg = study_config(tmp_path, "study.probe_fractions=[0.5,1.0]", "study.probe_max_steps=7")
+    probe = sweep_config(cfg, "probe", ["random", "/x/study-full"], probe=True)
+    assert probe.finetune.linear_probe and probe.finetune.max_steps == 7
+    assert probe.sweep.label_fractions == [0.5, 1.0] and probe.sweep.name == "probe"
+    finetune = sweep_config(cfg, "finetune", ["random"], probe=False)
+    assert not finetune.finetune.linear_probe and finetune.sweep.label_fractions == [0.01, 0.1]
+
+
+def test_config_mistakes_are_listed_with_their_fix(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        study_config(tmp_path, "study.variants=[full,bev_only]", "study.probe_fractions=[0]")
+    text = str(err.value)
+    assert "study.variants" in text and "e.g. study.variants=" in text
+    assert "study.probe_fractions: 0" in text
+
+
+def test_table_has_a_row_per_method_and_a_column_per_setting():
+    def row(ckpt, frac, mean, std, n=3):
+        return {"checkpoint": ckpt, "label_fraction": frac, "miou_mean": mean, "miou_std": std, "n": str(n)}
+
+    ft = [row("study-full", "0.01", "0.25", "0.01"), row("random", "0.01", "0.2", "0.02")]
+    ft.append(row("random", "0.1", "0.4", "0"))
+    probe = [row("study-full", "1", "0.3", "0.005")]
+    lines = study_table(ft, probe).splitlines()
+    assert lines[0] == "| method | fine-tune 1% | fine-tune 10% | linear probe 100% |"
+    assert lines[2] == "| random | 20.00 +- 2.00 (n=3) | 40.00 +- 0.00 (n=3) |  |"  # random init first
+    assert lines[3] == "| full | 25.00 +- 1.00 (n=3) |  | 30.00 +- 0.50 (n=3) |"
+
+
+# About 4 min on 2 cores (a world, a teacher, a pretraining and two sweeps): `make test-all`.
+@pytest.mark.slow
+def test_a_tiny_study_runs_every_stage_and_resumes(tmp_path, capsys):
+    tiny = [
+        'synth.kitti_sequences=["00","08"]',
+        "synth.frames_per_scene=2",
+        "synth.image_width=320",
+        "synth.image_height=96",
+        "data.stored_image_width=320",
+        "data.stored_image_height=96",
+        "augment.min_pairs_per_camera=64",
+        "teacher_train.steps=2",
+        "teacher_train.eval_images=2",
+        "study.variants=[ipv]",
+        "train.max_steps=2",
+        "train.eval_every=2",
+        "train.checkpoint_every=2",
+        "finetune.max_steps=2",
+        "study.probe_max_steps=1",
+        "sweep.label_fractions=[1.0]",
+        "sweep.seeds=[0]",
+        "dist.max_failures=0",
+    ]
+    args = [config_path("study.yaml"), *tiny, "--out", str(tmp_path), "--workers", "1"]
+    assert main(args) == 0
+    facts = json.loads((tmp_path / "study.json").read_text())
+    assert [r["variant"] for r in facts["pretraining"]] == ["ipv"]
+    table = facts["table_md"]
+    assert "| random |" in table and "| ipv |" in table and "nan" not in table.lower()
+    assert "linear probe 100%" in table
+    assert (tmp_path / "study.md").is_file()
+    capsys.readouterr()
+    assert main(args) == 0  # everything kept or skipped: nothing retrained
+    out = capsys.readouterr().out
+    assert "world" in out and "exists; kept" in out and "done before" in out
+    assert "0 to run" in out
