@@ -172,9 +172,21 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], parent: str, uri: st
 
     spec = config["spec"]
     cfg = trial_config(from_dict(base, SWEEP_SECTIONS), spec, uri, Path(sweep_dir))
+    threads_for(cfg.sweep.cpus_per_trial)
     shutil.rmtree(Path(cfg.finetune.output_dir) / spec["name"], ignore_errors=True)  # an interrupted try's
     result = run(cfg, parent_run_id=parent, tags=trial_tags(spec))
     tune.report({"miou": float(result.miou), "steps": int(result.steps)})
+
+
+def threads_for(cpus: float) -> int:
+    """Torch intra-op threads = the CPUs Ray reserved for this worker (at least 1). Ray leaves an
+    inherited OMP_NUM_THREADS in place, so without this every trial would run as many threads as
+    the driver's machine allows and concurrent trials oversubscribe the cores."""
+    import torch
+
+    n = max(1, int(cpus))
+    torch.set_num_threads(n)
+    return n
 
 
 def _progress_callback(total: int, done: int) -> Any:

@@ -154,6 +154,9 @@ def worker_main(config: dict[str, Any]) -> None:
     import ray.train
 
     cfg = from_dict(config["cfg"], RUN_SECTIONS["pretrain"])
+    if not cfg.train.torch_threads:  # 0: one thread per CPU Ray reserved for this worker
+        threads = max(1, int(cfg.dist.cpus_per_worker))
+        cfg = replace(cfg, train=replace(cfg.train, torch_threads=threads))
     rank = ray.train.get_context().get_world_rank()
     restored = ray.train.get_checkpoint()
     if restored is not None and rank == 0:

@@ -91,7 +91,9 @@ class TrainConfig:
     run_name: str = ""  # run directory under output_dir; "" = generated on rank 0 and broadcast
     progress: bool = True  # live progress bar on rank 0
     deterministic: bool = False  # torch deterministic algorithms (exact resume tests)
-    torch_threads: int = 0  # torch intra-op threads per rank; 0 = torch's default (OMP_NUM_THREADS)
+    torch_threads: int = (
+        0  # intra-op threads per rank; 0 = on Ray: dist.cpus_per_worker, else torch's default
+    )
 
 
 @dataclass(slots=True, kw_only=True)

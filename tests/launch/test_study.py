@@ -95,6 +95,8 @@ def test_a_tiny_study_runs_every_stage_and_resumes(tmp_path, capsys):
         "teacher_train.steps=2",
         "teacher_train.eval_images=2",
         "study.variants=[ipv]",
+        "train.global_batch=2",
+        "train.micro_batch=1",
         "train.max_steps=2",
         "train.eval_every=2",
         "train.checkpoint_every=2",

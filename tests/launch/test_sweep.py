@@ -185,3 +185,16 @@ def test_after_pretrain_sweeps_the_exported_backbone_and_random_init(nuscenes_ro
         "random",
     }
     assert "sweep: [2/2]" in out and f"sweep: plot {sweep_dir / 'report' / 'label_efficiency.png'}" in out
+
+
+def test_a_trial_runs_one_torch_thread_per_reserved_cpu():
+    import torch
+
+    from launch.sweep import threads_for
+
+    before = torch.get_num_threads()
+    try:
+        assert [threads_for(c) for c in (0.5, 1.0, 2.0)] == [1, 1, 2]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
