@@ -17,7 +17,8 @@ bins [depth_min, depth_max) in depth_step steps (`depth_to_bin`); cells without 
 whose depth falls outside the bins, are not counted.
 
 The loss is the binary cross-entropy between softmax(depth logits) and the one-hot targets,
-in fp32 with autocast disabled. Reduction (LossConfig.depth_reduction):
+in fp32 with autocast disabled, with the true bin's term taken from log_softmax so a saturated
+softmax keeps its gradient (`saturation_safe_bce`). Reduction (LossConfig.depth_reduction):
 - "cells_x_bins" (default): mean over valid cells x bins (each valid cell contributes its
   D bin terms; divided by valid cells x D);
 - "cells": BEVDepth's `get_depth_loss`: sum over bins, mean over valid cells (D times larger).
@@ -33,6 +34,8 @@ import torch.nn.functional as F
 
 from hvdistill import dist
 from hvdistill.geometry.frustum import FEATURE_CELL_CENTRE, depth_to_bin
+
+BCE_LOG_FLOOR = -100.0  # log(1 - p) floor of the wrong bins, as torch's binary_cross_entropy clamps
 
 
 def depth_targets(
@@ -62,6 +65,26 @@ def depth_targets(
     best = best.scatter_reduce(0, cell[keep], pair_depth[keep].float(), reduce="amin")
     best = torch.where(torch.isinf(best), torch.zeros_like(best), best)
     return best.reshape(num_images, grid_height, grid_width)
+
+
+def saturation_safe_bce(log_prob: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """Summed BCE of probabilities exp(log_prob) (V, D) against a one-hot (V, D) bool target.
+
+    Equal to `F.binary_cross_entropy(prob, onehot, reduction="sum")` wherever that is finite and
+    unclamped. The difference is the true bin's term: it is -log_softmax, never clamped, so a
+    softmax saturated on a wrong bin (probability 0 at the true bin) still has the gradient that
+    pulls it back. With the clamped log of `F.binary_cross_entropy` (log(p) >= -100) both terms
+    of such a cell have zero gradient and the depth net stays stuck; measured in the study
+    (docs/results.md): the full method's depth loss jumped to 3.25 (every cell saturated on a wrong
+    bin) around step 60 and never moved again. Wrong bins keep the clamped log(1 - p) (their
+    gradient vanishes only when they hold all the mass, and the true bin's term carries it then).
+    """
+    positive = -log_prob[onehot].sum()  # -log p_t over valid cells
+    p = log_prob[~onehot].exp()  # (V * (D - 1),) wrong-bin probabilities
+    below_one = p < 1.0  # p == 1 in fp32: log(1 - p) = -inf, clamped, gradient 0 (not 0 * inf)
+    safe = torch.where(below_one, p, torch.zeros_like(p))
+    log_q = torch.where(below_one, torch.log1p(-safe), torch.full_like(p, BCE_LOG_FLOOR))
+    return positive - log_q.clamp(min=BCE_LOG_FLOOR).sum()
 
 
 @dataclass
@@ -95,10 +118,10 @@ def depth_loss(
     bins = depth_to_bin(targets, depth_min, depth_max, depth_step)  # (N, Hf, Wf)
     valid = (targets > 0) & (bins >= 0)  # (N, Hf, Wf)
     with torch.autocast(device_type=depth_logits.device.type, enabled=False):
-        prob = torch.softmax(depth_logits.float(), dim=1)  # (N, D, Hf, Wf)
-        prob = prob.permute(0, 2, 3, 1)[valid]  # (V, D)
-        onehot = F.one_hot(bins[valid], n_bins).float()  # (V, D)
-        total = F.binary_cross_entropy(prob, onehot, reduction="sum")
+        log_prob = torch.log_softmax(depth_logits.float(), dim=1)  # (N, D, Hf, Wf)
+        log_prob = log_prob.permute(0, 2, 3, 1)[valid]  # (V, D)
+        onehot = F.one_hot(bins[valid], n_bins).bool()  # (V, D)
+        total = saturation_safe_bce(log_prob, onehot)
     n_valid = int(valid.sum())
     count = dist.all_reduce_sum(torch.tensor(float(n_valid), device=targets.device))
     per = float(n_bins) if reduction == "cells_x_bins" else 1.0

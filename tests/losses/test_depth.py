@@ -87,3 +87,28 @@ def test_loss_is_fp32_under_autocast_and_checks_bins():
     assert auto.dtype == torch.float32 and float(auto) == pytest.approx(float(plain), abs=1e-7)
     with pytest.raises(ValueError, match="bins"):
         depth_loss(torch.randn(1, 15, 2, 2), targets, D_MIN, D_MAX, D_STEP)
+
+
+def test_bce_equals_torch_and_a_saturated_wrong_bin_keeps_its_gradient():
+    import torch.nn.functional as F
+
+    from hvdistill.losses.depth import saturation_safe_bce
+
+    logits = torch.randn(40, 16, generator=torch.Generator().manual_seed(3)) * 4
+    onehot = F.one_hot(torch.arange(40) % 16, 16).bool()
+    ours = saturation_safe_bce(torch.log_softmax(logits, 1), onehot)
+    theirs = F.binary_cross_entropy(torch.softmax(logits, 1), onehot.float(), reduction="sum")
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-5)
+    # every cell saturated on a wrong bin: what a collapsed depth net outputs
+    saturated = torch.zeros(4, 16)
+    saturated[:, 5] = 300.0
+    targets = F.one_hot(torch.tensor([0, 1, 2, 3]), 16).bool()
+    x = saturated.clone().requires_grad_()
+    loss = saturation_safe_bce(torch.log_softmax(x, 1), targets)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+    assert (x.grad[:, :4].diagonal() < 0).all()  # raising the true bin lowers the loss
+    assert (x.grad[:, 5] > 0).all()  # the wrong bin is pushed down
+    y = saturated.clone().requires_grad_()  # the clamped reference: no gradient left at all
+    F.binary_cross_entropy(torch.softmax(y, 1), targets.float(), reduction="sum").backward()
+    assert float(y.grad.abs().max()) == 0.0
