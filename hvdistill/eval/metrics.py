@@ -107,14 +107,14 @@ def scores(cm: ConfusionMatrix, class_names: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN -> None, recursively (JSON has no NaN)."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -131,7 +131,7 @@ def save_scores(
         "confusion_matrix": out_dir / CONFUSION_FILE,
         "per_class_iou": out_dir / PER_CLASS_FILE,
     }
-    paths["metrics"].write_text(json.dumps(_json_safe(result), indent=2, sort_keys=True) + "\n")
+    paths["metrics"].write_text(json.dumps(json_safe(result), indent=2, sort_keys=True) + "\n")
     with open(paths["confusion_matrix"], "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["ground_truth \\ prediction", *class_names])

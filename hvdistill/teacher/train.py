@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from hvdistill.config import Config
 from hvdistill.eval.classes import class_map
-from hvdistill.eval.metrics import ConfusionMatrix, scores
+from hvdistill.eval.metrics import ConfusionMatrix, json_safe, scores
 from hvdistill.models.image.resnet import ARCHITECTURES, ResNet, dilation_for_output_stride
 from hvdistill.models.image.teacher import feature_grid, upsample_cells
 from hvdistill.models.image.weights import load_teacher_weights
@@ -256,7 +256,7 @@ def train_teacher(cfg: Config) -> TeacherResult:
         val=val,
         config=_config_used(cfg),
     )
-    out.with_suffix(".json").write_text(json.dumps(_json_safe(asdict(result)), indent=2) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(json_safe(asdict(result)), indent=2) + "\n")
     return result
 
 
@@ -269,14 +269,3 @@ def _config_used(cfg: Config) -> dict[str, Any]:
         "augment": asdict(cfg.augment),
         "data": asdict(cfg.data),
     }
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN -> None, recursively (JSON has no NaN)."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
