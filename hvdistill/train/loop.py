@@ -207,7 +207,8 @@ def publish(job: TrainJob, metrics: dict[str, float], bar: tqdm | None = None) -
         job.on_log(step, metrics)
     if bar is not None and "loss/total" in metrics:
         bar.set_postfix(loss=f"{metrics['loss/total']:.4f}", lr=f"{metrics['lr']:.3g}")
-    log.info("step %d: %s", step, "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    if job.ctx.is_main:  # losses are all-reduced already: one line per step, not one per rank
+        log.info("step %d: %s", step, "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return metrics
 
 
