@@ -164,22 +164,33 @@ def job_request(args: argparse.Namespace) -> tuple[dict[str, Any], str, Config]:
     if problems:
         raise ConfigError(problems)
     run_name = cfg.train.run_name or new_run_name()
+    request = _request(
+        args, "pretrain", f"train.run_name={run_name}", ["--ray"], {"hvdistill.run_name": run_name}
+    )
+    return request, run_name, cfg
+
+
+def _request(
+    args: argparse.Namespace, verb: str, name_override: str, flags: list[str], metadata: dict[str, str]
+) -> dict[str, Any]:
+    """submit_job keyword arguments running `hvdistill VERB CONFIG ... NAME_OVERRIDE FLAGS --address auto`
+    in the uploaded working directory (unless --no-upload), with the --env variables."""
     working_dir = None if args.no_upload else Path(args.working_dir).resolve()
-    overrides = [o for o in args.overrides if not o.startswith("train.run_name=")]
-    command = ["python", "-m", "hvdistill.cli", "pretrain", _config_argument(args.config, working_dir)]
-    command += [*overrides, f"train.run_name={run_name}", "--ray", "--address", "auto"]
+    key = name_override.split("=", 1)[0] + "="
+    overrides = [o for o in args.overrides if not o.startswith(key)]  # the fixed name replaces the user's
+    command = ["python", "-m", "hvdistill.cli", verb, _config_argument(args.config, working_dir)]
+    command += [*overrides, name_override, *flags, "--address", "auto"]
     runtime_env: dict[str, Any] = {}
     if working_dir is not None:
         runtime_env = {"working_dir": str(working_dir), "excludes": list(UPLOAD_EXCLUDES)}
     env_vars = job_env(args.env)
     if env_vars:
         runtime_env["env_vars"] = env_vars
-    request = {
+    return {
         "entrypoint": shlex.join(command),
         "runtime_env": runtime_env,
-        "metadata": {"hvdistill.run_name": run_name, "hvdistill.config": args.config},
+        "metadata": {**metadata, "hvdistill.config": args.config},
     }
-    return request, run_name, cfg
 
 
 def _sweep_relative_paths(cfg: Config) -> list[str]:
@@ -208,21 +219,7 @@ def sweep_request(args: argparse.Namespace) -> tuple[dict[str, Any], str, Path]:
     if problems:
         raise ConfigError(problems)
     name = prepare_config(cfg).sweep.name
-    working_dir = None if args.no_upload else Path(args.working_dir).resolve()
-    overrides = [o for o in args.overrides if not o.startswith("sweep.name=")]
-    command = ["python", "-m", "hvdistill.cli", "sweep", _config_argument(args.config, working_dir)]
-    command += [*overrides, f"sweep.name={name}", "--address", "auto"]
-    runtime_env: dict[str, Any] = {}
-    if working_dir is not None:
-        runtime_env = {"working_dir": str(working_dir), "excludes": list(UPLOAD_EXCLUDES)}
-    env_vars = job_env(args.env)
-    if env_vars:
-        runtime_env["env_vars"] = env_vars
-    request = {
-        "entrypoint": shlex.join(command),
-        "runtime_env": runtime_env,
-        "metadata": {"hvdistill.sweep": name, "hvdistill.config": args.config},
-    }
+    request = _request(args, "sweep", f"sweep.name={name}", [], {"hvdistill.sweep": name})
     return request, name, Path(cfg.finetune.output_dir) / name
 
 
