@@ -99,8 +99,14 @@ def coerce(value: Any, tp: Any, key: str) -> tuple[Any, str | None]:
                 return parsed, None
         return None, f"{key}: expected a number, got {value!r}"
     if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value), None
+        if isinstance(value, str):
+            return value, None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # YAML read a number: `00` became 0, `1.10` became 1.1; what was written is lost
+            return None, (
+                f"{key}: expected a string, got the number {value!r} (unquoted YAML reads 00 as 0 and "
+                f"1.10 as 1.1); quote it as written, e.g. ['00', '08']"
+            )
         return None, f"{key}: expected a string, got {value!r}"
     return None, f"{key}: unsupported type {_type_name(tp)}"
 

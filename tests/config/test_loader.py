@@ -153,3 +153,17 @@ def test_grid_and_augmentation_consistency_checks():
         "data.stored_image_width",
     ):
         assert key in message
+
+
+def test_a_number_where_a_string_belongs_is_refused_not_rewritten():
+    # unquoted YAML turns sequence "00" into 0: silently writing sequences/0 would lose the name
+    with pytest.raises(
+        ConfigError, match=r"synth\.kitti_sequences\[0\]: expected a string, got the number 0"
+    ):
+        load_config(None, ["synth.kitti_sequences=[00,08]"], sections=("synth",))
+    assert load_config(
+        None, ['synth.kitti_sequences=["00","08"]'], sections=("synth",)
+    ).synth.kitti_sequences == [
+        "00",
+        "08",
+    ]
