@@ -140,7 +140,8 @@ def crop_resize(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bilinear image crop (3, out_h, out_w) in [0, 1] and nearest superpixel crop (out_h, out_w)."""
     x0, y0, w, h = box
-    img = torch.from_numpy(np.ascontiguousarray(image[y0 : y0 + h, x0 : x0 + w])).permute(2, 0, 1)
+    crop = np.require(image[y0 : y0 + h, x0 : x0 + w], requirements=["C", "W"])  # copies only when needed
+    img = torch.from_numpy(crop).permute(2, 0, 1)  # (3, h, w) uint8; decoded shard arrays are read-only
     img = F.interpolate(img[None].float() / 255.0, size=(out_h, out_w), mode="bilinear", align_corners=False)[
         0
     ]
