@@ -35,14 +35,13 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-from hvdistill.config import Config, ConfigError, flatten, from_dict, load_config, to_dict
+from hvdistill.config import RUN_SECTIONS, Config, ConfigError, flatten, from_dict, load_config, to_dict
 from hvdistill.config.downstream import RANDOM_INIT
 from hvdistill.config.model import lidar_problems
 from hvdistill.eval.report import REPORT_ARTIFACTS, SWEEP_FILE, TAG_PREFIX, TRIAL_TAG, print_paths, report
-from hvdistill.eval.run import FINETUNE_SECTIONS
 from launch.local_ray import ray_session
 
-SWEEP_SECTIONS = (*FINETUNE_SECTIONS, "sweep")
+SWEEP_SECTIONS = RUN_SECTIONS["sweep"]
 TRIALS_DIR = "trials"
 RAY_DIR = "ray"
 KEY_CHARS = 16  # hex characters of the trial key (sha256 of its coordinates)

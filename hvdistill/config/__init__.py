@@ -137,8 +137,10 @@ RUN_SECTIONS: dict[str, tuple[str, ...]] = {
     "synth": ("synth",),
     "shard": ("data",),
     "pretrain": _PRETRAIN,
-    "finetune": (*_PRETRAIN, "finetune"),
-    "sweep": (*_PRETRAIN, "finetune", "sweep"),
+    # fine-tuning reads the data, geometry and tracking sections and `finetune` (plus model.lidar,
+    # checked on its own by hvdistill/eval/run.py): the teacher's settings do not matter to it
+    "finetune": ("data", "geometry", "tracking", "finetune"),
+    "sweep": ("data", "geometry", "tracking", "finetune", "sweep"),
     "teacher": ("data", "geometry", "augment", "teacher_train"),  # `hvdistill teacher train`
     "study": SECTIONS,  # `hvdistill study`: every stage, world to report
     "all": SECTIONS,

@@ -31,13 +31,13 @@ from typing import Any
 
 import yaml
 
-from hvdistill.config import Config, ConfigError, flatten, load_config, to_dict
+from hvdistill.config import RUN_SECTIONS, Config, ConfigError, flatten, load_config, to_dict
 from hvdistill.config.model import lidar_problems
 from hvdistill.eval.finetune import FinetuneResult, finetune
 from hvdistill.eval.metrics import METRICS_FILE
 
 log = logging.getLogger(__name__)
-FINETUNE_SECTIONS = ("data", "geometry", "tracking", "finetune")  # validated; plus model.lidar below
+FINETUNE_SECTIONS = RUN_SECTIONS["finetune"]  # validated; plus model.lidar below
 CONFIG_FILE = "config.yaml"
 TRACKING_FILE = "tracking.json"
 RUN_ID_CHARS = 6  # random hex characters that keep generated run names unique
