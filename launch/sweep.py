@@ -211,23 +211,70 @@ def _progress_callback(total: int, done: int) -> Any:
     return Progress()
 
 
+# finetune keys that are a trial's coordinates, say where it writes, or change only how fast it runs
+NOT_SHARED = (
+    *("backbone", "label_fraction", "seed", "lr_trunk", "lr_head", "output_dir", "run_name"),
+    *("loader_workers", "eval_batch_size", "log_every", "device"),
+)
+
+
+def trial_settings(cfg: Config) -> dict[str, Any]:
+    """What every trial of the sweep shares and a finished trial's result depends on: the
+    `finetune` section (less NOT_SHARED), the shards, the voxel size and the LiDAR model, as JSON."""
+    flat = {f"finetune.{k}": v for k, v in flatten(cfg.finetune).items() if k not in NOT_SHARED}
+    flat.update({f"model.lidar.{k}": v for k, v in flatten(cfg.model.lidar).items()})
+    flat.update({"data.shards": list(cfg.data.shards), "geometry.voxel_size": cfg.geometry.voxel_size})
+    return json.loads(json.dumps(flat))
+
+
+def settings_problems(before: Any, now: dict[str, Any], name: str) -> list[str]:
+    """A resumed sweep must run its missing trials under the settings its finished ones had;
+    otherwise the table would mix them. One line per changed key, with both ways out."""
+    if not isinstance(before, dict):
+        return []  # a new sweep, or one written before settings were recorded
+    keys = sorted(set(before) | set(now))
+    return [
+        f"{k}: sweep {name!r} ran its trials with {before.get(k)!r}, the config now has {now.get(k)!r}; "
+        f"set {k}={json.dumps(before.get(k)).replace(' ', '')} to finish that sweep, or give a new sweep.name"
+        for k in keys
+        if before.get(k) != now.get(k)
+    ]
+
+
+def read_sweep_file(path: Path) -> dict[str, Any]:
+    """sweep.json of an earlier run of this sweep, or {} for a new one; a damaged file is an error
+    that names it (it holds the parent run id that resuming needs)."""
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError([f"{path}: unreadable ({exc}); restore it, or give a new sweep.name"]) from exc
+    if not isinstance(info, dict) or not isinstance(info.get("parent_run_id", ""), str):
+        raise ConfigError([f"{path}: not a sweep record; restore it, or give a new sweep.name"])
+    return info
+
+
 def open_parent(cfg: Config, sweep_dir: Path) -> tuple[Any, str]:
     """(parent tracker, store uri): the run recorded in sweep.json reopened, else a new one."""
     from hvdistill.tracking import default_tags, prepare_tracking, start_tracker
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    uri = prepare_tracking(cfg.tracking, sweep_dir)
     info_file = sweep_dir / SWEEP_FILE
-    previous = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    previous = read_sweep_file(info_file)
+    settings = trial_settings(cfg)
+    changed = settings_problems(previous.get("settings"), settings, cfg.sweep.name)
+    if changed:
+        raise ConfigError(changed)
+    uri = prepare_tracking(cfg.tracking, sweep_dir)
     tracking = replace(cfg.tracking, uri=uri)
     tags = {**default_tags(1), "hvdistill.kind": "sweep"}
     parent = start_tracker(
         tracking, sweep_dir, is_main=True, resume_run_id=previous.get("parent_run_id"),
         run_name=cfg.sweep.name, tags=tags,
     )  # fmt: skip
-    info_file.write_text(
-        json.dumps({"parent_run_id": parent.run_id, "uri": uri, "name": cfg.sweep.name}) + "\n"
-    )
+    info = {"parent_run_id": parent.run_id, "uri": uri, "name": cfg.sweep.name, "settings": settings}
+    info_file.write_text(json.dumps(info) + "\n")
     parent.log_params(flatten(cfg, ("finetune", "sweep")))
     return parent, uri
 

@@ -198,3 +198,27 @@ def test_a_trial_runs_one_torch_thread_per_reserved_cpu():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_resumed_sweep_with_other_shared_settings_is_refused_with_both_ways_out(tmp_path):
+    from dataclasses import replace
+
+    from launch.sweep import open_parent, read_sweep_file, trial_settings
+
+    cfg = prepare_config(tiny_config(*TINY, f"finetune.output_dir={tmp_path}", "sweep.name=s"))
+    sweep_dir = tmp_path / "s"
+    sweep_dir.mkdir()
+    (sweep_dir / "sweep.json").write_text(json.dumps({"parent_run_id": "p", "settings": trial_settings(cfg)}))
+    longer = replace(cfg, finetune=replace(cfg.finetune, max_steps=300, seed=7, loader_workers=3))
+    with pytest.raises(ConfigError) as err:
+        open_parent(longer, sweep_dir)  # refused before any MLflow store is opened
+    (line,) = err.value.problems  # seed is a trial coordinate and loader_workers only speed: not listed
+    assert line.startswith("finetune.max_steps: sweep 's' ran its trials with 2, the config now has 300")
+    assert "set finetune.max_steps=2" in line and "new sweep.name" in line
+    assert not (sweep_dir / "mlruns.db").exists()
+    (sweep_dir / "sweep.json").write_text('{"parent_run_id": ')  # damaged: named, not a traceback
+    with pytest.raises(ConfigError, match="sweep.json: unreadable"):
+        read_sweep_file(sweep_dir / "sweep.json")
+    (sweep_dir / "sweep.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="not a sweep record"):
+        read_sweep_file(sweep_dir / "sweep.json")
