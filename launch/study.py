@@ -11,13 +11,15 @@ every stage through the system's own commands and on one Ray session (docs/resul
   5. finetune  a sweep (Ray Tune): random init and each pretrained backbone x
                `sweep.label_fractions` x `sweep.seeds`
   6. probe     a sweep of linear probes (frozen backbone) at `study.probe_fractions` x seeds
-  7. summary   `<out>/study.md` and `study.json`: one table (mIoU mean +- std per method and
-               setting), the plots, the teacher's score, each pretraining's last losses, the MLflow
-               run ids and the wall time of every stage
+  7. summary   `<out>/study.md` and `study.json` (`study-<tag>.*` with `study.tag`): one table
+               (mIoU mean +- std per method and setting), the plots, the teacher's score, each
+               pretraining's last losses, the MLflow run ids and the wall time of every stage
 
 Re-running with the same `--out` resumes: the world, the teacher and finished pretraining runs
 are kept (an interrupted pretraining resumes from its last checkpoint), sharding skips finished
-units, and each sweep runs only its missing trials.
+units, and each sweep runs only its missing trials. `study.tag` runs a second set of sweeps
+(say, longer fine-tuning) on the same world, teacher and pretrainings: `finetune-<tag>`,
+`probe-<tag>`, `study-<tag>.md`; a sweep resumed with other fine-tuning settings is refused.
 """
 
 from __future__ import annotations
@@ -36,7 +38,12 @@ from hvdistill.config.downstream import RANDOM_INIT
 from hvdistill.config.study import VARIANTS
 
 RUN_PREFIX = "study-"  # pretraining run names: study-full, study-ipv_depth, study-ipv
-FINETUNE_SWEEP, PROBE_SWEEP = "finetune", "probe"
+FINETUNE_SWEEP, PROBE_SWEEP, SUMMARY = "finetune", "probe", "study"
+
+
+def tagged(name: str, tag: str) -> str:
+    """finetune / probe / study, or finetune-<tag> ... for `study.tag`."""
+    return f"{name}-{tag}" if tag else name
 
 
 def _check(rc: int, what: str) -> None:
@@ -177,8 +184,8 @@ def study_table(finetune_rows: list[dict[str, str]], probe_rows: list[dict[str, 
     return "\n".join(lines) + "\n"
 
 
-def write_summary(out: Path, facts: dict[str, Any], ft: Any, probe: Any) -> Path:
-    """`<out>/study.md` and `<out>/study.json` from the stages' results."""
+def write_summary(out: Path, facts: dict[str, Any], ft: Any, probe: Any, name: str = SUMMARY) -> Path:
+    """`<out>/<name>.md` and `<out>/<name>.json` from the stages' results."""
     ft_rows = read_summary_csv(ft.paths["summary_csv"])
     probe_rows = read_summary_csv(probe.paths["summary_csv"]) if probe else []
     table = study_table(ft_rows, probe_rows)
@@ -192,7 +199,7 @@ def write_summary(out: Path, facts: dict[str, Any], ft: Any, probe: Any) -> Path
                 "plot": str(result.paths.get("plot", "")),
                 "per_class_md": str(result.paths.get("per_class_md", "")),
             }
-    (out / "study.json").write_text(json.dumps(facts, indent=1, default=str) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(facts, indent=1, default=str) + "\n")
     lines = ["# Study summary", "", "mIoU (%) mean +- std over seeds", "", table]
     t = facts["teacher"].get("val", {})
     lines.append(
@@ -209,7 +216,7 @@ def write_summary(out: Path, facts: dict[str, Any], ft: Any, probe: Any) -> Path
             s = facts[key]
             lines.append(f"{key}: {s['dir']} (MLflow parent {s['mlflow_parent_run_id']}), plot {s['plot']}")
     lines.append(f"stage wall times (s): {facts['seconds']}")
-    path = out / "study.md"
+    path = out / f"{name}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -232,18 +239,18 @@ def run_study(cfg: Config, config_path: str, overrides: list[str], out: Path, ar
     teacher = timed("teacher", make_teacher, config_path, overrides, cfg)
     runs = [timed(f"pretrain {v}", pretrain_variant, cfg, v, args.address) for v in cfg.study.variants]
     checkpoints = [RANDOM_INIT, *(r["run_dir"] for r in runs)]
-    ft = timed(
-        "finetune sweep", run_sweep, sweep_config(cfg, FINETUNE_SWEEP, checkpoints, False), args.address
-    )
+    tag = cfg.study.tag
+    ft_cfg = sweep_config(cfg, tagged(FINETUNE_SWEEP, tag), checkpoints, False)
+    ft = timed("finetune sweep", run_sweep, ft_cfg, args.address)
     probe = None
     if cfg.study.probe_fractions:
-        probe_cfg = sweep_config(cfg, PROBE_SWEEP, checkpoints, True)
+        probe_cfg = sweep_config(cfg, tagged(PROBE_SWEEP, tag), checkpoints, True)
         probe = timed("probe sweep", run_sweep, probe_cfg, args.address)
     for result in (ft, probe):
         if result is not None and finish(result) != 0:
             raise SystemExit("hvdistill study: sweep trials failed; re-run the same command to retry them")
     facts = {"teacher": teacher, "pretraining": runs, "seconds": seconds, "out": str(out)}
-    return write_summary(out, facts, ft, probe)
+    return write_summary(out, facts, ft, probe, tagged(SUMMARY, tag))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,7 @@ class StudyConfig:
     probe_fractions: list[float] = field(default_factory=lambda: [1.0])  # [] = no linear probing
     probe_max_steps: int = 0  # steps of a linear probe; 0 = finetune.max_steps
     world_side_outputs: bool = True  # write the renderer's class maps (the synthetic teacher's labels)
+    tag: str = ""  # names a second set of sweeps on the same pretrainings: finetune-<tag>, study-<tag>.md
 
 
 def study_problems(cfg: Config) -> list[str]:
@@ -45,6 +46,8 @@ def study_problems(cfg: Config) -> list[str]:
     for f in s.probe_fractions:
         if not 0 < f <= 1:
             p.append(f"study.probe_fractions: {f} must be in (0, 1]")
+    if s.tag and not all(c.isalnum() or c in "-_." for c in s.tag):
+        p.append(f"study.tag: {s.tag!r} must be letters, digits, '-', '_' or '.' (it names directories)")
     if s.probe_max_steps < 0:
         p.append(f"study.probe_max_steps: {s.probe_max_steps} must be >= 0 (0 = finetune.max_steps)")
     return p

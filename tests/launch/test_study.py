@@ -119,3 +119,12 @@ def test_a_tiny_study_runs_every_stage_and_resumes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "world" in out and "exists; kept" in out and "done before" in out
     assert "0 to run" in out
+
+
+def test_a_tag_names_a_second_set_of_sweeps_and_must_be_a_plain_name(tmp_path):
+    from launch.study import tagged
+
+    assert tagged("finetune", "") == "finetune" and tagged("finetune", "long") == "finetune-long"
+    assert study_config(tmp_path, "study.tag=steps300").study.tag == "steps300"
+    with pytest.raises(ConfigError, match="study.tag"):
+        study_config(tmp_path, "study.tag=../x")
