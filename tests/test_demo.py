@@ -5,15 +5,11 @@ then the chained fine-tuning sweep on Ray Tune and its report)."""
 
 import json
 
-import pytest
-
 from launch.demo import main
 
 
-# About 2.5 min on 2 cores (Ray Train + DeepSpeed + Ray Tune start-up dominate): `make test-all`.
-# `make test` keeps the cheaper end-to-end runs: tests/train/test_run.py (shards -> pretrain
-# CLI -> backbone) and tests/eval/test_finetune.py (shards -> finetune CLI -> per-point mIoU).
-@pytest.mark.slow
+# The tiny version of the whole chain that `make test` keeps: about 80 s on 2 cores, nearly all
+# of it process start-up (Ray, Ray Train workers importing torch + DeepSpeed + spconv, Tune trials).
 def test_demo_runs_every_stage(tmp_path, capsys):
     rc = main(
         [
@@ -52,3 +48,4 @@ def test_demo_runs_every_stage(tmp_path, capsys):
     table = summary[0].read_text()
     assert "random" in table and "nan" not in table.lower()
     assert "all stages passed" in out
+    assert "=== where to look ===" in out and "label_efficiency.png" in out
