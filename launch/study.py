@@ -190,9 +190,9 @@ def write_summary(out: Path, facts: dict[str, Any], ft: Any, probe: Any, name: s
     probe_rows = read_summary_csv(probe.paths["summary_csv"]) if probe else []
     table = study_table(ft_rows, probe_rows)
     facts |= {"table_md": table, "finetune_rows": ft_rows, "probe_rows": probe_rows}
-    for name, result in (("finetune", ft), ("probe", probe)):
+    for kind, result in (("finetune", ft), ("probe", probe)):
         if result is not None:
-            facts[f"{name}_sweep"] = {
+            facts[f"{kind}_sweep"] = {
                 "dir": str(result.sweep_dir),
                 "mlflow_parent_run_id": result.parent_run_id,
                 "mlflow_uri": result.uri,

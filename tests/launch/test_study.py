@@ -137,3 +137,18 @@ def test_a_tag_names_a_second_set_of_sweeps_and_must_be_a_plain_name(tmp_path):
     assert study_config(tmp_path, "study.tag=steps300").study.tag == "steps300"
     with pytest.raises(ConfigError, match="study.tag"):
         study_config(tmp_path, "study.tag=../x")
+
+
+def test_the_summary_is_written_under_its_own_name(tmp_path):
+    from types import SimpleNamespace
+
+    from launch.study import write_summary
+
+    csv_path = tmp_path / "summary.csv"
+    csv_path.write_text("checkpoint,label_fraction,miou_mean,miou_std,n,seeds\nrandom,0.1,0.2,0.01,3,0 1 2\n")
+    ft = SimpleNamespace(paths={"summary_csv": csv_path}, sweep_dir=tmp_path, parent_run_id="p", uri="u")
+    facts = {"teacher": {"val": {"miou": 0.4, "accuracy": 0.9}}, "pretraining": [], "seconds": {}}
+    path = write_summary(tmp_path, facts, ft, None, "study-long")
+    assert path == tmp_path / "study-long.md" and (tmp_path / "study-long.json").is_file()
+    assert "| random | 20.00 +- 1.00 (n=3) |" in path.read_text()
+    assert not (tmp_path / "probe.md").exists()
