@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "--address", default=None, help="an existing Ray cluster for every stage; default: one local Ray"
     )
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options before or after the key=value overrides
     out = Path(args.out)
     try:
         n_sources = len(load_config(args.config, args.overrides, sections=()).data.sources)

@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # options before or after the key=value overrides
     out = Path(args.out).absolute()
     try:
         base = load_config(args.config, args.overrides, sections=())

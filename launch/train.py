@@ -313,7 +313,7 @@ def pretrain_then_sweep(cfg: Config, address: str | None = None) -> tuple[RayTra
 
 def main(argv: list[str] | None = None) -> int:
     """`hvdistill pretrain CONFIG [key=value ...] --ray [--address ADDR]`."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # options before or after the key=value overrides
     try:
         cfg = load_config(args.config, list(args.overrides), sections=RUN_SECTIONS["pretrain"])
         if cfg.sweep.after_pretrain:  # its config errors before pretraining, not after

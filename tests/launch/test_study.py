@@ -152,3 +152,15 @@ def test_the_summary_is_written_under_its_own_name(tmp_path):
     assert path == tmp_path / "study-long.md" and (tmp_path / "study-long.json").is_file()
     assert "| random | 20.00 +- 1.00 (n=3) |" in path.read_text()
     assert not (tmp_path / "probe.md").exists()
+
+
+def test_options_may_come_before_or_after_the_overrides(tmp_path, capsys):
+    from launch.study import main as study_main
+    from launch.sweep import main as sweep_main
+
+    # both reach config validation (return 2 with the config problem) instead of argparse's exit
+    bad = "study.variants=[nope]"
+    assert study_main([config_path("study.yaml"), "study.tag=x", "--out", str(tmp_path), bad]) == 2
+    assert "study.variants" in capsys.readouterr().err
+    assert sweep_main([config_path("study.yaml"), "--address", "auto", "sweep.max_concurrent=-1"]) == 2
+    assert "sweep.max_concurrent" in capsys.readouterr().err
