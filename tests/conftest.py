@@ -55,3 +55,23 @@ def nuscenes_copy(nuscenes_root, tmp_path) -> Path:
 def kitti_copy(kitti_root, tmp_path) -> Path:
     """A private copy of the SemanticKITTI root that a test may damage."""
     return Path(shutil.copytree(kitti_root, tmp_path / "kitti"))
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 endpoint on 127.0.0.1 (moto, tests/helpers/s3.py) for the session; this process and
+    everything it starts afterwards reach it through AWS_ENDPOINT_URL and the AWS_* credentials."""
+    from tests.helpers.s3 import S3Server, s3_environment
+
+    server = S3Server()
+    try:
+        with s3_environment(server):
+            yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A fresh, empty bucket on the session's S3 endpoint, as `s3://<bucket>`."""
+    return f"s3://{s3_server.new_bucket()}"

@@ -74,6 +74,13 @@ RULES = [
         lambda t: within(t, "mlflow"),
     ),
     Rule(
+        "object-store libraries (pyarrow.fs, fsspec, s3fs, gcsfs, boto3) are imported only in hvdistill/storage.py",
+        lambda path, imp: path != "hvdistill/storage.py",
+        lambda t: within(
+            t, "pyarrow.fs", "pyarrow._fs", "pyarrow._s3fs", "fsspec", "s3fs", "gcsfs", "boto3", "botocore"
+        ),
+    ),
+    Rule(
         "hvdistill/ never imports sharding or launch (only hvdistill/cli.py dispatches verbs to them)",
         lambda path, imp: under(path, "hvdistill") and path != "hvdistill/cli.py",
         lambda t: within(t, "sharding", "launch"),

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from hvdistill.config.loader import check_range
+from hvdistill.storage import location_problem
 
 if TYPE_CHECKING:
     from hvdistill.config import Config
@@ -61,7 +62,9 @@ class DataConfig:
     """Where training data comes from and how it is streamed."""
 
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
-    shards: list[str] = field(default_factory=list)  # shard dirs / manifest.json paths
+    # shard dirs / manifest.json paths / bare .tar files, local or on an object store
+    # (s3://bucket/prefix, gs://...; credentials from the environment, see docs/cluster.md)
+    shards: list[str] = field(default_factory=list)
     cameras: list[str] = field(default_factory=lambda: list(NUSCENES_CAMERAS))
     stored_image_width: int = 800  # images stored in shards at this width (crops need ~800x450)
     stored_image_height: int = 450
@@ -82,6 +85,9 @@ class DataConfig:
     epoch_samples: int = 0  # samples per epoch per rank in resampled mode; 0 = dataset size
     loader_workers: int = 2
     prefetch_factor: int = 2
+    # shards of an object store: how many the reader fetches ahead of the one it reads, per stream
+    # (each whole, in memory); 0 = fetch each when it is needed
+    read_ahead: int = 2
 
 
 def data_problems(cfg: Config) -> list[str]:
@@ -121,6 +127,9 @@ def data_problems(cfg: Config) -> list[str]:
         p.append(f"data.shard_splits: {d.shard_splits} must list 'train' and/or 'val'")
     if d.max_consecutive_bad < 1:
         p.append(f"data.max_consecutive_bad: {d.max_consecutive_bad} must be >= 1")
+    if d.read_ahead < 0:
+        p.append(f"data.read_ahead: {d.read_ahead} must be >= 0 (0 = fetch each shard when needed)")
+    p += [problem for i, s in enumerate(d.shards) if (problem := location_problem(s, f"data.shards[{i}]"))]
     if len(set(d.datasets)) != len(d.datasets) or not all(d.datasets):
         p.append(f"data.datasets: {d.datasets} must name each dataset once (empty list = all)")
     return p

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from hvdistill.storage import location_problem
+
 if TYPE_CHECKING:
     from hvdistill.config import Config
 
@@ -69,7 +71,10 @@ class DistConfig:
     cpus_per_worker: int = 1  # CPUs a worker reserves (its DataLoader workers run inside them)
     gpus_per_worker: float = 1.0  # GPUs a worker reserves when use_gpu (fractions share a GPU)
     max_failures: int = 3  # worker-group restarts after a failure, each resuming the run; -1 = unlimited
-    storage_path: str = ""  # Ray Train's run state; empty = <train.output_dir>/ray; shared on a cluster
+    # Ray Train's storage: checkpoints (every rank's part) and the run's outputs (backbone, config,
+    # metrics); a local path every node sees, or an object store (s3://bucket/prefix); empty =
+    # <train.output_dir>/ray, which is only right on one node or with train.output_dir on NFS
+    storage_path: str = ""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -146,6 +151,8 @@ def dist_problems(cfg: Config) -> list[str]:
         p.append(f"dist.cpus_per_worker: {cfg.dist.cpus_per_worker} must be >= 1")
     if cfg.dist.use_gpu and cfg.dist.gpus_per_worker <= 0:
         p.append(f"dist.gpus_per_worker: {cfg.dist.gpus_per_worker} must be > 0 with dist.use_gpu=true")
+    if problem := location_problem(cfg.dist.storage_path, "dist.storage_path"):
+        p.append(problem)
     if cfg.dist.max_failures < -1:
         p.append(f"dist.max_failures: {cfg.dist.max_failures} must be >= 0, or -1 for unlimited restarts")
     return p
