@@ -3,12 +3,28 @@
 The only place that dispatches verbs to sharding/ and launch/, importing each verb's module
 lazily so `hvdistill --help` is instant and a verb's heavy dependencies load only when used.
 Every verb module exposes `main(argv: list[str] | None = None) -> int`.
+
+The error boundary (`run_verb`): a failure a user caused and can fix ends the command with one
+message on stderr, `hvdistill <verb>: <what, naming the file or key, and the way out>`, and exit
+status 2, never a traceback. Known failures are
+- OSError of any kind (a missing or unreadable file, a file where a directory belongs, a
+  directory where a file belongs, no permission, a full disk, a refused connection): the message
+  names the path and says what to do;
+- the ValueError / RuntimeError / LookupError family when the project raised it on purpose: its
+  class is defined in hvdistill/, launch/ or sharding/ (ConfigError, OutputLocked, SchemaError,
+  DatasetLayoutError, ShardError, ...) or it was raised by a line of that code (the messages
+  written for users).
+Anything else (a TypeError, a KeyError, an error raised inside a library) is a bug and surfaces
+with its traceback; HVDISTILL_TRACEBACK=1 shows the traceback of known failures too. Ctrl-C ends
+with one line and status 130.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+from typing import Any
 
 # verb -> (module with main(argv), one-line help)
 VERBS: dict[str, tuple[str, str]] = {
@@ -42,6 +58,66 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+PROJECT_PACKAGES = ("hvdistill", "launch", "sharding")
+TRACEBACK_ENV = "HVDISTILL_TRACEBACK"
+# what to do about an OSError the project did not word itself, by kind
+OS_ADVICE: tuple[tuple[type[OSError], str], ...] = (
+    (FileNotFoundError, "check the path given on the command line or in the config"),
+    (FileExistsError, "it exists already; choose another path or remove it"),
+    (NotADirectoryError, "a file stands where a directory is needed; choose another path"),
+    (IsADirectoryError, "a directory stands where a file is needed; give the file's path"),
+    (PermissionError, "this user may not access it; choose a location you can read and write"),
+)
+
+
+def _ours(module: str) -> bool:
+    return module.split(".", 1)[0] in PROJECT_PACKAGES
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether `exc` is a failure the user caused and can fix (the module docstring's rule)."""
+    if isinstance(exc, OSError):
+        return True
+    if not isinstance(exc, ValueError | RuntimeError | LookupError):
+        return False
+    if isinstance(exc, KeyError | IndexError | NotImplementedError | RecursionError):
+        return False
+    if _ours(type(exc).__module__):
+        return True
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:  # the frame that raised it
+        tb = tb.tb_next
+    return _ours(str(tb.tb_frame.f_globals.get("__name__", "")))
+
+
+def describe(exc: BaseException) -> str:
+    """The one message of a known failure: an OSError's path, reason and advice, else its text."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        advice = next((text for kind, text in OS_ADVICE if isinstance(exc, kind)), "")
+        where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else str(exc.filename)
+        return f"{where}: {exc.strerror}" + (f"; {advice}" if advice else "")
+    return str(exc) or type(exc).__name__
+
+
+def run_verb(verb: str, module_name: str, argv: list[str]) -> int:
+    """Import the verb's module and run its `main(argv)` inside the error boundary."""
+    try:
+        module: Any = importlib.import_module(module_name)
+        return int(module.main(argv) or 0)
+    except KeyboardInterrupt:
+        print(f"hvdistill {verb}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if not is_user_error(exc) or os.environ.get(TRACEBACK_ENV) == "1":
+            raise
+        print(f"hvdistill {verb}: {describe(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -50,16 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     verb, rest = argv[0], argv[1:]
     flag, routed = FLAG_ROUTES.get(verb, ("", ""))
     if flag and flag in rest:
-        return int(importlib.import_module(routed).main(rest) or 0)
+        return run_verb(verb, routed, rest)
     if verb not in VERBS:
         import difflib
 
         close = difflib.get_close_matches(verb, list(VERBS), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         print(f"hvdistill: unknown verb '{verb}'.{hint}\n\n{usage()}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(VERBS[verb][0])
-    return int(module.main(rest) or 0)
+        return EXIT_USER_ERROR
+    return run_verb(verb, VERBS[verb][0], rest)
 
 
 if __name__ == "__main__":

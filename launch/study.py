@@ -36,6 +36,7 @@ from typing import Any
 from hvdistill.config import RUN_SECTIONS, Config, ConfigError, load_config
 from hvdistill.config.downstream import RANDOM_INIT
 from hvdistill.config.study import VARIANTS
+from hvdistill.storage import write_atomic
 
 RUN_PREFIX = "study-"  # pretraining run names: study-full, study-ipv_depth, study-ipv
 FINETUNE_SWEEP, PROBE_SWEEP, SUMMARY = "finetune", "probe", "study"
@@ -136,7 +137,7 @@ def pretrain_variant(cfg: Config, variant: str, address: str | None) -> dict[str
         "mlflow_run_id": result.tracking_run_id,
         "mlflow_uri": result.tracking_uri,
     }
-    summary.write_text(json.dumps(info, indent=1) + "\n")
+    write_atomic(summary, json.dumps(info, indent=1) + "\n")  # the marker a re-run skips this variant by
     return info
 
 
@@ -175,9 +176,9 @@ def study_table(finetune_rows: list[dict[str, str]], probe_rows: list[dict[str, 
             hit = [r for r in rows if r["checkpoint"] == m and r["label_fraction"] == frac]
             if hit:
                 r = hit[0]
-                cells.append(
-                    f"{100 * float(r['miou_mean']):.2f} +- {100 * float(r['miou_std']):.2f} (n={r['n']})"
-                )
+                classes = f", {r['classes_in_mean']} classes" if r.get("classes_in_mean") else ""
+                mean, std = 100 * float(r["miou_mean"]), 100 * float(r["miou_std"])
+                cells.append(f"{mean:.2f} +- {std:.2f} (n={r['n']}{classes})")
             else:
                 cells.append("")
         lines.append(f"| {_label(m)} | " + " | ".join(cells) + " |")
@@ -199,7 +200,7 @@ def write_summary(out: Path, facts: dict[str, Any], ft: Any, probe: Any, name: s
                 "plot": str(result.paths.get("plot", "")),
                 "per_class_md": str(result.paths.get("per_class_md", "")),
             }
-    (out / f"{name}.json").write_text(json.dumps(facts, indent=1, default=str) + "\n")
+    write_atomic(out / f"{name}.json", json.dumps(facts, indent=1, default=str) + "\n")
     lines = ["# Study summary", "", "mIoU (%) mean +- std over seeds", "", table]
     t = facts["teacher"].get("val", {})
     lines.append(
@@ -217,7 +218,7 @@ def write_summary(out: Path, facts: dict[str, Any], ft: Any, probe: Any, name: s
             lines.append(f"{key}: {s['dir']} (MLflow parent {s['mlflow_parent_run_id']}), plot {s['plot']}")
     lines.append(f"stage wall times (s): {facts['seconds']}")
     path = out / f"{name}.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_atomic(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -270,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)  # options before or after the key=value overrides
     out = Path(args.out).absolute()
+    for d in [out, *out.parents]:
+        if d.exists() and not d.is_dir():
+            raise NotADirectoryError(f"--out: {d} is a file, not a directory; give another --out")
     try:
         base = load_config(args.config, args.overrides, sections=())
         overrides = [*study_overrides(base, out), *args.overrides]

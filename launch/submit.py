@@ -17,11 +17,30 @@ sweep directory; submit it again with that name to finish missing trials) and su
 `python -m hvdistill.cli sweep CONFIG ... sweep.name=NAME --address auto`.
 
 Code: by default the working directory (the project checkout you run from) is uploaded as the
-job's `working_dir`, without .venv, .git, data, runs, demo-output, mlruns and shards, so the
-job runs exactly the code you have; the cluster provides the dependencies (the same pins,
-installed in the image). `--no-upload` runs the hvdistill installed on the cluster instead; then
-CONFIG is a path on the cluster. `--env KEY=VALUE` (or `--env KEY`, this shell's value) sets an
-environment variable for the job and its workers (e.g. TORCH_EXTENSIONS_DIR, MLFLOW_TRACKING_*).
+job's `working_dir`, without .venv, .git, data, runs, demo-output, mlruns and shards, and
+without secrets: `.env` / `.env.*` / `.envrc`, key and certificate files (`*.pem`, `*.key`,
+`*.p12`, `id_rsa*`, ...), `.netrc`, `.git-credentials`, `credentials*` files and the `.aws/`,
+`.ssh/`, `.gnupg/` folders (`UPLOAD_EXCLUDES`, launch/job_contents.py). The job runs exactly
+the code you have; the cluster provides the dependencies (the same pins, installed in the
+image). `--no-upload` runs the hvdistill installed on the cluster instead; then CONFIG is a path
+on the cluster.
+
+`--env KEY=VALUE` (or `--env KEY`, this shell's value) sets an environment variable for the job
+and its workers. Names that make a process load or run other code (LD_PRELOAD and every LD_* /
+DYLD_*, PATH, PYTHONPATH and the other PYTHON* hooks, BASH_ENV, NODE_OPTIONS, ...;
+launch/job_contents.py) are always refused. Other names must be on the allow-list
+(TORCH_*, CUDA_*, NCCL_*, OMP_*, MLFLOW_*, AWS_*, GOOGLE_*, HF_*, HVDISTILL_*, proxies, ...) or
+be named once more with `--allow-env NAME`. Values are never printed: an error names the
+variable only. (Ray shows a job's runtime_env, values included, to anyone who can read the
+dashboard: prefer credentials the cluster already holds.)
+
+Tracking on a cluster: a sqlite store (`tracking.uri` empty, the default, = sqlite in the run
+or sweep directory, or a sqlite:/// URI) is refused for a cluster of more than one node, since
+processes on several nodes (the driver on the head, rank 0 or the sweep's trials anywhere) would
+write one sqlite file over shared storage, where its locking is unreliable. The node count is
+asked from the dashboard before submitting (Ray's state API, `GET /api/v0/nodes`, alive nodes);
+when it does not answer, a warning says so and the job is submitted. A cluster that autoscales
+from a single head passes this check: give such a cluster an MLflow server too.
 
 Paths the run reads or writes (`train.output_dir`, `dist.storage_path`, `data.shards`,
 `model.image.weights`) must be absolute: the job runs in a temporary copy of the working
@@ -45,28 +64,13 @@ from pathlib import Path
 from typing import Any
 
 from hvdistill.config import RUN_SECTIONS, Config, ConfigError, load_config
+from launch.job_contents import UPLOAD_EXCLUDES, SubmitError, job_env
 from launch.train import new_run_name
 
-UPLOAD_EXCLUDES = [  # anchored at the working dir's root ("/data/" is not hvdistill/data/)
-    "/.venv/",
-    "/.git/",
-    "/data/",
-    "/runs/",
-    "/demo-output/",
-    "/mlruns/",
-    "/shards/",
-    "*.egg-info/",
-    "__pycache__/",
-    ".pytest_cache/",
-    ".ruff_cache/",
-]
+NODES_TIMEOUT_S = 10.0  # the dashboard's answer to the node count
 TOKEN_FILE = Path("~/.ray/auth_token")  # where `ray start` writes the cluster token
 ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")  # what JobSubmissionClient reads too
 EXIT_INTERRUPTED = 130
-
-
-class SubmitError(RuntimeError):
-    """A submission that cannot go ahead, with what to do instead."""
 
 
 def auth_token() -> str | None:
@@ -142,19 +146,60 @@ def _config_argument(config: str, working_dir: Path | None) -> str:
         ) from None
 
 
-def job_env(items: list[str]) -> dict[str, str]:
-    """`--env KEY=VALUE` / `--env KEY` (this shell's value) as the job's env_vars."""
-    env: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not key or not key.replace("_", "a").isalnum():
-            raise SubmitError(f"--env {item!r}: expected KEY=VALUE or KEY, KEY made of letters, digits, _")
-        if not sep:
-            if key not in os.environ:
-                raise SubmitError(f"--env {key}: not set in this shell; give --env {key}=VALUE")
-            value = os.environ[key]
-        env[key] = value
-    return env
+def _dashboard(address: str | None) -> str:
+    """The dashboard's URL: `address` or RAY_API_SERVER_ADDRESS / RAY_ADDRESS, http:// added; "" if none."""
+    base = address or next((os.environ[v] for v in ADDRESS_ENV if os.environ.get(v)), "")
+    return base if not base or "://" in base else f"http://{base}"
+
+
+def cluster_nodes(address: str | None) -> int | None:
+    """Alive nodes of the cluster behind the dashboard `address` (Ray's state API); None when it
+    does not answer in that form."""
+    import requests
+
+    base = _dashboard(address)
+    if not base:
+        return None
+    try:
+        answer = requests.get(
+            base.rstrip("/") + "/api/v0/nodes", params={"limit": 10000}, headers=auth_headers(),
+            timeout=NODES_TIMEOUT_S,
+        )  # fmt: skip
+        rows = answer.json()["data"]["result"]["result"]
+    except Exception:  # noqa: BLE001 - no answer, another Ray, another shape: the count is unknown
+        return None
+    if not isinstance(rows, list):
+        return None
+    return sum(1 for n in rows if isinstance(n, dict) and n.get("state") == "ALIVE")
+
+
+def sqlite_problem(uri: str, nodes: int | None) -> str:
+    """Why a sqlite tracking store cannot serve a job on `nodes` nodes ("" when it can)."""
+    if (uri and not uri.startswith("sqlite:")) or nodes is None or nodes <= 1:
+        return ""
+    store = "'' (sqlite in the run directory)" if not uri else repr(uri)
+    return (
+        f"tracking.uri: {store} is one sqlite file, and the cluster has {nodes} nodes: processes on "
+        f"several of them would write it over shared storage, where sqlite's locking is unreliable; run "
+        f"an MLflow server and set tracking.uri=http://<the head's private address>:5000 (docs/cluster.md, "
+        f"'A tracking server')"
+    )
+
+
+def check_tracking_store(uri: str, address: str | None) -> None:
+    """Refuse a sqlite store on a multi-node cluster (SubmitError); warn when the count is unknown."""
+    if (uri and not uri.startswith("sqlite:")) or not _dashboard(address):
+        return  # a server store; or no cluster given, which submitting reports
+    nodes = cluster_nodes(address)
+    if nodes is None:
+        print(
+            "submit: warning: the dashboard did not say how many nodes the cluster has; a sqlite "
+            "tracking.uri is only safe on one node",
+            file=sys.stderr,
+        )
+    problem = sqlite_problem(uri, nodes)
+    if problem:
+        raise SubmitError(problem)
 
 
 def job_request(args: argparse.Namespace) -> tuple[dict[str, Any], str, Config]:
@@ -183,7 +228,7 @@ def _request(
     runtime_env: dict[str, Any] = {}
     if working_dir is not None:
         runtime_env = {"working_dir": str(working_dir), "excludes": list(UPLOAD_EXCLUDES)}
-    env_vars = job_env(args.env)
+    env_vars = job_env(args.env, args.allow_env)
     if env_vars:
         runtime_env["env_vars"] = env_vars
     return {
@@ -210,8 +255,8 @@ def _sweep_relative_paths(cfg: Config) -> list[str]:
     ]
 
 
-def sweep_request(args: argparse.Namespace) -> tuple[dict[str, Any], str, Path]:
-    """(submit_job keyword arguments, sweep name, sweep directory) for `submit sweep`."""
+def sweep_request(args: argparse.Namespace) -> tuple[dict[str, Any], str, Path, Config]:
+    """(submit_job keyword arguments, sweep name, sweep directory, checked config) for `submit sweep`."""
     from launch.sweep import load_sweep_config, prepare_config
 
     cfg = load_sweep_config(args.config, list(args.overrides))
@@ -220,7 +265,7 @@ def sweep_request(args: argparse.Namespace) -> tuple[dict[str, Any], str, Path]:
         raise ConfigError(problems)
     name = prepare_config(cfg).sweep.name
     request = _request(args, "sweep", f"sweep.name={name}", [], {"hvdistill.sweep": name})
-    return request, name, Path(cfg.finetune.output_dir) / name
+    return request, name, Path(cfg.finetune.output_dir) / name, cfg
 
 
 def follow(jobs: Any, job_id: str) -> str:
@@ -236,11 +281,14 @@ def follow(jobs: Any, job_id: str) -> str:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     request, run_name, cfg = job_request(args)
+    if cfg.tracking.enabled:
+        check_tracking_store(cfg.tracking.uri, args.address)
     return _submit(args, request, f"run directory {Path(cfg.train.output_dir) / run_name}")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    request, name, sweep_dir = sweep_request(args)
+    request, name, sweep_dir, cfg = sweep_request(args)
+    check_tracking_store(cfg.tracking.uri, args.address)
     return _submit(args, request, f"sweep directory {sweep_dir} (sweep.name={name})")
 
 
@@ -295,6 +343,13 @@ def _job_parser(pre: argparse.ArgumentParser, func: Any) -> None:
     upload.add_argument("--no-upload", action="store_true", help="run the hvdistill installed on the cluster")
     pre.add_argument(
         "--env", action="append", default=[], metavar="KEY[=VALUE]", help="environment variable for the job"
+    )
+    pre.add_argument(
+        "--allow-env",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="allow an --env name off the allow-list",
     )
     pre.add_argument("--no-follow", action="store_true", help="print the job id and return")
     pre.set_defaults(func=func)

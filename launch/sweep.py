@@ -6,24 +6,35 @@ The driver (this process) validates the config for fine-tuning plus the `sweep` 
 its paths absolute (Tune runs each trial in another working directory), fixes the sweep
 directory `<finetune.output_dir>/<sweep.name or generated>` and opens the parent MLflow run
 there before any trial starts (store: `tracking.uri`, default `<sweep dir>/mlruns.db`); the
-parent's id and store are written to `<sweep dir>/sweep.json`. Each trial is
+parent's id and store are written to `<sweep dir>/sweep.json` (atomically). Each trial is
 `hvdistill.eval.run.run(trial config, parent_run_id=...)`, a child run tagged with its trial key
-(`hvdistill.sweep.trial`: a hash of the resolved checkpoint, label fraction, seed and learning
-rates) and its coordinates; its fine-tuning run directory is `<sweep dir>/trials/<name>`.
+(`hvdistill.sweep.trial`: a hash of the checkpoint's backbone.pt content (its sha256), label
+fraction, seed, learning rates and `finetune.linear_probe`) and its coordinates; its fine-tuning
+run directory is `<sweep dir>/trials/<name>`, the name made of the checkpoint's label (reduced to
+letters, digits, `.`, `_`, `-`, so it never leaves `trials/`), the coordinates and the key.
+
+Before anything is created the driver checks what every trial would otherwise fail on: the
+config (fractions by the split's own rule), shards of the training and validation splits (their
+tar headers), the nuScenes scene table of a fraction below 1, and every checkpoint (each
+backbone.pt is found and hashed; two checkpoints holding the same backbone are refused). The
+sweep directory is then created and locked (`hvdistill.dirlock.directory_lock`: a second driver
+with the same `sweep.name` stops at once); if opening the parent run fails, a sweep directory
+this driver created is removed again.
 
 Re-running with the same `sweep.name` reopens the same parent run and runs only the trials
-without a FINISHED child of that key: an interrupted sweep finishes what is missing, a failed
-trial runs again. Trials run `sweep.max_concurrent` at a time, each holding
-`sweep.cpus_per_trial` CPUs and `sweep.gpus_per_trial` GPUs of the cluster (a local Ray on
-127.0.0.1 is sized to max_concurrent trials). A line is printed per finished trial. At the end
-the report (hvdistill/eval/report.py: table, plot, per-class IoU) is written to
-`<sweep dir>/report`, logged to the parent run and printed.
+without a FINISHED child of that key that logged `val/miou`: an interrupted sweep finishes what
+is missing, a failed trial runs again, and a checkpoint pretrained again into the same directory
+(another sha256) runs again instead of keeping the old results. Trials run
+`sweep.max_concurrent` at a time, each holding `sweep.cpus_per_trial` CPUs and
+`sweep.gpus_per_trial` GPUs of the cluster (a local Ray on 127.0.0.1 is sized to max_concurrent
+trials). A line is printed per finished trial. At the end the report
+(hvdistill/eval/report.py: table, plot, per-class IoU) is written to `<sweep dir>/report`,
+logged to the parent run and printed.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import shutil
@@ -31,20 +42,34 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from itertools import product
 from pathlib import Path
 from typing import Any
 
 from hvdistill.config import RUN_SECTIONS, Config, ConfigError, flatten, from_dict, load_config, to_dict
 from hvdistill.config.downstream import RANDOM_INIT
 from hvdistill.config.model import lidar_problems
-from hvdistill.eval.report import REPORT_ARTIFACTS, SWEEP_FILE, TAG_PREFIX, TRIAL_TAG, print_paths, report
+from hvdistill.dirlock import directory_lock
+from hvdistill.eval.report import (
+    METRIC,
+    REPORT_ARTIFACTS,
+    SWEEP_FILE,
+    TRIAL_TAG,
+    print_paths,
+    report,
+)
+from hvdistill.storage import write_atomic
 from launch.local_ray import ray_session
+from launch.trials import (
+    backbone_digests,
+    settings_problems,
+    trial_config,
+    trial_settings,
+    trial_specs,
+    trial_tags,
+)
 
 SWEEP_SECTIONS = RUN_SECTIONS["sweep"]
-TRIALS_DIR = "trials"
 RAY_DIR = "ray"
-KEY_CHARS = 16  # hex characters of the trial key (sha256 of its coordinates)
 
 
 @dataclass
@@ -66,6 +91,8 @@ def load_sweep_config(path: str | None, overrides: list[str]) -> Config:
     problems = lidar_problems(cfg.model.lidar, cfg.geometry)
     if not cfg.tracking.enabled:
         problems.append("tracking.enabled: a sweep records its trials in MLflow; it must be true")
+    if not cfg.data.shards:
+        problems.append("data.shards: a sweep fine-tunes on labelled shards; set data.shards=[SHARD_DIR]")
     if problems:
         raise ConfigError(problems)
     return cfg
@@ -93,76 +120,6 @@ def prepare_config(cfg: Config, base: Path | None = None) -> Config:
     return replace(cfg, sweep=sweep, finetune=finetune, data=data)
 
 
-def checkpoint_labels(checkpoints: list[str]) -> list[str]:
-    """Short names for the table: random, the run directory's name, run-<id>; made unique."""
-    labels = []
-    for c in checkpoints:
-        if c == RANDOM_INIT:
-            label = RANDOM_INIT
-        elif c.startswith("runs:/"):
-            label = "run-" + c.removeprefix("runs:/")[:8]
-        else:
-            p = Path(c)
-            label = p.parent.name if p.suffix == ".pt" else p.name
-        labels.append(label if label not in labels else f"{label}#{len(labels)}")
-    return labels
-
-
-def trial_specs(cfg: Config) -> list[dict[str, Any]]:
-    """Every trial of a prepared config: key, name, checkpoint, label, fraction, seed, learning rates."""
-    sw, ft = cfg.sweep, cfg.finetune
-    lr_trunk, lr_head = sw.lr_trunk or [ft.lr_trunk], sw.lr_head or [ft.lr_head]
-    lr_swept = len(lr_trunk) * len(lr_head) > 1
-    specs = []
-    grid = product(
-        zip(sw.checkpoints, checkpoint_labels(sw.checkpoints)),
-        sw.label_fractions,
-        sw.seeds,
-        lr_trunk,
-        lr_head,
-    )
-    for (ckpt, label), fraction, seed, lt, lh in grid:
-        coords = [ckpt, float(fraction), int(seed), float(lt), float(lh), ft.linear_probe]
-        key = hashlib.sha256(json.dumps(coords).encode()).hexdigest()[:KEY_CHARS]
-        lr = f"-lr{lt:g}-{lh:g}" if lr_swept else ""
-        specs.append(
-            {
-                "key": key,
-                "name": f"{label}-f{fraction:g}-s{seed}{lr}-{key[:8]}",
-                "checkpoint": ckpt,
-                "label": label,
-                "label_fraction": float(fraction),
-                "seed": int(seed),
-                "lr_trunk": float(lt),
-                "lr_head": float(lh),
-            }
-        )
-    return specs
-
-
-def trial_config(cfg: Config, spec: dict[str, Any], uri: str, sweep_dir: Path) -> Config:
-    """The fine-tuning config of one trial: its backbone, fraction, seed, rates; the sweep's store."""
-    ft = replace(
-        cfg.finetune,
-        backbone="" if spec["checkpoint"] == RANDOM_INIT else spec["checkpoint"],
-        label_fraction=spec["label_fraction"],
-        seed=spec["seed"],
-        lr_trunk=spec["lr_trunk"],
-        lr_head=spec["lr_head"],
-        output_dir=str(sweep_dir / TRIALS_DIR),
-        run_name=spec["name"],
-    )
-    tracking = replace(cfg.tracking, enabled=True, uri=uri, run_name="")
-    return replace(cfg, finetune=ft, tracking=tracking)
-
-
-def trial_tags(spec: dict[str, Any]) -> dict[str, str]:
-    tags = {TRIAL_TAG: spec["key"], "hvdistill.kind": "sweep_trial"}
-    for k in ("checkpoint", "label", "label_fraction", "seed", "lr_trunk", "lr_head"):
-        tags[TAG_PREFIX + k] = str(spec[k])
-    return tags
-
-
 def run_trial(config: dict[str, Any], base: dict[str, Any], parent: str, uri: str, sweep_dir: str) -> None:
     """One Tune trial (in a Ray worker): a fresh run directory, the fine-tuning run, its mIoU reported."""
     from ray import tune
@@ -174,7 +131,8 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], parent: str, uri: st
     threads_for(cfg.sweep.cpus_per_trial)
     shutil.rmtree(Path(cfg.finetune.output_dir) / spec["name"], ignore_errors=True)  # an interrupted try's
     result = run(cfg, parent_run_id=parent, tags=trial_tags(spec))
-    tune.report({"miou": float(result.miou), "steps": int(result.steps)})
+    classes = int(result.metrics.get("classes_in_mean", 0))
+    tune.report({"miou": float(result.miou), "steps": int(result.steps), "classes_in_mean": classes})
 
 
 def threads_for(cpus: float) -> int:
@@ -202,43 +160,16 @@ def _progress_callback(total: int, done: int) -> Any:
             print(f"sweep: [{self.done}/{total}] {trial.config['spec']['name']}: {text}", flush=True)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            miou = (trial.last_result or {}).get("miou", math.nan)
-            self._line(trial, f"mIoU {100 * miou:.2f}")
+            last = trial.last_result or {}
+            self._line(
+                trial,
+                f"mIoU {100 * last.get('miou', math.nan):.2f} over {last.get('classes_in_mean')} classes",
+            )
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._line(trial, "FAILED (its error is in the Ray log above)")
 
     return Progress()
-
-
-# finetune keys that are a trial's coordinates, say where it writes, or change only how fast it runs
-NOT_SHARED = (
-    *("backbone", "label_fraction", "seed", "lr_trunk", "lr_head", "output_dir", "run_name"),
-    *("loader_workers", "eval_batch_size", "log_every", "device"),
-)
-
-
-def trial_settings(cfg: Config) -> dict[str, Any]:
-    """What every trial of the sweep shares and a finished trial's result depends on: the
-    `finetune` section (less NOT_SHARED), the shards, the voxel size and the LiDAR model, as JSON."""
-    flat = {f"finetune.{k}": v for k, v in flatten(cfg.finetune).items() if k not in NOT_SHARED}
-    flat.update({f"model.lidar.{k}": v for k, v in flatten(cfg.model.lidar).items()})
-    flat.update({"data.shards": list(cfg.data.shards), "geometry.voxel_size": cfg.geometry.voxel_size})
-    return json.loads(json.dumps(flat))
-
-
-def settings_problems(before: Any, now: dict[str, Any], name: str) -> list[str]:
-    """A resumed sweep must run its missing trials under the settings its finished ones had;
-    otherwise the table would mix them. One line per changed key, with both ways out."""
-    if not isinstance(before, dict):
-        return []  # a new sweep, or one written before settings were recorded
-    keys = sorted(set(before) | set(now))
-    return [
-        f"{k}: sweep {name!r} ran its trials with {before.get(k)!r}, the config now has {now.get(k)!r}; "
-        f"set {k}={json.dumps(before.get(k)).replace(' ', '')} to finish that sweep, or give a new sweep.name"
-        for k in keys
-        if before.get(k) != now.get(k)
-    ]
 
 
 def read_sweep_file(path: Path) -> dict[str, Any]:
@@ -255,17 +186,11 @@ def read_sweep_file(path: Path) -> dict[str, Any]:
     return info
 
 
-def open_parent(cfg: Config, sweep_dir: Path) -> tuple[Any, str]:
-    """(parent tracker, store uri): the run recorded in sweep.json reopened, else a new one."""
+def open_parent(cfg: Config, sweep_dir: Path, previous: dict[str, Any]) -> tuple[Any, str]:
+    """(parent tracker, store uri): the run recorded in sweep.json reopened, else a new one; sweep.json
+    (re)written atomically with the settings every trial shares."""
     from hvdistill.tracking import default_tags, prepare_tracking, start_tracker
 
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    info_file = sweep_dir / SWEEP_FILE
-    previous = read_sweep_file(info_file)
-    settings = trial_settings(cfg)
-    changed = settings_problems(previous.get("settings"), settings, cfg.sweep.name)
-    if changed:
-        raise ConfigError(changed)
     uri = prepare_tracking(cfg.tracking, sweep_dir)
     tracking = replace(cfg.tracking, uri=uri)
     tags = {**default_tags(1), "hvdistill.kind": "sweep"}
@@ -273,20 +198,48 @@ def open_parent(cfg: Config, sweep_dir: Path) -> tuple[Any, str]:
         tracking, sweep_dir, is_main=True, resume_run_id=previous.get("parent_run_id"),
         run_name=cfg.sweep.name, tags=tags,
     )  # fmt: skip
-    info = {"parent_run_id": parent.run_id, "uri": uri, "name": cfg.sweep.name, "settings": settings}
-    info_file.write_text(json.dumps(info) + "\n")
+    info = {
+        "parent_run_id": parent.run_id,
+        "uri": uri,
+        "name": cfg.sweep.name,
+        "settings": trial_settings(cfg),
+    }
+    write_atomic(sweep_dir / SWEEP_FILE, json.dumps(info) + "\n")
     parent.log_params(flatten(cfg, ("finetune", "sweep")))
     return parent, uri
 
 
 def completed_keys(uri: str, parent_run_id: str) -> set[str]:
+    """Trial keys with a FINISHED child run that logged `val/miou` (one without it runs again)."""
     from hvdistill.tracking import child_runs
 
     return {
         r["tags"][TRIAL_TAG]
         for r in child_runs(uri, parent_run_id)
-        if r["status"] == "FINISHED" and TRIAL_TAG in r["tags"]
+        if r["status"] == "FINISHED" and TRIAL_TAG in r["tags"] and METRIC in r["metrics"]
     }
+
+
+def check_inputs(cfg: Config, sweep_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """What every trial would fail on, checked before anything is created: the checkpoints (read
+    and hashed), shards of both splits, the scene table of a nuScenes fraction below 1, the
+    settings of an earlier run of this sweep. Returns (the trial specs, the earlier sweep.json or {})."""
+    from hvdistill.eval.finetune import scene_order
+    from hvdistill.eval.scans import index_split
+
+    ft = cfg.finetune
+    specs = trial_specs(cfg, backbone_digests(cfg, sweep_dir))
+    for split in (ft.train_split, ft.val_split):  # tar headers only: what every trial reads first
+        index_split(cfg.data, ft.dataset, split)
+    smallest = min(cfg.sweep.label_fractions)
+    scene_order(replace(cfg, finetune=replace(ft, label_fraction=smallest)))
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise NotADirectoryError(f"sweep directory {sweep_dir} is a file; give another sweep.name")
+    previous = read_sweep_file(sweep_dir / SWEEP_FILE)
+    changed = settings_problems(previous.get("settings"), trial_settings(cfg), cfg.sweep.name)
+    if changed:
+        raise ConfigError(changed)
+    return specs, previous
 
 
 def _tune(
@@ -316,11 +269,29 @@ def _tune(
 
 
 def run_sweep(cfg: Config, address: str | None = None) -> SweepResult:
-    """The whole sweep: parent run, the trials not yet finished on Tune, the report."""
+    """The whole sweep: inputs checked, the directory locked, parent run, the missing trials on Tune,
+    the report."""
+    from hvdistill.eval.run import make_dirs, remove_created
+
     cfg = prepare_config(load_validated(cfg))
     sweep_dir = Path(cfg.finetune.output_dir) / cfg.sweep.name
-    parent, uri = open_parent(cfg, sweep_dir)
-    specs = trial_specs(cfg)
+    specs, previous = check_inputs(cfg, sweep_dir)
+    created = make_dirs(sweep_dir, "finetune.output_dir")
+    with directory_lock(sweep_dir, "sweep"):
+        try:
+            parent, uri = open_parent(cfg, sweep_dir, previous)
+        except BaseException:
+            if created:
+                remove_created(created)
+            raise
+        return _run_trials(cfg, sweep_dir, specs, parent, uri, address)
+
+
+def _run_trials(
+    cfg: Config, sweep_dir: Path, specs: list[dict[str, Any]], parent: Any, uri: str, address: str | None
+) -> SweepResult:
+    """The trials without a finished child on Tune, then the report; the parent run ends FAILED when
+    a trial failed."""
     done = completed_keys(uri, parent.run_id)
     pending = [s for s in specs if s["key"] not in done]
     print(f"sweep: directory {sweep_dir}; MLflow parent run {parent.run_id}", flush=True)
@@ -350,7 +321,7 @@ def load_validated(cfg: Config) -> Config:
     return validate(cfg, SWEEP_SECTIONS)
 
 
-def after_pretrain_config(cfg: Config, run_dir: Path | None = None) -> Config:
+def after_pretrain_config(cfg: Config, run_dir: str | Path | None = None) -> Config:
     """The sweep `sweep.after_pretrain` starts: the exported backbone of `run_dir` (when given) and
     random init, under `sweep.name` or `sweep-<pretraining run name>`; validated (ConfigError), so a
     pretraining launcher can check it before training."""
@@ -367,10 +338,11 @@ def after_pretrain_config(cfg: Config, run_dir: Path | None = None) -> Config:
     return load_validated(cfg)
 
 
-def run_after_pretrain(cfg: Config, run_dir: Path, address: str | None = None) -> SweepResult:
-    """`sweep.after_pretrain`: sweep the backbone `run_dir` exported (and random init)."""
-    print(f"sweep: pretraining finished; sweeping its backbone {run_dir / 'backbone.pt'} and random init")
-    return run_sweep(after_pretrain_config(cfg, run_dir), address)
+def run_after_pretrain(cfg: Config, run_storage: str | Path, address: str | None = None) -> SweepResult:
+    """`sweep.after_pretrain`: sweep the backbone exported into the run's storage `run_storage`
+    (a run directory, or its object-store location) and random init."""
+    print(f"sweep: pretraining finished; sweeping its backbone in {run_storage} and random init")
+    return run_sweep(after_pretrain_config(cfg, run_storage), address)
 
 
 def build_parser() -> argparse.ArgumentParser:

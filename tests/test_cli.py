@@ -1,5 +1,6 @@
 """The `hvdistill` entry point: help lists the verbs, config show prints the resolved config."""
 
+import json
 import subprocess
 import sys
 
@@ -84,3 +85,39 @@ def test_shard_refuses_bad_data_config_before_starting_ray(tmp_path, capsys):
     assert shard_main(["--out", str(out), twice]) == 2
     assert "twice" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_boundary_turns_user_failures_into_one_line_and_lets_bugs_surface(monkeypatch, capsys):
+    import pytest
+
+    monkeypatch.setitem(cli.VERBS, "boom", ("tests.helpers.failing_verb", "raises on purpose"))
+    monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
+    assert cli.main(["boom", "missing-file"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "hvdistill boom: /nonexistent-hvdistill-test/config.yaml: No such file or directory; "
+        "check the path given on the command line or in the config\n"
+    )
+    assert cli.main(["boom", "interrupt"]) == 130 and "interrupted" in capsys.readouterr().err
+    with pytest.raises(json.JSONDecodeError):  # a ValueError raised inside a library is a bug
+        cli.main(["boom", "library-value-error"])
+    with pytest.raises(KeyError):
+        cli.main(["boom", "key-error"])
+    monkeypatch.setenv(cli.TRACEBACK_ENV, "1")
+    with pytest.raises(FileNotFoundError):  # the traceback on request
+        cli.main(["boom", "missing-file"])
+
+
+def test_errors_the_project_raises_for_users_are_known_by_class_or_by_where_they_were_raised():
+    import pytest
+
+    from hvdistill.config import ConfigError
+    from hvdistill.dirlock import OutputLocked
+    from hvdistill.eval.splits import keep_every
+
+    assert cli.is_user_error(ConfigError(["x: bad"])) and cli.is_user_error(OutputLocked("held"))
+    with pytest.raises(ValueError) as raised:
+        keep_every(0.3)  # a plain ValueError, raised by a line of hvdistill/
+    assert cli.is_user_error(raised.value)
+    assert not cli.is_user_error(ValueError("made here, never raised"))
+    assert not cli.is_user_error(TypeError("a bug")) and not cli.is_user_error(KeyError("k"))

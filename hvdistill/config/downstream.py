@@ -1,11 +1,17 @@
-"""The downstream sections and their checks: `finetune` (segmentation) and `sweep` (label fractions)."""
+"""The downstream sections and their checks: `finetune` (segmentation) and `sweep` (label fractions).
+
+`label_fraction_k` is the one rule for a label fraction (1 / k for an integer k, SLidR's "keep 1
+in k"): the config checks of `finetune.label_fraction`, `sweep.label_fractions` and
+`study.probe_fractions` and the split itself (hvdistill/eval/splits.py) all call it, so a
+fraction a sweep or a study accepts up front is one every trial can split by.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from hvdistill.config.loader import check_range
+from hvdistill.config.loader import check_name, check_range
 from hvdistill.config.model import UNET_STAGES
 
 if TYPE_CHECKING:
@@ -37,8 +43,8 @@ class FinetuneConfig:
     eval_batch_size: int = 8
     eval_every: int = 0  # steps between evaluations of the val split; 0 = only the final one
     log_every: int = 10  # steps between logged training metrics
-    lr_trunk: float = 0.02  # backbone (METHOD.md section 7, nuScenes; SemanticKITTI: 0.05)
-    lr_head: float = 2.0  # fresh classifier when fine-tuning
+    lr_trunk: float = 0.02  # backbone (SLidR nuScenes; SemanticKITTI: 0.05; docs/method.md)
+    lr_head: float = 2.0  # fresh classifier when fine-tuning (SLidR, both datasets)
     lr_probe: float = 0.05  # classifier when linear probing
     momentum: float = 0.9
     dampening: float = 0.1
@@ -53,7 +59,14 @@ class FinetuneConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
     max_bad_fraction: float = 0.01  # stop when more of the scans read are unusable
     output_dir: str = "runs/finetune"
-    run_name: str = ""  # run directory name under output_dir; empty = generated
+    run_name: str = ""  # run directory name under output_dir (a plain name); empty = generated
+    # nuScenes label split: the devkit's scene table (<root>/<version>/scene.json, or its folder) whose
+    # order SLidR walks; "" = the table of the nuScenes root in data.sources. Needed for fractions < 1
+    scene_table: str = ""
+    # classes averaged into the mIoU: ground_truth = those present in the evaluated split's ground
+    # truth (fixed by the split, never by the predictions); all = every class of the label map, an
+    # absent one counting 0 (semantic-kitti-api's iouEval); docs/finetuning.md
+    miou_classes: Literal["ground_truth", "all"] = "ground_truth"
 
 
 RANDOM_INIT = "random"  # the sweep.checkpoints entry that means a randomly initialised backbone
@@ -79,17 +92,27 @@ class SweepConfig:
     after_pretrain: bool = False  # `pretrain --ray`: sweep the exported backbone (and random) at the end
 
 
-def _fraction_problems(p: list[str], fraction: float) -> None:
-    """The label fraction keeps 1 in k units: it must be 1 / k for an integer k."""
+def label_fraction_k(fraction: float) -> tuple[int, str]:
+    """(k, "") when `fraction` is 1 / k for an integer k (keep 1 in k units), else (0, the reason)."""
     if not 0 < fraction <= 1:
-        p.append(f"finetune.label_fraction: {fraction} must be in (0, 1]")
-        return
+        return 0, f"{fraction:g} must be in (0, 1] (1 / k for an integer k: 0.01, 0.1, 0.25, 1.0, ...)"
     k = round(1.0 / fraction)
     if abs(k * fraction - 1.0) > FRACTION_TOLERANCE:
-        p.append(
-            f"finetune.label_fraction: {fraction} is not 1 / k for an integer k (keep 1 in k scenes or "
-            f"scans); e.g. finetune.label_fraction={1 / k:g}"
+        return 0, (
+            f"{fraction:g} is not 1 / k for an integer k (the SLidR protocol keeps 1 in k scenes or scans); "
+            f"use e.g. {1 / k:g}"
         )
+    return k, ""
+
+
+def fraction_problems(p: list[str], key: str, fractions: list[float]) -> None:
+    """Append a problem for every fraction of `key` that is not 1 / k, and for a repeated one."""
+    for fraction in fractions:
+        _, reason = label_fraction_k(fraction)
+        if reason:
+            p.append(f"{key}: {reason}")
+    if len(set(fractions)) != len(fractions):
+        p.append(f"{key}: {fractions} lists a fraction twice; give each once")
 
 
 def _point_range_problems(p: list[str], ft: FinetuneConfig, voxel_size: float) -> None:
@@ -115,8 +138,10 @@ def finetune_problems(cfg: Config) -> list[str]:
     """Every inconsistency of the `finetune` section, with its fix."""
     p: list[str] = []
     ft = cfg.finetune
-    _fraction_problems(p, ft.label_fraction)
+    fraction_problems(p, "finetune.label_fraction", [ft.label_fraction])
     _point_range_problems(p, ft, cfg.geometry.voxel_size)
+    if ft.run_name:
+        check_name(p, "finetune.run_name", ft.run_name)
     if ft.epochs < 1 and ft.max_steps < 1:
         p.append("finetune.epochs / finetune.max_steps: one of them must be >= 1")
     for key in ("epochs", "max_steps", "eval_every", "loader_workers", "ignore_index"):
@@ -148,9 +173,14 @@ def finetune_problems(cfg: Config) -> list[str]:
 def sweep_problems(cfg: Config) -> list[str]:
     """Every inconsistency of the `sweep` section."""
     p: list[str] = []
-    for f in cfg.sweep.label_fractions:
-        check_range(p, "sweep.label_fractions[*]", f, 0.0, 1.0)
     sw = cfg.sweep
+    fraction_problems(p, "sweep.label_fractions", sw.label_fractions)
+    if sw.name:
+        check_name(p, "sweep.name", sw.name)
+    for key in ("seeds", "checkpoints", "lr_trunk", "lr_head"):
+        values = getattr(sw, key)
+        if len(set(values)) != len(values):
+            p.append(f"sweep.{key}: {values} lists a value twice; give each once")
     if sw.max_concurrent < 1:
         p.append(f"sweep.max_concurrent: {sw.max_concurrent} must be >= 1")
     for key in ("label_fractions", "seeds", "checkpoints"):

@@ -2,15 +2,21 @@
 
 Works on any tree of dataclasses. Values are parsed with `yaml.safe_load` (so `1e-3`, `true`,
 `[1, 2]` read naturally), checked against the field's annotation, and coerced only where it
-loses nothing (int -> float). Every problem is returned as one line that names the key and the
-fix; callers raise them together in a `ConfigError`. The section modules beside this one share
-its small range and pair checks.
+loses nothing (int -> float). A float must be finite: YAML's `.nan` / `.inf` (and `1e999`) are
+refused for every float field, in lists too, so no run starts with a NaN learning rate. Every
+problem is returned as one line that names the key and the fix; callers raise them together in a
+`ConfigError`. The section modules beside this one share its small range and pair checks, and
+`check_name`, the one rule for values that become file or directory names (run names, sweep
+names, tags): letters, digits, `.`, `_`, `-`, starting with a letter or digit, at most
+`MAX_NAME_CHARS`, so no name is absolute, holds a `/` or climbs out with `..`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -20,15 +26,21 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """All problems of a config at once, one per line, each naming its key and fix."""
+    """All problems of a config at once, each naming its key and fix: one problem is one line,
+    several are counted and listed one per line."""
 
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
+        if len(self.problems) == 1:
+            super().__init__(self.problems[0])
+            return
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{len(self.problems)} config problem(s):\n{lines}")
 
 
 _MISSING = object()
+MAX_NAME_CHARS = 100  # a name becomes one path component; file systems allow 255 bytes
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def _hints(obj: Any) -> dict[str, Any]:
@@ -88,16 +100,7 @@ def coerce(value: Any, tp: Any, key: str) -> tuple[Any, str | None]:
             return value, None
         return None, f"{key}: expected an integer, got {value!r}"
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value), None
-        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
-            try:
-                parsed = float(value)
-            except ValueError:
-                parsed = None
-            if parsed is not None and parsed == parsed and abs(parsed) != float("inf"):
-                return parsed, None
-        return None, f"{key}: expected a number, got {value!r}"
+        return _float(value, key)
     if tp is str:
         if isinstance(value, str):
             return value, None
@@ -109,6 +112,26 @@ def coerce(value: Any, tp: Any, key: str) -> tuple[Any, str | None]:
             )
         return None, f"{key}: expected a string, got {value!r}"
     return None, f"{key}: unsupported type {_type_name(tp)}"
+
+
+def _float(value: Any, key: str) -> tuple[float | None, str | None]:
+    """A finite float from a YAML number (or a string YAML 1.1 left unparsed, such as `1e-3`)."""
+    parsed = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            parsed = float(value)
+        except OverflowError:  # an integer beyond float range
+            parsed = math.inf
+    elif isinstance(value, str):
+        try:
+            parsed = float(value)
+        except ValueError:
+            parsed = None
+    if parsed is None:
+        return None, f"{key}: expected a number, got {value!r}"
+    if not math.isfinite(parsed):
+        return None, f"{key}: {value!r} is not a finite number; give a finite value, e.g. {key}=0.1"
+    return parsed, None
 
 
 def merge_mapping(obj: Any, mapping: dict, prefix: str = "") -> list[str]:
@@ -138,11 +161,14 @@ def load_yaml_diff(cfg: Any, path: str) -> list[str]:
     """Merge the YAML file at `path` into `cfg`; return problems (file errors included)."""
     p = Path(path)
     if not p.is_file():
-        return [f"config file {path}: not found; give a path to a YAML file such as configs/demo.yaml"]
+        what = "is a directory" if p.is_dir() else "not found"
+        return [f"config file {path}: {what}; give a path to a YAML file such as configs/demo.yaml"]
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         return [f"config file {path}: not valid YAML ({exc}); fix the syntax at the line shown"]
+    except (OSError, UnicodeDecodeError) as exc:
+        return [f"config file {path}: unreadable ({type(exc).__name__}: {exc}); give a UTF-8 YAML file"]
     if not isinstance(data, dict):
         return [f"config file {path}: the top level must be a mapping of sections"]
     return merge_mapping(cfg, data)
@@ -221,3 +247,14 @@ def check_pair(problems: list[str], key: str, pair: list[float]) -> None:
     """Append a problem unless `pair` is [low, high] with low <= high."""
     if len(pair) != 2 or pair[0] > pair[1]:
         problems.append(f"{key}: expected [low, high] with low <= high, got {pair}")
+
+
+def check_name(problems: list[str], key: str, name: str) -> None:
+    """Append a problem unless `name` is usable as one path component (the module docstring's rule)."""
+    if _NAME.fullmatch(name) and len(name) <= MAX_NAME_CHARS:
+        return
+    problems.append(
+        f"{key}: {name!r} must be a plain name of letters, digits, '.', '_' or '-' (starting with a letter "
+        f"or digit, at most {MAX_NAME_CHARS} characters; no '/', no '..'): it names a directory inside "
+        f"the output directory, which the *_dir keys choose"
+    )

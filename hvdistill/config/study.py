@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from hvdistill.config.downstream import fraction_problems
+from hvdistill.config.loader import check_name
+
 if TYPE_CHECKING:
     from hvdistill.config import Config
 
@@ -43,11 +46,9 @@ def study_problems(cfg: Config) -> list[str]:
             f"study.variants: {s.variants} must name each of {list(VARIANTS)} at most once, at least one; "
             f"e.g. study.variants=[full,ipv]"
         )
-    for f in s.probe_fractions:
-        if not 0 < f <= 1:
-            p.append(f"study.probe_fractions: {f} must be in (0, 1]")
-    if s.tag and not all(c.isalnum() or c in "-_." for c in s.tag):
-        p.append(f"study.tag: {s.tag!r} must be letters, digits, '-', '_' or '.' (it names directories)")
+    fraction_problems(p, "study.probe_fractions", s.probe_fractions)
+    if s.tag:
+        check_name(p, "study.tag", s.tag)
     if s.probe_max_steps < 0:
         p.append(f"study.probe_max_steps: {s.probe_max_steps} must be >= 0 (0 = finetune.max_steps)")
     return p

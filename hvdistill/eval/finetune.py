@@ -1,9 +1,12 @@
 """The fine-tuning / linear-probing loop: one readable function from a config to a scored model.
 
 `finetune(cfg, run_dir, tracker)` runs in one process on one device (fine-tuning runs are
-small; a sweep runs many of them side by side):
-1. data: the training split's records, the label-fraction split over them (saved as
-   `label_split.json`), the whole validation split (hvdistill/eval/scans.py);
+small; a sweep runs many of them side by side). `prepare(cfg, run_dir)` does steps 2 and 1, where
+every user mistake shows (no shards, a fraction that keeps nothing, a backbone that does not
+fit), so a caller can run it before it opens tracking and remove a run directory that never ran:
+1. data: the training split's records, the label-fraction split over them (nuScenes scenes in
+   the devkit's scene-table order, hvdistill/eval/splits.py; saved as `label_split.json`), the
+   whole validation split (hvdistill/eval/scans.py);
 2. model: the UNet backbone + a fresh classifier, the backbone loaded from `finetune.backbone`
    (the report saved as `backbone_load.json`), frozen for linear probing;
 3. SGD (momentum, dampening, weight decay) with two parameter groups, trunk at
@@ -12,7 +15,8 @@ small; a sweep runs many of them side by side):
 4. steps: cross-entropy + Lovasz-softmax on the voxels (ignore label 0), `finetune.max_steps`
    or `finetune.epochs` passes over the kept scans (shuffled, augmented, last batch kept);
 5. evaluation per point over the whole validation split every `finetune.eval_every` steps and
-   at the end; the final scores, confusion matrix and per-class IoU written to the run directory.
+   at the end (mIoU over the `finetune.miou_classes` class set, hvdistill/eval/metrics.py); the
+   final scores, confusion matrix and per-class IoU written to the run directory.
 A non-finite loss stops the run with `NonFiniteLoss` (step and loss terms); more unusable scans
 than `finetune.max_bad_fraction` stops it too.
 """
@@ -42,8 +46,17 @@ from hvdistill.eval.lovasz import lovasz_softmax
 from hvdistill.eval.metrics import save_scores, scores
 from hvdistill.eval.scans import ScanDataset, index_split, scan_refs
 from hvdistill.eval.segmentation import SegmentationModel, build_segmentation_model
-from hvdistill.eval.splits import SPLIT_FILE, make_split
+from hvdistill.eval.splits import (
+    SPLIT_FILE,
+    LabelSplit,
+    find_scene_table,
+    keep_every,
+    make_split,
+    no_table_message,
+    read_scene_order,
+)
 from hvdistill.eval.voxels import SegBatch, Voxelizer, collate_scans
+from hvdistill.storage import write_atomic
 
 log = logging.getLogger(__name__)
 LOAD_REPORT_FILE = "backbone_load.json"
@@ -65,6 +78,18 @@ class FinetuneResult:
     metrics: dict[str, Any]
     paths: dict[str, Path] = field(default_factory=dict)
     model: SegmentationModel | None = None  # the trained model, in eval mode
+
+
+@dataclass
+class Prepared:
+    """What `prepare` builds before the first step: loaders, the split, the loaded model, the device."""
+
+    train_loader: DataLoader
+    val_loader: DataLoader
+    data_info: dict[str, Any]
+    split: LabelSplit
+    model: SegmentationModel
+    device: torch.device
 
 
 def pick_device(choice: str) -> torch.device:
@@ -101,13 +126,33 @@ def segmentation_loss(
     return total, terms
 
 
-def _loaders(cfg: Config, run_dir: Path) -> tuple[DataLoader, DataLoader, dict[str, Any]]:
+def scene_order(cfg: Config) -> tuple[list[str] | None, str]:
+    """(scene names in the devkit table's order, the table's path) for a nuScenes split; (None, "")
+    for SemanticKITTI, or when no table is found for a fraction of 1 (every scene is kept). A
+    fraction below 1 without a table is a ValueError that says how to give one."""
+    ft = cfg.finetune
+    if ft.dataset != "nuscenes":
+        return None, ""
+    k = keep_every(ft.label_fraction)
+    roots = [(s.root, s.version) for s in cfg.data.sources if s.name == "nuscenes"]
+    table = find_scene_table(ft.scene_table, roots)
+    if not table and k > 1:
+        raise ValueError(no_table_message(k))
+    if not table or (k == 1 and not ft.scene_table):
+        return None, ""
+    return read_scene_order(table), table
+
+
+def _loaders(cfg: Config, run_dir: Path) -> tuple[DataLoader, DataLoader, dict[str, Any], LabelSplit]:
     """Training loader over the label-fraction split, validation loader over the whole val split."""
     ft, geo = cfg.finetune, cfg.geometry
     cmap = class_map(ft.dataset)
     train = index_split(cfg.data, ft.dataset, ft.train_split)
     scans, bad_meta = scan_refs(train.refs)
-    split = make_split(scans, ft.dataset, ft.label_fraction, source=", ".join(train.shards))
+    order, table = scene_order(cfg)
+    split = make_split(
+        scans, ft.dataset, ft.label_fraction, ", ".join(train.shards), scene_order=order, order_source=table
+    )
     split.save(run_dir / SPLIT_FILE)
     keep = set(split.keys)
     train_refs = [r for r in train.refs if r.key in keep]
@@ -133,7 +178,7 @@ def _loaders(cfg: Config, run_dir: Path) -> tuple[DataLoader, DataLoader, dict[s
         "bad_meta_records": bad_meta,
     }
     log.info("fine-tuning data: %s; %d val scans", split.summary(), len(val.refs))
-    return train_loader, val_loader, info
+    return train_loader, val_loader, info, split
 
 
 def _model(cfg: Config, run_dir: Path, device: torch.device, num_classes: int) -> SegmentationModel:
@@ -148,7 +193,7 @@ def _model(cfg: Config, run_dir: Path, device: torch.device, num_classes: int) -
         tracking_uri=cfg.tracking.uri,
         download_dir=run_dir / "backbone_source",
     )
-    (run_dir / LOAD_REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=1, sort_keys=True) + "\n")
+    write_atomic(run_dir / LOAD_REPORT_FILE, json.dumps(report.to_dict(), indent=1, sort_keys=True) + "\n")
     if ft.linear_probe:
         model.freeze_backbone()
     return model
@@ -209,6 +254,11 @@ def _final_scores(
     ft, cmap = cfg.finetune, class_map(cfg.finetune.dataset)
     cm, stats = evaluate(model, val_loader, cmap.num_classes, ft.ignore_index, device)
     _check_bad(stats["bad_scans"], stats["bad_scans"] + stats["scans"], ft.max_bad_fraction, "validation")
+    if stats["scans"] == 0:
+        raise ValueError(
+            f"data.shards: no scan of the {ft.dataset} {ft.val_split!r} split could be scored (see the "
+            f"warnings); an mIoU needs a readable validation split"
+        )
     extra = {
         **stats,
         **run_info,
@@ -217,8 +267,8 @@ def _final_scores(
         "linear_probe": ft.linear_probe,
         "backbone": ft.backbone or "random",
     }
-    paths = save_scores(run_dir, cm, cmap.names, extra)
-    result = {**scores(cm, cmap.names), **extra}
+    paths = save_scores(run_dir, cm, cmap.names, extra, ft.miou_classes)
+    result = {**scores(cm, cmap.names, ft.miou_classes), **extra}
     log.info(
         "mIoU %.4f over %d classes, %d points scored",
         result["miou"],
@@ -228,17 +278,43 @@ def _final_scores(
     return result, paths
 
 
-def finetune(cfg: Config, run_dir: Path, tracker: Any = None) -> FinetuneResult:
-    """Fine-tune (or linearly probe) on cfg.data.shards and score per point; see the module doc.
-
-    `tracker` (hvdistill/tracking.py's Tracker, optional) receives the metrics as they come.
-    """
+def prepare(cfg: Config, run_dir: Path) -> Prepared:
+    """Steps 1-2 of the module docstring: the data, the label split (saved) and the loaded model."""
     ft, run_dir = cfg.finetune, Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(ft.seed)
     device, cmap = pick_device(ft.device), class_map(ft.dataset)
-    train_loader, val_loader, data_info = _loaders(cfg, run_dir)
-    model = _model(cfg, run_dir, device, cmap.num_classes)
+    model = _model(cfg, run_dir, device, cmap.num_classes)  # first: a backbone that does not fit fails fast
+    train_loader, val_loader, data_info, split = _loaders(cfg, run_dir)
+    return Prepared(train_loader, val_loader, data_info, split, model, device)
+
+
+def split_tags(split: LabelSplit) -> dict[str, str]:
+    """The label split as MLflow tags: k, units kept / total, and the kept scene names (nuScenes)."""
+    tags = {
+        "hvdistill.split.k": str(split.k),
+        "hvdistill.split.units": f"{len(split.units_kept)}/{split.units_total} {split.unit}s",
+        "hvdistill.split.order": split.order,
+    }
+    if split.unit == "scene":
+        tags["hvdistill.split.scenes"] = " ".join(split.units_kept)
+    return tags
+
+
+def finetune(
+    cfg: Config, run_dir: Path, tracker: Any = None, prepared: Prepared | None = None
+) -> FinetuneResult:
+    """Fine-tune (or linearly probe) on cfg.data.shards and score per point; see the module doc.
+
+    `tracker` (hvdistill/tracking.py's Tracker, optional) receives the metrics as they come;
+    `prepared` is `prepare(cfg, run_dir)` when the caller ran it already.
+    """
+    ft, run_dir = cfg.finetune, Path(run_dir)
+    ready = prepared or prepare(cfg, run_dir)
+    train_loader, val_loader, model, device = ready.train_loader, ready.val_loader, ready.model, ready.device
+    cmap = class_map(ft.dataset)
+    if tracker is not None:
+        tracker.set_tags(split_tags(ready.split))
     total = ft.max_steps or ft.epochs * len(train_loader)
     optimizer, schedule = _optimizer(model, cfg, total)
     log_metrics = (lambda m, s: tracker.log_metrics(_finite(m), s)) if tracker else (lambda m, s: None)
@@ -260,9 +336,9 @@ def finetune(cfg: Config, run_dir: Path, tracker: Any = None) -> FinetuneResult:
                 log.info("step %d/%d epoch %d loss %.4f", step, total, epoch, terms["loss/total"])
             if ft.eval_every and step % ft.eval_every == 0 and step < total:
                 cm, _ = evaluate(model, val_loader, cmap.num_classes, ft.ignore_index, device)
-                miou = scores(cm, cmap.names)["miou"]
-                log_metrics({"val/miou": miou}, step)
-                log.info("step %d val mIoU %.4f", step, miou)
+                s = scores(cm, cmap.names, ft.miou_classes)
+                log_metrics({"val/miou": s["miou"], "val/classes_in_mean": s["classes_in_mean"]}, step)
+                log.info("step %d val mIoU %.4f over %d classes", step, s["miou"], s["classes_in_mean"])
             if step >= total:
                 break
         _check_bad(bad, seen, ft.max_bad_fraction, "training")
@@ -271,8 +347,9 @@ def finetune(cfg: Config, run_dir: Path, tracker: Any = None) -> FinetuneResult:
                 "no training scan of the label split has a labelled voxel; see the warnings above"
             )
         epoch += 1
-    run_info = {**data_info, "steps": step, "epochs_started": epoch, "bad_train_scans": bad}
+    run_info = {**ready.data_info, "steps": step, "epochs_started": epoch, "bad_train_scans": bad}
     run_info["train_seconds"] = round(time.perf_counter() - started, 3)
     result, paths = _final_scores(cfg, model, val_loader, device, run_dir, run_info)
-    log_metrics({"val/miou": result["miou"], "val/accuracy": result["accuracy"]}, step)
+    final = {"val/miou": result["miou"], "val/accuracy": result["accuracy"]}
+    log_metrics({**final, "val/classes_in_mean": result["classes_in_mean"]}, step)
     return FinetuneResult(run_dir, result["miou"], step, result, paths, model)

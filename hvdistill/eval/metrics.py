@@ -6,17 +6,29 @@ truth is the ignore label are not counted at all. A prediction may be the ignore
 how a point the model gave no class (e.g. outside the voxel range, docs/finetuning.md) is
 counted, as a miss of its true class (a false negative) and a false positive of no class.
 
-IoU of class c = TP / (TP + FP + FN) = cm[c, c] / (row c + column c - cm[c, c]).
-mIoU = the mean IoU over the classes other than the ignore label that occur in the ground truth
-or in the predictions. A class absent from both has no IoU (0 / 0): it is reported as `null` and
-left out of the mean, and the number of classes averaged is reported beside the mIoU. (SLidR's
-code counts such a class as IoU 1.0, which raises the mean on small validation sets; the full
-nuScenes and SemanticKITTI validation sets hold every class, where both rules agree.)
+IoU of class c = TP / (TP + FP + FN) = cm[c, c] / (row c + column c - cm[c, c]); a class absent
+from both ground truth and predictions has no IoU (0 / 0, reported as `null`).
+
+The class set of the mIoU is fixed by the evaluated data, never by the predictions
+(`finetune.miou_classes`):
+- `ground_truth` (default): the classes other than the ignore label that occur in the ground
+  truth of the evaluated split. A class nobody labelled stays out even when predicted (those
+  predictions still count, as misses of the points' true classes), so one stray prediction
+  cannot add a 0 to the mean. On the full nuScenes and SemanticKITTI validation sets every class
+  occurs, and the set is the one both published evaluators average (nuscenes-devkit's
+  lidarseg `nanmean`, semantic-kitti-api's `iouEval`).
+- `all`: every class of the label map but the ignore label, an absent class counting 0: exactly
+  semantic-kitti-api's `iouEval.getIoU` on any split.
+`classes_in_mean` (how many classes were averaged) and `miou_classes` (the rule) go with every
+mIoU; `predicted_absent_classes` names the classes predicted but absent from the ground truth.
+(SLidR's code and nuscenes-devkit average the classes of ground truth or predictions, a set that
+changes with the predictions: on a small split one stray point turned an mIoU of 1.0 into 0.745.)
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -25,6 +37,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from hvdistill.storage import write_atomic
 
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.csv"
@@ -86,16 +100,48 @@ def mean_iou(per_class: np.ndarray) -> float:
     return float(per_class[valid].mean()) if valid.any() else math.nan
 
 
-def scores(cm: ConfusionMatrix, class_names: Sequence[str]) -> dict[str, Any]:
-    """mIoU, per-class IoU (None where undefined), classes averaged, accuracy and point count."""
+CLASS_SETS = ("ground_truth", "all")
+
+
+def classes_in_mean(counts: np.ndarray, ignore_index: int = 0, class_set: str = "ground_truth") -> np.ndarray:
+    """(C,) bool: the classes the mIoU averages under `class_set` (see the module docstring)."""
+    if class_set not in CLASS_SETS:
+        raise ValueError(f"mIoU class set {class_set!r} is not one of {CLASS_SETS}")
+    counts = np.asarray(counts)
+    chosen = counts.sum(1) > 0 if class_set == "ground_truth" else np.ones(len(counts), dtype=bool)
+    chosen[ignore_index] = False
+    return chosen
+
+
+def set_mean_iou(counts: np.ndarray, ignore_index: int = 0, class_set: str = "ground_truth") -> float:
+    """mIoU over the class set (a class of the set without an IoU counts 0); NaN for an empty set."""
+    chosen = classes_in_mean(counts, ignore_index, class_set)
+    if not chosen.any():
+        return math.nan
+    per_class = np.nan_to_num(iou_per_class(counts, ignore_index), nan=0.0)
+    return float(per_class[chosen].mean())
+
+
+def scores(
+    cm: ConfusionMatrix, class_names: Sequence[str], class_set: str = "ground_truth"
+) -> dict[str, Any]:
+    """mIoU over `class_set`, per-class IoU (None where undefined), classes averaged, accuracy, points."""
     if len(class_names) != cm.num_classes:
         raise ValueError(f"{len(class_names)} class names for {cm.num_classes} classes")
     per_class = iou_per_class(cm.counts, cm.ignore_index)
-    miou = mean_iou(per_class)
+    chosen = classes_in_mean(cm.counts, cm.ignore_index, class_set)
+    predicted = cm.counts.sum(0) > 0
+    absent = [
+        name
+        for i, name in enumerate(class_names)
+        if i != cm.ignore_index and predicted[i] and cm.counts[i].sum() == 0
+    ]
     points = cm.points
     return {
-        "miou": miou,
-        "classes_in_mean": int((~np.isnan(per_class)).sum()),
+        "miou": set_mean_iou(cm.counts, cm.ignore_index, class_set),
+        "classes_in_mean": int(chosen.sum()),
+        "miou_classes": class_set,
+        "predicted_absent_classes": absent,
         "accuracy": float(np.trace(cm.counts) / points) if points else math.nan,
         "points": points,
         "ignore_index": cm.ignore_index,
@@ -118,33 +164,43 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def _csv_text(rows: list[list[Any]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue()
+
+
 def save_scores(
-    out_dir: Path, cm: ConfusionMatrix, class_names: Sequence[str], extra: dict[str, Any] | None = None
+    out_dir: Path,
+    cm: ConfusionMatrix,
+    class_names: Sequence[str],
+    extra: dict[str, Any] | None = None,
+    class_set: str = "ground_truth",
 ) -> dict[str, Path]:
-    """Write metrics.json (scores + `extra`), confusion_matrix.csv and per_class_iou.csv into
-    `out_dir`; returns {"metrics": path, "confusion_matrix": path, "per_class_iou": path}."""
+    """Write confusion_matrix.csv, per_class_iou.csv and, last, metrics.json (scores + `extra`) into
+    `out_dir`, each atomically: a metrics.json (what marks a run finished) is never half-written.
+    Returns {"metrics": path, "confusion_matrix": path, "per_class_iou": path}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = {**scores(cm, class_names), **(extra or {})}
+    result = {**scores(cm, class_names, class_set), **(extra or {})}
     paths = {
         "metrics": out_dir / METRICS_FILE,
         "confusion_matrix": out_dir / CONFUSION_FILE,
         "per_class_iou": out_dir / PER_CLASS_FILE,
     }
-    paths["metrics"].write_text(json.dumps(json_safe(result), indent=2, sort_keys=True) + "\n")
-    with open(paths["confusion_matrix"], "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["ground_truth \\ prediction", *class_names])
-        for name, row in zip(class_names, cm.counts):
-            writer.writerow([name, *(int(v) for v in row)])
+    confusion = [["ground_truth \\ prediction", *class_names]]
+    confusion += [[name, *(int(v) for v in row)] for name, row in zip(class_names, cm.counts)]
+    write_atomic(paths["confusion_matrix"], _csv_text(confusion))
     per_class = iou_per_class(cm.counts, cm.ignore_index)
-    with open(paths["per_class_iou"], "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["class_id", "class", "iou", "ground_truth_points", "predicted_points"])
-        for i, name in enumerate(class_names):
-            if i != cm.ignore_index:
-                iou = "" if np.isnan(per_class[i]) else f"{per_class[i]:.6f}"
-                writer.writerow([i, name, iou, int(cm.counts[i].sum()), int(cm.counts[:, i].sum())])
+    chosen = classes_in_mean(cm.counts, cm.ignore_index, class_set)
+    table = [["class_id", "class", "iou", "ground_truth_points", "predicted_points", "in_mean"]]
+    for i, name in enumerate(class_names):
+        if i != cm.ignore_index:
+            iou = "" if np.isnan(per_class[i]) else f"{per_class[i]:.6f}"
+            counts = [int(cm.counts[i].sum()), int(cm.counts[:, i].sum())]
+            table.append([i, name, iou, *counts, str(bool(chosen[i])).lower()])
+    write_atomic(paths["per_class_iou"], _csv_text(table))
+    write_atomic(paths["metrics"], json.dumps(json_safe(result), indent=2, sort_keys=True) + "\n")
     return paths
 
 

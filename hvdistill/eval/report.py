@@ -4,12 +4,14 @@
 
 SWEEP_RUN is the parent run id of a sweep (with --tracking-uri), or a sweep directory (its
 `sweep.json` names both). The trials are the parent's FINISHED child runs that carry the tag
-`hvdistill.sweep.trial` (a re-run trial counts once: its newest finished run). Each child's
-tags give its checkpoint, label fraction, seed and learning rates; its metric `val/miou` the
-score; its `metrics.json` artifact the per-class IoU. Files written into DIR and logged to the
-parent run as artifacts under `report/`:
+`hvdistill.sweep.trial` and logged `val/miou` (a re-run trial counts once: its newest finished
+run). Each child's tags give its checkpoint, label fraction, seed and learning rates; its metrics
+`val/miou` the score and `val/classes_in_mean` how many classes it averages; its `metrics.json`
+artifact the per-class IoU. Files written into DIR and logged to the parent run as artifacts
+under `report/`, without changing the parent's status (a FAILED sweep stays FAILED):
     summary.md / summary.csv         mIoU mean +- std (sample std over seeds, 0 for one seed) per
-                                     checkpoint (and learning rates) and label fraction
+                                     checkpoint (and learning rates) and label fraction, with the
+                                     number of classes averaged (a range when seeds differ)
     label_efficiency.png             mIoU vs label fraction, log x, one line per checkpoint, std bars
     per_class_iou.md / .csv          per class: IoU mean over seeds per checkpoint and fraction
 """
@@ -37,6 +39,7 @@ TRIAL_TAG = (
 TAG_PREFIX = "hvdistill.sweep."  # + checkpoint, label, label_fraction, seed, lr_trunk, lr_head
 SWEEP_FILE = "sweep.json"  # in a sweep directory: {"parent_run_id", "uri", ...}
 METRIC = "val/miou"
+CLASSES_METRIC = "val/classes_in_mean"
 REPORT_ARTIFACTS = "report"
 FILES = {
     "summary_md": "summary.md",
@@ -57,6 +60,7 @@ class Trial:
     seed: int
     miou: float
     per_class: dict[str, float | None] = field(default_factory=dict)
+    classes: int | None = None  # classes averaged into the mIoU (None: a run from before it was logged)
 
 
 @dataclass
@@ -68,6 +72,7 @@ class Cell:
     mean: float
     std: float
     seeds: list[int]
+    classes: list[int] = field(default_factory=list)  # classes averaged, per seed where known
 
 
 def series_name(tags: dict[str, str], lr_swept: bool) -> str:
@@ -111,6 +116,7 @@ def read_trials(uri: str, parent_run_id: str, *, per_class: bool = True) -> list
                 seed=int(tags[TAG_PREFIX + "seed"]),
                 miou=float(run["metrics"][METRIC]),
                 per_class=classes,
+                classes=int(run["metrics"][CLASSES_METRIC]) if CLASSES_METRIC in run["metrics"] else None,
             )
         )
     return sorted(trials, key=lambda t: (t.series, t.fraction, t.seed))
@@ -127,10 +133,22 @@ def summarize(trials: list[Trial]) -> list[Cell]:
         groups[(t.series, t.fraction)].append(t)
     return [
         Cell(
-            s, f, statistics.fmean([t.miou for t in g]), _std([t.miou for t in g]), sorted(t.seed for t in g)
+            s,
+            f,
+            statistics.fmean([t.miou for t in g]),
+            _std([t.miou for t in g]),
+            sorted(t.seed for t in g),
+            sorted({t.classes for t in g if t.classes is not None}),
         )
         for (s, f), g in sorted(groups.items())
     ]
+
+
+def classes_text(classes: list[int]) -> str:
+    """ "16", "15-16" when the seeds' evaluations differ, "" when unknown."""
+    if not classes:
+        return ""
+    return str(classes[0]) if len(classes) == 1 else f"{classes[0]}-{classes[-1]}"
 
 
 def _pct(v: float) -> str:
@@ -148,9 +166,11 @@ def summary_markdown(cells: list[Cell]) -> str:
         row = []
         for f in fractions:
             c = at.get((s, f))
-            row.append(f"{_pct(c.mean)} +- {_pct(c.std)} (n={len(c.seeds)})" if c else "")
+            classes = f", {classes_text(c.classes)} classes" if c and c.classes else ""
+            row.append(f"{_pct(c.mean)} +- {_pct(c.std)} (n={len(c.seeds)}{classes})" if c else "")
         lines.append(f"| {s} | " + " | ".join(row) + " |")
-    return "mIoU (%) mean +- std over seeds, per label fraction\n\n" + "\n".join(lines) + "\n"
+    head = "mIoU (%) mean +- std over seeds, per label fraction (classes: how many the mIoU averages)"
+    return head + "\n\n" + "\n".join(lines) + "\n"
 
 
 def per_class_rows(trials: list[Trial]) -> tuple[list[str], list[tuple[str, float, dict[str, float]]]]:
@@ -201,7 +221,7 @@ def write_report(trials: list[Trial], out: Path) -> dict[str, Path]:
     paths["summary_md"].write_text(summary_markdown(cells))
     with open(paths["summary_csv"], "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["checkpoint", "label_fraction", "miou_mean", "miou_std", "n", "seeds"])
+        w.writerow(["checkpoint", "label_fraction", "miou_mean", "miou_std", "n", "seeds", "classes_in_mean"])
         for c in cells:
             w.writerow(
                 [
@@ -211,6 +231,7 @@ def write_report(trials: list[Trial], out: Path) -> dict[str, Path]:
                     f"{c.std:.6f}",
                     len(c.seeds),
                     " ".join(map(str, c.seeds)),
+                    classes_text(c.classes),
                 ]
             )
     names, rows = per_class_rows(trials)
@@ -238,13 +259,10 @@ def report(uri: str, parent_run_id: str, out: Path, tracker: Tracker | None = No
             f"sweep run {parent_run_id} in {uri} has no finished trials (child runs tagged {TRIAL_TAG})"
         )
     paths = write_report(trials, Path(out))
-    if tracker is None:
-        from hvdistill.config import TrackingConfig
-        from hvdistill.tracking import start_tracker
+    if tracker is None:  # the parent is not ours to reopen: add the files, keep its status
+        from hvdistill.tracking import log_files
 
-        cfg = TrackingConfig(enabled=True, uri=uri)
-        with start_tracker(cfg, Path(out), is_main=True, resume_run_id=parent_run_id) as parent:
-            _log(parent, paths)
+        log_files(uri, parent_run_id, list(paths.values()), REPORT_ARTIFACTS)
     else:
         _log(tracker, paths)
     return paths
@@ -259,8 +277,15 @@ def resolve(sweep_run: str, uri: str | None) -> tuple[str, str]:
     """(tracking uri, parent run id) from a sweep directory or a run id (+ uri)."""
     path = Path(sweep_run)
     if (path / SWEEP_FILE).is_file():
-        info = json.loads((path / SWEEP_FILE).read_text())
-        return uri or info["uri"], info["parent_run_id"]
+        try:
+            info = json.loads((path / SWEEP_FILE).read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(
+                f"{path / SWEEP_FILE}: unreadable ({exc}); give the parent run id instead"
+            ) from None
+        if not isinstance(info, dict) or not isinstance(info.get("parent_run_id"), str):
+            raise ValueError(f"{path / SWEEP_FILE}: not a sweep record; give the parent run id instead")
+        return uri or str(info.get("uri", "")), info["parent_run_id"]
     if not uri:
         raise ValueError(
             f"{sweep_run}: not a sweep directory (no {SWEEP_FILE}); give a run id with --tracking-uri"

@@ -16,6 +16,15 @@ they come (`loss/*`, `lr/*`, `val/miou`), the files above as artifacts. A sweep 
 
 Validation covers the sections a fine-tuning run reads (`FINETUNE_SECTIONS`) and the LiDAR model
 config; the teacher's settings do not matter here.
+
+One writer per run directory: the run holds `hvdistill.dirlock.directory_lock` on it for its
+whole life, so a second process given the same `finetune.run_name` stops at once, naming the
+holder. The data, the label split and the backbone are prepared before the run starts (before
+config.yaml is written and tracking opens); when they fail (no shards, a fraction that keeps
+nothing, a backbone that does not fit) a run directory this process created is removed again,
+with the output folders it created for it, so a mistake leaves nothing behind. A run that fails
+later keeps its directory (config, tracking, logs) for inspection. The state files are written
+atomically (hvdistill/storage.py).
 """
 
 from __future__ import annotations
@@ -23,9 +32,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +45,10 @@ import yaml
 
 from hvdistill.config import RUN_SECTIONS, Config, ConfigError, flatten, load_config, to_dict
 from hvdistill.config.model import lidar_problems
-from hvdistill.eval.finetune import FinetuneResult, finetune
+from hvdistill.dirlock import directory_lock
+from hvdistill.eval.finetune import FinetuneResult, finetune, prepare
 from hvdistill.eval.metrics import METRICS_FILE
+from hvdistill.storage import write_atomic
 
 log = logging.getLogger(__name__)
 FINETUNE_SECTIONS = RUN_SECTIONS["finetune"]  # validated; plus model.lidar below
@@ -47,6 +61,8 @@ def load_finetune_config(path: str | None, overrides: list[str]) -> Config:
     """The config a fine-tuning run uses, validated for what fine-tuning reads (one ConfigError)."""
     cfg = load_config(path, overrides, sections=FINETUNE_SECTIONS)
     problems = lidar_problems(cfg.model.lidar, cfg.geometry)
+    if not cfg.data.shards:
+        problems.append("data.shards: fine-tuning reads labelled shards; set data.shards=[SHARD_DIR]")
     if problems:
         raise ConfigError(problems)
     return cfg
@@ -59,29 +75,76 @@ def run_params(cfg: Config) -> dict[str, Any]:
     return params
 
 
-def make_run_dir(cfg: Config) -> Path:
-    """`<output_dir>/<run_name>`; a generated name when empty; a finished run is never overwritten."""
+def run_dir_of(cfg: Config) -> Path:
+    """`<output_dir>/<run_name>`, the name generated when empty."""
     ft = cfg.finetune
     name = ft.run_name or (
         f"{ft.dataset}-{'probe' if ft.linear_probe else 'finetune'}-f{ft.label_fraction:g}-"
         f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:RUN_ID_CHARS]}"
     )
-    run_dir = Path(ft.output_dir) / name
+    return Path(ft.output_dir) / name
+
+
+def _refuse_finished(run_dir: Path) -> None:
     if (run_dir / METRICS_FILE).exists():
         raise FileExistsError(
             f"{run_dir} holds a finished fine-tuning run; choose another finetune.run_name or remove it"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+
+
+def make_dirs(directory: Path, key: str) -> list[Path]:
+    """Create `directory` and its missing parents; the ones created, deepest first. A path
+    component that is a file is refused, naming `key` (the config key that chose the place)."""
+    for d in [directory, *directory.parents]:
+        if d.exists() and not d.is_dir():
+            raise NotADirectoryError(f"{key}: {d} is a file, not a directory; choose another {key}")
+    missing = [d for d in [directory, *directory.parents] if not d.exists()]
+    directory.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+@contextmanager
+def run_directory(cfg: Config) -> Iterator[Path]:
+    """The run directory, created and locked for the block. When the block fails before the run
+    started (before config.yaml is written: nothing trained, nothing tracked), the directories this
+    process created for it are removed again."""
+    run_dir = run_dir_of(cfg)
+    _refuse_finished(run_dir)
+    created = make_dirs(run_dir, "finetune.output_dir")
+    with directory_lock(run_dir, "fine-tuning run"):  # OutputLocked: another process owns it; keep it
+        try:
+            _refuse_finished(run_dir)  # another process may have finished it between check and lock
+            yield run_dir
+        except BaseException:
+            if created and not (run_dir / CONFIG_FILE).exists():
+                remove_created(created)
+            raise
+
+
+def remove_created(created: list[Path]) -> None:
+    """Remove the run directory this process created, then each parent it created while empty."""
+    shutil.rmtree(created[0], ignore_errors=True)
+    for d in created[1:]:
+        try:
+            d.rmdir()
+        except OSError:
+            break  # something else is in it now
 
 
 def run(cfg: Config, parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> FinetuneResult:
-    """One fine-tuning run: its directory, the config saved, tracking around `finetune`."""
-    run_dir = make_run_dir(cfg)
-    print(f"fine-tuning run directory: {run_dir}", flush=True)
-    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    if not cfg.tracking.enabled:
-        return finetune(cfg, run_dir)
+    """One fine-tuning run: its directory (locked), the data and model prepared, tracking around training."""
+    with run_directory(cfg) as run_dir:
+        prepared = prepare(cfg, run_dir)
+        print(f"fine-tuning run directory: {run_dir}", flush=True)
+        write_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))  # started
+        if not cfg.tracking.enabled:
+            return finetune(cfg, run_dir, prepared=prepared)
+        return _tracked(cfg, run_dir, prepared, parent_run_id, tags)
+
+
+def _tracked(
+    cfg: Config, run_dir: Path, prepared: Any, parent_run_id: str | None, tags: dict[str, str] | None
+) -> FinetuneResult:
     from hvdistill.tracking import default_tags, prepare_tracking, start_tracker
 
     uri = prepare_tracking(cfg.tracking, run_dir)
@@ -98,9 +161,9 @@ def run(cfg: Config, parent_run_id: str | None = None, tags: dict[str, str] | No
         tags={**all_tags, **(tags or {})},
     )
     with tracker:
-        (run_dir / TRACKING_FILE).write_text(json.dumps({"run_id": tracker.run_id, "uri": uri}) + "\n")
+        write_atomic(run_dir / TRACKING_FILE, json.dumps({"run_id": tracker.run_id, "uri": uri}) + "\n")
         tracker.log_params(run_params(cfg))
-        result = finetune(cfg, run_dir, tracker)
+        result = finetune(cfg, run_dir, tracker, prepared)
         for path in sorted(run_dir.glob("*.json")) + sorted(run_dir.glob("*.csv")) + [run_dir / CONFIG_FILE]:
             tracker.log_artifact(path)
     return result
@@ -122,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_finetune_config(config, overrides)
         result = run(cfg)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (ConfigError, ValueError, OSError) as exc:  # user mistakes (hvdistill/cli.py's rule)
         log.debug("fine-tuning stopped", exc_info=True)
         print(f"hvdistill finetune: {exc}", file=sys.stderr)
         return 2

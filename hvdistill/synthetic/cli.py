@@ -9,13 +9,15 @@ What the world holds comes from the `synth` section of the config (defaults <- -
 that section is validated. The flags are not config values: --out, --format and --version say
 where and in which layout (and nuScenes table folder) the same world is written, --side-outputs
 adds debugging maps beside it, --config and --no-progress steer the command. Output is
-deterministic for a seed.
+deterministic for a seed. Everything is checked before anything is written: the config, and
+--out (a file, or a file among its parents, is refused with exit status 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from hvdistill.config import RUN_SECTIONS, ConfigError, SynthConfig, load_config
 
@@ -53,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(args)
     except ConfigError as err:
         print(f"hvdistill synth: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    blocked = next((d for d in [out, *out.parents] if d.exists() and not d.is_dir()), None)
+    if blocked is not None:
+        print(
+            f"hvdistill synth: --out: {blocked} is a file, not a directory; give another --out",
+            file=sys.stderr,
+        )
         return 2
     from hvdistill.synthetic import write_nuscenes, write_semantickitti  # noqa: PLC0415
 

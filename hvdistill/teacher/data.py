@@ -12,8 +12,9 @@ counted as bad and never opened.
 Reading: the image is decoded and resized to the stored resolution (`data.stored_image_*`,
 bilinear), the class map taken at the same size (nearest) and mapped through the dataset's
 official lookup to the downstream classes (0 = ignore). A file that cannot be decoded, has the
-wrong size or holds ids the lookup lacks yields a `PairError` instead of a sample; the caller
-counts, logs and skips it.
+wrong size, declares more pixels than `data.max_image_pixels` allows (checked from its header,
+before decoding: hvdistill/data/sources/files.py) or holds ids the lookup lacks yields a
+`PairError` instead of a sample; the caller counts, logs and skips it.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from hvdistill.config import Config, DataConfig, SourceConfig
+from hvdistill.config.data import image_pixel_limit
 from hvdistill.data.errors import DatasetLayoutError, SampleReadError
 from hvdistill.data.prepare import resize_image, stored_size, upsample_nearest
 from hvdistill.data.sources import build_source
-from hvdistill.data.sources.files import read_image
+from hvdistill.data.sources.files import open_image, read_image
 from hvdistill.data.sources.labels import UNMAPPED, semantickitti_lookup
 
 SIDE_DIR = "side_outputs"  # hvdistill/synthetic/side_outputs.py: SIDE_DIR
@@ -153,17 +155,18 @@ def list_pairs(cfg: Config, split: str) -> Listing:
     return listing
 
 
-def _read_class_map(path: Path) -> np.ndarray:
+def _read_class_map(path: Path, max_pixels: int) -> np.ndarray:
     """(H, W) uint8 ids of an 8-bit class map; SampleReadError when it is not one."""
     if not path.is_file():
         raise SampleReadError(path.name, str(path), "class map missing")
+    im = open_image(path.name, path, max_pixels, "class map")
     try:
-        with Image.open(path) as im:
-            im.load()
+        with im:
             if im.mode not in ("L", "P"):
                 raise SampleReadError(path.name, str(path), f"class map has mode {im.mode}, not 8-bit")
+            im.load()
             return np.asarray(im, dtype=np.uint8)  # (H, W)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise SampleReadError(path.name, str(path), f"cannot decode class map: {exc}") from None
 
 
@@ -172,8 +175,9 @@ def read_pair(pair: ImagePair, data: DataConfig, lookup: np.ndarray) -> tuple[np
 
     Raises SampleReadError for a damaged image or class map (see the module docstring).
     """
-    image = read_image(pair.image.name, pair.image)  # (H0, W0, 3)
-    raw = _read_class_map(pair.class_map)  # (H0, W0)
+    limit = image_pixel_limit(data)
+    image = read_image(pair.image.name, pair.image, max_pixels=limit)  # (H0, W0, 3)
+    raw = _read_class_map(pair.class_map, limit)  # (H0, W0)
     if raw.shape != image.shape[:2]:
         raise SampleReadError(
             pair.class_map.name,

@@ -31,9 +31,13 @@ class RecordingTracker(NullTracker):
 
     def __init__(self):
         self.metrics: list[tuple[int, dict[str, float]]] = []
+        self.tags: dict[str, str] = {}
 
     def log_metrics(self, metrics, step):
         self.metrics.append((step, dict(metrics)))
+
+    def set_tags(self, tags):
+        self.tags.update(tags)
 
 
 def val_points(shards, dataset: str, point_range: list[float]) -> tuple[int, int, int]:
@@ -93,6 +97,11 @@ def test_cli_fine_tunes_scores_every_val_point_and_tracks_the_run(labelled_shard
     assert record["params"]["finetune.max_steps"] == "2"
     assert record["params"]["model.lidar.stem_channels"] == "8"
     assert [s for s, _ in metric_history(ids["uri"], ids["run_id"], "val/miou")] == [2]
+    classes = metric_history(ids["uri"], ids["run_id"], "val/classes_in_mean")
+    assert classes == [(2, metrics["classes_in_mean"])] and metrics["miou_classes"] == "ground_truth"
+    assert record["tags"]["hvdistill.split.scenes"] == " ".join(split["units_kept"])
+    assert f"mIoU {100 * metrics['miou']:.2f} over {metrics['classes_in_mean']} classes" in out
+    assert (run / "_state" / "job.lock").is_file()  # the run held its directory's lock
     assert [s for s, _ in metric_history(ids["uri"], ids["run_id"], "loss/total")] == [1, 2]
     assert {"metrics.json", "label_split.json", "confusion_matrix.csv"} <= set(
         artifact_paths(ids["uri"], ids["run_id"])
@@ -100,16 +109,33 @@ def test_cli_fine_tunes_scores_every_val_point_and_tracks_the_run(labelled_shard
     assert main(args) == 2 and "holds a finished fine-tuning run" in capsys.readouterr().err
 
 
-def test_linear_probe_from_a_pretrained_backbone_keeps_it_unchanged(labelled_shards, tmp_path):
+def reversed_scene_table(nuscenes_root, out):
+    """The world's devkit scene table with its rows in reverse order (so not in name order)."""
+    from tests.helpers.world import NUSCENES_VERSION
+
+    rows = json.loads((nuscenes_root / NUSCENES_VERSION / "scene.json").read_text())
+    out.write_text(json.dumps(rows[::-1]))
+    return [r["name"] for r in rows[::-1]]
+
+
+def test_linear_probe_from_a_pretrained_backbone_keeps_it_unchanged(labelled_shards, nuscenes_root, tmp_path):
     cfg = load_finetune_config(config_path("tiny.yaml"), [f"data.shards=[{labelled_shards}]", *FAST])
     student = trained_looking_student(cfg)
     export_backbone(student, cfg, tmp_path / "pretrain")
     cfg.finetune.backbone, cfg.finetune.linear_probe = str(tmp_path / "pretrain"), True
     cfg.finetune.label_fraction, cfg.finetune.epochs = 0.5, 2
+    table = reversed_scene_table(nuscenes_root, tmp_path / "scene.json")
+    assert table != sorted(table)  # a world whose scene table is not in name order
+    cfg.finetune.scene_table = str(tmp_path / "scene.json")
     tracker = RecordingTracker()
     result = finetune(cfg, tmp_path / "probe", tracker)
     split = json.loads((tmp_path / "probe" / "label_split.json").read_text())
-    assert split["units_kept"] == ["scene-0655"] and len(split["keys"]) == 3  # 2nd of 2 scenes by name
+    # the training scenes scene-0061 and scene-0655 in the (reversed) table's order: 0655, then 0061;
+    # SLidR keeps the 2nd (by name it would have been scene-0655)
+    assert [t for t in table if t in ("scene-0061", "scene-0655")] == ["scene-0655", "scene-0061"]
+    assert split["units_kept"] == ["scene-0061"] and len(split["keys"]) == 3
+    assert split["order"] == str(tmp_path / "scene.json")
+    assert tracker.tags["hvdistill.split.scenes"] == "scene-0061"
     assert result.metrics["train_scans"] == 3 and result.metrics["val_scans"] == 3  # evaluation untouched
     assert result.steps == 4  # 2 epochs x ceil(3 / 2) batches
     total, labelled, outside = val_points(labelled_shards, "nuscenes", cfg.finetune.point_range)
@@ -149,24 +175,68 @@ def test_semantickitti_fine_tunes_with_its_19_classes_and_scan_split(labelled_sh
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["finetune.label_fraction=0.01"], "keeps no scene of the 2 training scenes"),
+        (
+            ["finetune.label_fraction=0.01", "finetune.scene_table={table}"],
+            "keeps no scene of the 2 training scenes",
+        ),
+        (["finetune.label_fraction=0.5"], "no scene table was found: set finetune.scene_table="),
         (["finetune.val_split=test"], "no nuscenes shards of split 'test'"),
         (["finetune.label_fraction=0.3"], "not 1 / k"),
         (["finetune.backbone=/nowhere/run"], "neither a run directory"),
     ],
 )
 def test_user_mistakes_end_with_a_message_not_a_traceback(
-    labelled_shards, tmp_path, capsys, overrides, message
+    labelled_shards, nuscenes_root, tmp_path, capsys, overrides, message
 ):
+    from tests.helpers.world import NUSCENES_VERSION
+
+    overrides = [o.format(table=nuscenes_root / NUSCENES_VERSION) for o in overrides]
     args = [
         config_path("tiny.yaml"),
         f"data.shards=[{labelled_shards}]",
         f"finetune.output_dir={tmp_path}",
         *FAST,
     ]
-    code = main([*args, *overrides])
+    code = main([*args, *overrides, "finetune.run_name=mistake"])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # the run directory was removed again: nothing ran
+
+
+def test_a_failed_start_removes_the_output_folders_it_created_and_nothing_else(
+    labelled_shards, tmp_path, capsys
+):
+    (tmp_path / "keep").mkdir()
+    args = [
+        config_path("tiny.yaml"),
+        f"data.shards=[{labelled_shards}]",
+        *FAST,
+        "finetune.backbone=/nowhere/run",
+    ]
+    assert main([*args, f"finetune.output_dir={tmp_path / 'new' / 'deeper'}"]) == 2
+    assert main([*args, f"finetune.output_dir={tmp_path / 'keep'}"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"] and not list((tmp_path / "keep").iterdir())
+    (tmp_path / "file").write_text("x")
+    assert main([*args, f"finetune.output_dir={tmp_path / 'file'}"]) == 2
+    assert "finetune.output_dir" in capsys.readouterr().err and (tmp_path / "file").read_text() == "x"
+
+
+def test_a_second_process_on_the_same_run_directory_stops_at_once(labelled_shards, tmp_path, capsys):
+    from hvdistill.dirlock import directory_lock
+
+    run_dir = tmp_path / "busy"
+    run_dir.mkdir()
+    args = [
+        config_path("tiny.yaml"),
+        f"data.shards=[{labelled_shards}]",
+        *FAST,
+        f"finetune.output_dir={tmp_path}",
+    ]
+    with directory_lock(run_dir, "fine-tuning run"):
+        assert main([*args, "finetune.run_name=busy", "finetune.max_steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert "is being written by another fine-tuning run" in err and f"pid {__import__('os').getpid()}" in err
+    assert sorted(p.name for p in run_dir.iterdir()) == ["_state"]  # the holder's directory is untouched
 
 
 def test_no_shards_is_a_clear_error(tmp_path, capsys):

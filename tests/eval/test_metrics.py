@@ -1,4 +1,5 @@
-"""Confusion matrix, per-class IoU and mIoU against a hand-computed example; files written and read back."""
+"""Confusion matrix, per-class IoU and mIoU against a hand-computed example; the class-set rule of the
+mIoU; files written and read back."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from hvdistill.eval.metrics import (
     ConfusionMatrix,
+    classes_in_mean,
     iou_per_class,
     load_confusion,
     mean_iou,
@@ -83,7 +85,37 @@ def test_scores_are_saved_as_json_and_csv_and_read_back(tmp_path):
     assert metrics["miou"] == pytest.approx(2 / 9) and metrics["split"] == "val"
     assert metrics["per_class_iou"]["bus"] is None
     rows = paths["per_class_iou"].read_text().splitlines()
-    assert rows[0].startswith("class_id,class,iou") and rows[4] == "4,bus,,0,0"
+    assert rows[0].startswith("class_id,class,iou") and rows[4] == "4,bus,,0,0,false"
+    assert rows[1] == "1,road,0.333333,4,4,true"
     back, names = load_confusion(paths["confusion_matrix"])
     assert names == NAMES
     np.testing.assert_array_equal(back.counts, cm.counts)
+
+
+def test_a_stray_prediction_of_an_absent_class_does_not_change_the_class_set():
+    # a perfect prediction of road and car; bus never occurs in the ground truth
+    gt = torch.tensor([1] * 50 + [2] * 50)
+    perfect = ConfusionMatrix(5)
+    perfect.update(gt.clone(), gt)
+    assert scores(perfect, NAMES)["miou"] == 1.0 and scores(perfect, NAMES)["classes_in_mean"] == 2
+    stray = gt.clone()
+    stray[0] = 4  # one road point predicted as bus
+    cm = ConfusionMatrix(5)
+    cm.update(stray, gt)
+    s = scores(cm, NAMES)
+    # bus stays out of the mean (the union rule would add its 0: (49/50 + 1 + 0) / 3 = 0.66);
+    # the stray point still costs road a true positive
+    assert s["classes_in_mean"] == 2 and s["miou_classes"] == "ground_truth"
+    assert s["miou"] == pytest.approx((49 / 50 + 1) / 2)
+    assert s["predicted_absent_classes"] == ["bus"] and s["per_class_iou"]["bus"] == 0.0
+
+
+def test_the_all_classes_rule_is_semantic_kitti_api_and_counts_absent_classes_as_zero():
+    cm = ConfusionMatrix(5)
+    cm.update(torch.tensor(PRED), torch.tensor(GT))
+    s = scores(cm, NAMES, "all")
+    # road 1/3, car 1/3, tree 0, bus absent from both: 0 under iouEval's fixed set of 4 classes
+    assert s["classes_in_mean"] == 4 and s["miou"] == pytest.approx((1 / 3 + 1 / 3) / 4)
+    assert classes_in_mean(cm.counts, 0, "all").tolist() == [False, True, True, True, True]
+    with pytest.raises(ValueError, match="not one of"):
+        scores(cm, NAMES, "union")

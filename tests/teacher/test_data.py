@@ -100,3 +100,19 @@ def test_symlinks_out_of_the_root_are_never_followed(teacher_world_copy, tmp_pat
         str(pair.class_map)
     ] and "leaves the dataset root" in listing.bad[0].reason
     assert pair.image not in [p.image for p in listing.pairs]
+
+
+def test_a_bomb_class_map_or_image_is_one_skipped_pair(teacher_world_copy, tmp_path):
+    from tests.data.sources.test_image_limits import declared_png
+
+    cfg = teacher_config(teacher_world_copy, tmp_path)
+    listing = list_pairs(cfg, "train")
+    declared_png(listing.pairs[0].class_map, 20000, 10000)
+    declared_png(listing.pairs[1].image, 4000, 3000)  # under Pillow's limit, over data.max_image_pixels
+    views = PairViews(listing.pairs, cfg, listing.lookup)
+    errors = [views[i] for i in range(len(views)) if isinstance(views[i], PairError)]
+    assert sorted(e.path for e in errors) == sorted(
+        [str(listing.pairs[0].class_map), str(listing.pairs[1].image)]
+    )
+    assert all("decoding" in e.reason for e in errors)
+    assert not isinstance(views[2], PairError)  # the others are read

@@ -12,6 +12,7 @@ with the file and reason (SampleReadError) and make the exit status 1.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         source = build_source(cfg)
     except DatasetLayoutError as exc:
-        print(f"hvdistill inspect: {exc}")
+        print(f"hvdistill inspect: {exc}", file=sys.stderr)
         return 2
     report = inspect_source(source, args.limit)
     print(format_report(report))

@@ -4,19 +4,31 @@ Point records (float32 columns), per-point label files (fixed-width integers), c
 and split files. Each reader checks what a damaged file looks like (missing, empty, size not a
 multiple of the record, non-finite values, undecodable image) and raises `SampleReadError`
 naming the sample key and the file, so sharding can quarantine the sample instead of crashing.
+
+Images are opened header first: the declared size is checked against the size the dataset
+records (when it does) and against a pixel limit before anything is decoded, so a file that
+declares 20000 x 10000 pixels (a decompression bomb, or a wrong file) is one bad sample, not a
+process killed for memory or a DecompressionBombError that fails a whole sharding unit. The
+limit is `data.max_image_pixels` (`image_pixel_limit`, from the configured stored resolution)
+where the caller has the config, else that of the default config; Pillow's own bomb check is
+turned into the same per-sample error.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from hvdistill.config import DataConfig
+from hvdistill.config.data import image_pixel_limit
 from hvdistill.data.errors import DatasetLayoutError, SampleReadError
 
 POINT_DIMS = 4  # x, y, z, intensity / remission
+DEFAULT_MAX_PIXELS = image_pixel_limit(DataConfig())  # readers without a config use the default's
 
 
 def check_cameras(dataset: str, requested: list[str], available: list[str] | tuple[str, ...]) -> list[str]:
@@ -80,22 +92,56 @@ def read_point_labels(key: str, path: Path, dtype: np.dtype, n_points: int) -> n
     return labels
 
 
-def read_image(key: str, path: Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; `expected_size` = (width, height) the metadata promises, if any."""
+def open_image(
+    key: str, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image"
+) -> Image.Image:
+    """The image at `path`, opened (header only) and its size checked against `max_pixels`.
+
+    Pillow's DecompressionBombWarning / Error become a SampleReadError like any other damage; the
+    caller decodes (`load()`) inside its own `with` block.
+    """
     _file_size(key, path)
     try:
-        with Image.open(path) as im:
-            im.load()  # decode now: a truncated or corrupt file fails here, not later
-            rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))  # (H, W, 3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise SampleReadError(key, path, f"{what} refused before decoding: {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise SampleReadError(key, path, f"cannot decode image: {exc}") from None
-    if expected_size is not None and (rgb.shape[1], rgb.shape[0]) != tuple(expected_size):
+        raise SampleReadError(key, path, f"cannot decode {what}: {exc}") from None
+    width, height = im.size
+    if width * height > max_pixels:
+        im.close()
         raise SampleReadError(
             key,
             path,
-            f"image is {rgb.shape[1]}x{rgb.shape[0]} but the dataset records "
-            f"{expected_size[0]}x{expected_size[1]}",
+            f"{what} declares {width}x{height} = {width * height} pixels, more than the {max_pixels} allowed "
+            f"(data.max_image_pixels); refused before decoding",
         )
+    return im
+
+
+def read_image(
+    key: str, path: Path, expected_size: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; `expected_size` = (width, height) the metadata promises, if any.
+
+    Both the expected size and `max_pixels` are checked from the header, before decoding.
+    """
+    im = open_image(key, path, max_pixels)
+    try:
+        with im:
+            if expected_size is not None and im.size != tuple(expected_size):
+                raise SampleReadError(
+                    key,
+                    path,
+                    f"image is {im.size[0]}x{im.size[1]} but the dataset records "
+                    f"{expected_size[0]}x{expected_size[1]}",
+                )
+            im.load()  # decode now: a truncated or corrupt file fails here, not later
+            rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))  # (H, W, 3)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise SampleReadError(key, path, f"cannot decode image: {exc}") from None
     return rgb
 
 

@@ -9,7 +9,10 @@ Formats (`fmt`):
 - "auto": detect which of the three it is from the keys.
 
 Files are always read with `torch.load(path, map_location="cpu", weights_only=True)`: a
-checkpoint containing arbitrary pickled objects is refused, never executed. The outcome is a
+checkpoint containing arbitrary pickled objects is refused, never executed. A path that is
+missing, a directory, or a file torch cannot read as a checkpoint (a text file, a truncated
+download) is a ValueError naming the file and `model.image.weights`, never torch's own
+exception. The outcome is a
 `LoadReport` naming the loaded, missing, unexpected, shape-mismatched and dropped keys; it is
 logged. Loading is strict: after the known heads and other encoders are dropped, every backbone
 key must be in the file with its shape and the file must hold nothing else (only BatchNorm
@@ -63,14 +66,27 @@ class LoadReport:
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """torch.load with weights_only=True; a file needing arbitrary unpickling is refused."""
+    """torch.load with weights_only=True; a file needing arbitrary unpickling is refused, and a file
+    that is no checkpoint at all is a ValueError naming it."""
+    where = Path(path)
+    if not where.is_file():
+        what = "is a directory" if where.is_dir() else "does not exist"
+        raise ValueError(
+            f"model.image.weights: {path} {what}; give the teacher checkpoint file (.pth / .pt), or "
+            f"model.image.random_init=true"
+        )
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):  # DINO saves its args
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(
             f"{path}: refusing to load a checkpoint that needs arbitrary unpickling "
-            f"(only tensors and plain containers are allowed): {e}"
+            f"(only tensors and plain containers are allowed): {str(e)[:300]}"
+        ) from e
+    except Exception as e:  # noqa: BLE001 - torch.load on an outside file: any failure = not a checkpoint
+        raise ValueError(
+            f"model.image.weights: {path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:200]}); "
+            f"is it a truncated download or another kind of file? Give a MoCo / DINO / torchvision .pth"
         ) from e
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")

@@ -49,6 +49,6 @@ def test_inspect_semantickitti_and_damage_exit_status(kitti_copy, capsys):
 
 def test_inspect_bad_root_is_a_message_not_a_traceback(tmp_path, capsys):
     assert main(["--source", "semantickitti", "--root", str(tmp_path)]) == 2
-    assert "no sequences" in capsys.readouterr().out
+    assert "no sequences" in capsys.readouterr().err
     assert main(["--source", "nuscenes", "--root", str(tmp_path), "--version", "v1.0-mini"]) == 2
-    assert "no table folder" in capsys.readouterr().out
+    assert "no table folder" in capsys.readouterr().err

@@ -178,3 +178,13 @@ def test_random_init_must_be_explicit(tmp_path):
     teacher = build_image_teacher(cfg, precision)
     assert teacher.load_report.format == "torchvision"
     assert_backbone_equals(teacher, state)
+
+
+@pytest.mark.parametrize("content", [b"hello\n", b"", b"PK\x03\x04truncated"])
+def test_a_file_that_is_no_checkpoint_is_refused_naming_it(tmp_path, content):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"model.image.weights: {path} is not a readable checkpoint"):
+        load_teacher_weights(resnet18(), path)
+    with pytest.raises(ValueError, match="is a directory"):
+        load_teacher_weights(resnet18(), tmp_path)
