@@ -2,9 +2,9 @@
 
 `Location("s3://bucket/prefix")` or `Location("/data/shards")` is a pathlib-like handle that works
 the same on both: `/` joins a name, `exists`, `is_file`, `is_dir`, `size`, `iterdir`,
-`read_bytes(limit)`, `write_bytes` (atomic), `upload` / `download` (atomic), `open_read`
-(seekable), `unlink`, `rmtree`. Nothing else in the project parses a scheme or imports a
-filesystem library (a test enforces it).
+`file_sizes` (names and sizes from one listing), `read_bytes(limit)`, `write_bytes` (atomic),
+`upload` / `download` (atomic), `open_read` (seekable), `unlink`, `rmtree`. Nothing else in the
+project parses a scheme or imports a filesystem library (a test enforces it).
 
 Object stores go through pyarrow.fs (S3FileSystem, GcsFileSystem), the library Ray Train already
 uses for `storage_path`, so one client and one credential chain serve shards, checkpoints and
@@ -234,7 +234,11 @@ class Location:
     def size(self) -> int:
         if not self.remote:
             return self._local.stat().st_size
+        import pyarrow.fs as pafs
+
         info = self._info()
+        if info.type == pafs.FileType.NotFound:
+            raise StorageError(f"{self.uri}: does not exist")
         if info.size is None:
             raise StorageError(f"{self.uri}: not a file")
         return int(info.size)
@@ -252,11 +256,34 @@ class Location:
             raise StorageError(f"{self.uri}: cannot be listed ({_short(e)})") from e
         return sorted((self / info.base_name for info in infos), key=str)
 
+    def file_sizes(self) -> dict[str, int]:
+        """{name: bytes} of the files directly inside, sorted by name, from one listing (no request
+        per file); sub-directories are left out; {} if absent."""
+        if not self.remote:
+            sizes = {}
+            if self._local.is_dir():
+                with os.scandir(self._local) as entries:
+                    for entry in entries:
+                        try:
+                            if entry.is_file():
+                                sizes[entry.name] = entry.stat().st_size
+                        except FileNotFoundError:
+                            continue  # deleted while listed
+            return dict(sorted(sizes.items()))
+        import pyarrow.fs as pafs
+
+        fs, path = self._fs()
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+        except OSError as e:
+            raise StorageError(f"{self.uri}: cannot be listed ({_short(e)})") from e
+        return dict(sorted((i.base_name, int(i.size)) for i in infos if i.type == pafs.FileType.File))
+
     # ---- reading ----
     def read_bytes(self, limit: int | None = None) -> bytes:
         """The whole file; StorageError if it is larger than `limit` bytes (untrusted sizes)."""
-        if limit is not None and self.size() > limit:
-            raise StorageError(f"{self.uri}: {self.size()} bytes, more than the {limit} expected")
+        if limit is not None and (size := self.size()) > limit:
+            raise StorageError(f"{self.uri}: {size} bytes, more than the {limit} expected")
         if not self.remote:
             return self._local.read_bytes()
         fs, path = self._fs()
@@ -414,6 +441,17 @@ def _write_local_atomic(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def first_missing(path: Path) -> Path | None:
+    """The outermost directory of `path` (itself included) that does not exist yet, or None: what
+    to remove to leave nothing behind when creating `path` turns out to have been in vain."""
+    missing = None
+    for candidate in [Path(path).absolute(), *Path(path).absolute().parents]:
+        if candidate.exists():
+            return missing
+        missing = candidate
+    return missing
 
 
 def write_atomic(path: str | Path | Location, data: bytes | str) -> None:

@@ -3,7 +3,8 @@
     hvdistill shard --out shards/ [--config YAML] [--ray-address ADDR] [--workers N] [--no-progress]
                     [key=value ...]
     hvdistill shard --out shards/ data.sources.0.root=data/nuscenes data.sources.0.version=v1.0-trainval
-    hvdistill shard verify shards/
+    hvdistill shard --out s3://bucket/prefix --config YAML
+    hvdistill shard verify shards/          (or s3://bucket/prefix)
 
 Every entry of `data.sources` (name, root, version, split, split_file) is sharded into the one
 output directory, in order, so a multi-dataset config shards in one command; `data.shard_size_mb`,
@@ -12,6 +13,11 @@ section is validated. The flags are not config values: --out is this command's o
 --ray-address, --workers and --no-progress say where and how it runs. Without --ray-address a
 local Ray is started on 127.0.0.1 with --workers CPUs and shut down at the end. Re-running the
 same command after a crash finishes only what is missing.
+
+--out is a local directory or an object-store prefix (s3://bucket/prefix, gs://...) with the same
+layout; credentials and the endpoint come from the environment of the driver and of every Ray
+worker (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...), never from the command.
+An --out the storage layer refuses, or one naming an existing file, is one line and exit 2.
 """
 
 from __future__ import annotations
@@ -23,13 +29,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from hvdistill.config import RUN_SECTIONS, Config, ConfigError, SourceConfig, load_config
+from hvdistill.storage import Location, StorageError
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hvdistill shard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--out", required=True, help="output directory (shared by all sources)")
+    p.add_argument(
+        "--out", required=True, help="output directory or s3://bucket/prefix (shared by all sources)"
+    )
     p.add_argument("--config", default=None, help="YAML diff over the default config")
     p.add_argument("--ray-address", default=None, help="existing Ray cluster; default: local")
     p.add_argument(
@@ -61,11 +70,23 @@ def resolve_config(args: argparse.Namespace) -> tuple[list[SourceConfig], Config
     return sources, cfg
 
 
-def _shard_all(sources: list[SourceConfig], cfg: Config, args: argparse.Namespace) -> int:
+def output_location(text: str) -> Location:
+    """--out as a Location (a local path made absolute); ValueError with one line if unusable."""
+    try:
+        out = Location(text)
+        out = out if out.remote else Location(out.local.resolve())
+        if out.is_file():
+            raise ValueError(f"--out: {out} is a file; give a directory or an s3://bucket/prefix")
+    except StorageError as exc:
+        raise ValueError(f"--out: {exc}") from None
+    return out
+
+
+def _shard_all(sources: list[SourceConfig], cfg: Config, out: Location, args: argparse.Namespace) -> int:
     """Run the job once per source; stop at the first failure (a re-run resumes)."""
     from sharding.job import ShardingError, run_sharding
+    from sharding.manifest import MANIFEST
 
-    out = Path(args.out).resolve()
     for i, source in enumerate(sources):
         what = f"data.sources.{i} ({source.name} {source.split} at {source.root})"
         try:
@@ -78,9 +99,12 @@ def _shard_all(sources: list[SourceConfig], cfg: Config, args: argparse.Namespac
         except ValueError as exc:
             print(f"hvdistill shard: {what}: {exc}", file=sys.stderr)
             return 2
+        except StorageError as exc:  # no such bucket, no credentials, no endpoint: a re-run resumes
+            print(f"hvdistill shard: {what}: {exc}", file=sys.stderr)
+            return 2
         m = result.manifest
         print(
-            f"hvdistill shard: {what} -> {args.out}/manifest.json: {m['samples']} samples in "
+            f"hvdistill shard: {what} -> {out / MANIFEST}: {m['samples']} samples in "
             f"{len(m['shards'])} shards, {len(m['skipped'])} skipped "
             f"({result.converted_units} units converted, {result.skipped_units} already done)"
         )
@@ -94,13 +118,18 @@ def shard(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"hvdistill shard: {exc}", file=sys.stderr)
         return 2
+    try:
+        out = output_location(args.out)
+    except ValueError as exc:
+        print(f"hvdistill shard: {exc}", file=sys.stderr)
+        return 2
     import ray
 
     from sharding.job import init_ray
 
     started = init_ray(args.ray_address, args.workers or os.cpu_count() or 1)
     try:
-        return _shard_all(sources, cfg, args)
+        return _shard_all(sources, cfg, out, args)
     finally:
         if started:
             ray.shutdown()

@@ -4,15 +4,20 @@ The driver builds the source once (for nuScenes: the devkit tables, on the drive
 its keys into units, and for each unit still to do resolves the keys into read plans
 (hvdistill/data/sources/plan.py) and submits one task with them: workers never build a source
 nor import nuscenes-devkit. A task reads, prepares and encodes each sample, writes size-bounded
-shards under per-attempt temporary names, renames them into place and writes the unit's
-done-record, the one commit point. Only damaged input (SampleReadError, schema errors while
+shards under per-attempt temporary names, puts them in place (a rename in a local directory; an
+atomic upload from local scratch to an object store, sharding/writer.py) and then writes the
+unit's done-record, the one commit point. The output is a local directory or an object-store
+prefix (`s3://bucket/prefix`, hvdistill/storage.py), with the same layout and the same
+manifest; the manifest is written last. Only damaged input (SampleReadError, schema errors while
 encoding) is skipped and recorded; any other exception fails the task, which Ray retries
 (`max_retries`), and a unit that still fails is reported and redone by the next run.
-A re-run redoes every unit without a done-record and every unit whose record lists skipped
-samples, so fixed inputs are picked up. One job at a time holds the output directory
-(sharding/lock.py). Tasks report every sample to a small progress actor, so the driver's bar
-moves live. The job fails with a summary when more than DataConfig.max_bad_fraction of a
-source is bad.
+A re-run redoes every unit without a valid done-record, whose shards are missing or have
+another size than recorded (sizes from one listing of the directory), and every unit whose
+record lists skipped samples, so fixed inputs are picked up; temporaries of dead attempts are
+removed while the lock is held. One job at a time holds the output directory
+(sharding/lock.py: a flock locally, a lease object on an object store). Tasks report every
+sample to a small progress actor, so the driver's bar moves live. The job fails with a summary
+when more than DataConfig.max_bad_fraction of a source is bad.
 """
 
 from __future__ import annotations
@@ -35,9 +40,14 @@ from hvdistill.data.schema import SchemaError, encode_sample
 from hvdistill.data.shard_names import UnsafeShardName, check_shard_name
 from hvdistill.data.sources import build_source
 from hvdistill.data.sources.plan import ReadPlan, read_plan
+from hvdistill.dirlock import LOCK_NAME
+from hvdistill.storage import Location
 from sharding.lock import job_lock
 from sharding.manifest import (
+    SOURCES_DIR,
     STATE_DIR,
+    UNITS_DIR,
+    Listing,
     Unit,
     check_source_record,
     config_hash,
@@ -104,8 +114,9 @@ def convert_unit(
     """Convert one unit from its read plans into shards and commit its done-record; returns it.
 
     Only damaged input is recorded as skipped; anything else propagates (Ray retries the task).
-    `progress` is an optional ProgressTracker actor handle told about every sample."""
-    out = Path(out_dir)
+    `progress` is an optional ProgressTracker actor handle told about every sample; `out_dir` is a
+    local directory or an object-store URI (credentials from the worker's environment)."""
+    out = Location(out_dir)
     writer = ShardWriter(out, unit.name, int(cfg.shard_size_mb * _MB), samples=len(plans))
     skipped = []
     try:
@@ -167,34 +178,46 @@ def plan_units(source: Any, split: str, cfg: DataConfig) -> list[Unit]:
     ]
 
 
-def unit_state(out_dir: Path, unit: Unit) -> str:
+def unit_state(out_dir: str | Path | Location, unit: Unit, listing: Listing | None = None) -> str:
     """ "done" (committed, nothing skipped, every shard in place with its recorded size),
-    "retry" (committed with skipped samples: re-read them) or "todo"."""
+    "retry" (committed with skipped samples: re-read them) or "todo". `listing`: one listing of
+    `out_dir` (sizes come from it; taken now without it)."""
+    listing = Listing.of(out_dir) if listing is None else listing
     path = unit_record_path(out_dir, unit.name)
-    if not path.exists():
+    if unit.name not in listing.records:
         return "todo"
     try:
         record = read_json(path)
         shards = [(check_shard_name(s["name"], path), s["bytes"]) for s in record["shards"]]
     except (ValueError, KeyError, TypeError, UnsafeShardName):
         return "todo"  # a damaged record is no commit
-    if any(not (out_dir / n).is_file() or (out_dir / n).stat().st_size != size for n, size in shards):
+    if any(listing.files.get(name) != size for name, size in shards):
         return "todo"
     return "retry" if record.get("skipped") else "done"
 
 
-def clear_unit(out_dir: Path, unit: Unit) -> None:
-    """Forget a unit: its done-record first (the commit point), then its shards and temporaries."""
-    unit_record_path(out_dir, unit.name).unlink(missing_ok=True)
-    for path in unit_files(out_dir, unit.name):
+def clear_unit(out_dir: str | Path | Location, unit: Unit, listing: Listing | None = None) -> None:
+    """Forget a unit: its done-record first (the commit point), then its shards and temporaries
+    (those in `listing` when given: no request for files that are not there)."""
+    if listing is None or unit.name in listing.records:
+        unit_record_path(out_dir, unit.name).unlink()
+    for path in unit_files(out_dir, unit.name, None if listing is None else list(listing.files)):
         path.unlink()
 
 
-def remove_temporaries(out_dir: Path) -> list[Path]:
-    """Delete temporaries of dead attempts (only while this job holds the directory lock)."""
-    found = [*out_dir.glob(f"*{TMP_SUFFIX}"), *(out_dir / STATE_DIR).rglob(f"*{TMP_SUFFIX}")]
+def remove_temporaries(out_dir: str | Path | Location) -> list[Location]:
+    """Delete temporaries of dead attempts (only while this job holds the directory lock): shards
+    and the manifest beside it, records under `_state/`. The lock's own temporaries
+    (`job.lock.<token>.tmp`, written while a lease is renewed) belong to hvdistill/dirlock.py."""
+    out = Location(out_dir)
+    state = out / STATE_DIR
+    found = []
+    for folder in (out, state, state / UNITS_DIR, state / SOURCES_DIR):
+        for name in folder.file_sizes():
+            if name.endswith(TMP_SUFFIX) and not (folder == state and name.startswith(f"{LOCK_NAME}.")):
+                found.append(folder / name)
     for path in found:
-        path.unlink(missing_ok=True)
+        path.unlink()
     return found
 
 
@@ -221,7 +244,7 @@ def _run_tasks(
     pending: list[Unit],
     source: Any,
     cfg: DataConfig,
-    out_dir: Path,
+    out: Location,
     bar: tqdm,
     max_retries: int,
     max_in_flight: int,
@@ -237,7 +260,7 @@ def _run_tasks(
         while queue and len(refs) < max_in_flight:
             unit = queue.pop()
             plans = [source.plan(key) for key in unit.keys]  # planned lazily: driver memory stays small
-            refs[task.remote(cfg_ref, unit, plans, str(out_dir), tracker)] = unit
+            refs[task.remote(cfg_ref, unit, plans, str(out), tracker)] = unit
         ready, _ = ray.wait(list(refs), num_returns=1, timeout=_PROGRESS_POLL_S)
         for ref in ready:
             unit = refs.pop(ref)
@@ -273,31 +296,41 @@ def check_bad_fraction(manifest: dict[str, Any], dataset: str, split: str, max_b
     )
 
 
+def _resume(out: Location, units: list[Unit]) -> dict[str, str]:
+    """Each unit's state from one listing; clears temporaries and every unit to redo (lock held)."""
+    listing = Listing.of(out)
+    states = {u.name: unit_state(out, u, listing) for u in units}
+    remove_temporaries(out)
+    for unit in units:
+        if states[unit.name] != "done":
+            clear_unit(out, unit, listing)
+    return states
+
+
 def run_sharding(
     source_cfg: SourceConfig,
     cfg: DataConfig,
-    out_dir: Path,
+    out_dir: str | Path | Location,
     max_retries: int = 3,
     progress: bool = True,
     max_in_flight: int = 0,
 ) -> JobResult:
     """Shard one source into `out_dir` on the connected Ray cluster (resumable, one job per dir).
 
+    `out_dir` is a local directory or an object-store location (`s3://bucket/prefix`).
     `max_in_flight` caps concurrent tasks (0 = one per CPU of the cluster). Raises OutputLocked
     (a ValueError) when another job holds `out_dir`, ShardingError when units failed or too
-    many samples were bad (the manifest is written first in both cases).
+    many samples were bad (the manifest is written first in both cases), StorageError when the
+    store cannot be reached.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with job_lock(out_dir):
+    out = Location(out_dir)
+    out.mkdir()
+    with job_lock(out):
         source = build_source(source_cfg, cameras=list(cfg.cameras))
         units = plan_units(source, source_cfg.split, cfg)
-        check_source_record(out_dir, source_record(source_cfg, source, cfg, units))
-        states = {u.name: unit_state(out_dir, u) for u in units}
+        check_source_record(out, source_record(source_cfg, source, cfg, units))
+        states = _resume(out, units)
         pending = [u for u in units if states[u.name] != "done"]
-        remove_temporaries(out_dir)
-        for unit in pending:
-            clear_unit(out_dir, unit)
         done_samples = sum(len(u.keys) for u in units) - sum(len(u.keys) for u in pending)
         with tqdm(
             total=sum(len(u.keys) for u in units),
@@ -307,9 +340,9 @@ def run_sharding(
             disable=not progress,
         ) as bar:
             limit = max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
-            failed = _run_tasks(pending, source, cfg, out_dir, bar, max_retries, limit)
-        remove_temporaries(out_dir)  # left by attempts that died (their retries finished)
-        manifest = write_manifest(out_dir)
+            failed = _run_tasks(pending, source, cfg, out, bar, max_retries, limit)
+        remove_temporaries(out)  # left by attempts that died (their retries finished)
+        manifest = write_manifest(out)  # last: a reader never sees a half-written dataset
     if failed:
         lines = [f"  {name}: {error}" for name, error in sorted(failed.items())]
         raise ShardingError(
@@ -331,5 +364,11 @@ def init_ray(address: str | None, workers: int) -> bool:
         ray.init(address=address, log_to_driver=False)
         return True
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep a local cluster on loopback
-    ray.init(num_cpus=workers, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.init(  # address "local": a new cluster, never another Ray running on this machine
+        address="local",
+        num_cpus=workers,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+    )
     return True

@@ -1,11 +1,20 @@
 """Deterministic WebDataset tar writing: size-bounded shards, per-attempt temporaries, sha256 on the fly.
 
 A shard is written as `<name>.tar.<attempt>.tmp` (the attempt token is unique per task attempt,
-so a retried or duplicated attempt never touches another's file) and renamed to `<name>.tar`
-by `commit()` only once the whole unit is complete. Its sha256 and size are computed from the
-bytes as they are written (no second read). Tar headers carry fixed owner, mode and mtime, and
-members are written in sorted order, so the same samples give byte-identical shards (and the
-same sha256) on every run and every attempt.
+so a retried or duplicated attempt never touches another's file). Its sha256 and size are
+computed from the bytes as they are written (no second read). Tar headers carry fixed owner,
+mode and mtime, and members are written in sorted order, so the same samples give
+byte-identical shards (and the same sha256) on every run and every attempt.
+
+Where a shard goes once written depends on the output (a `Location`):
+- a local directory: the temporary lies beside its final name and `commit()` renames it to
+  `<name>.tar` only once the whole unit is complete;
+- an object store: the temporary is written in a local scratch directory (under the system
+  temporary directory, `TMPDIR`) and uploaded to its final name as soon as the shard is
+  finished (`Location.upload`: a temporary object, then a move), then deleted, so a worker's
+  disk holds one shard at a time. Either way the unit is done only once its done-record exists
+  (sharding/manifest.py); an uploaded shard of an unfinished unit is redone by the next run.
+  A scratch directory left by a killed worker is removed by the next writer on that host.
 """
 
 from __future__ import annotations
@@ -15,12 +24,17 @@ import io
 import math
 import os
 import secrets
+import shutil
 import tarfile
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hvdistill.storage import Location
+
 TMP_SUFFIX = ".tmp"
+SCRATCH_PREFIX = "hvdistill-shard-"  # local scratch of a writer to an object store: <prefix><pid>-<token>
 _TOKEN_BYTES = 6  # attempt tokens: 12 hex digits
 # Sample sizes vary within a unit (points, JPEG entropy); the shard count estimated from the
 # first record is taken with this much headroom so the byte bound rarely has to cut a shard early.
@@ -99,20 +113,48 @@ class HashingFile:
         self._file.close()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def clear_dead_scratch(root: Path | None = None) -> list[Path]:
+    """Remove scratch directories of writers whose process is gone (a killed worker's shard)."""
+    removed = []
+    for path in Path(root or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        pid = path.name.removeprefix(SCRATCH_PREFIX).partition("-")[0]
+        if path.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 class ShardWriter:
     """Writes records into `<prefix>-0000.tar`, `<prefix>-0001.tar`, ... of at most max_bytes.
 
     A shard is closed before a record would push it past `max_bytes` (a single larger record
     gets a shard of its own). Given the unit's `samples`, shards are also balanced: each holds at
     most `balanced_quota(...)` records, so a unit of 1.4 shards' worth gives two equal shards, not
-    a full one and a small one. Shards stay temporaries of this attempt until `commit()` renames
-    them into place and returns their infos; `abort()` deletes them.
+    a full one and a small one. `out_dir` is a local directory or an object-store location (see
+    the module docstring): local shards stay temporaries of this attempt until `commit()` renames
+    them into place, remote ones are uploaded as each is finished; `commit()` returns their infos
+    and `abort()` deletes this attempt's temporaries.
     """
 
     def __init__(
-        self, out_dir: Path, prefix: str, max_bytes: int, attempt: str | None = None, samples: int = 0
+        self,
+        out_dir: str | Path | Location,
+        prefix: str,
+        max_bytes: int,
+        attempt: str | None = None,
+        samples: int = 0,
     ):
-        self.out_dir, self.prefix, self.max_bytes = Path(out_dir), prefix, int(max_bytes)
+        self.out, self.prefix, self.max_bytes = Location(out_dir), prefix, int(max_bytes)
         self.expected, self.quota = int(samples), 0  # quota set by the first record
         self.attempt = attempt or attempt_token()
         self.shards: list[ShardInfo] = []
@@ -120,12 +162,17 @@ class ShardWriter:
         self._file: HashingFile | None = None
         self._samples = 0
         self._bytes = 0
+        if self.out.remote:
+            clear_dead_scratch()
+            self.work_dir = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
+        else:
+            self.work_dir = self.out.local  # where this attempt's temporaries are written
 
     def _name(self, index: int) -> str:
         return f"{self.prefix}-{index:04d}.tar"
 
     def temporary(self, name: str) -> Path:
-        return self.out_dir / f"{name}.{self.attempt}{TMP_SUFFIX}"
+        return self.work_dir / f"{name}.{self.attempt}{TMP_SUFFIX}"
 
     def _open(self) -> None:
         self._file = HashingFile(self.temporary(self._name(len(self.shards))))
@@ -136,9 +183,13 @@ class ShardWriter:
         if self._tar is None or self._file is None:
             return
         self._tar.close()  # end-of-archive blocks and padding go through the hashing file
-        self._file.close()
+        self._file.close(sync=not self.out.remote)  # a local shard is renamed: make it durable first
         info = ShardInfo(self._name(len(self.shards)), self._samples, self._file.size, self._file.hexdigest())
         self._tar, self._file = None, None
+        if self.out.remote:
+            tmp = self.temporary(info.name)
+            (self.out / info.name).upload(tmp)  # atomic: readers see the whole shard or none
+            tmp.unlink()
         self.shards.append(info)
 
     def write(self, record: dict[str, Any]) -> None:
@@ -163,19 +214,23 @@ class ShardWriter:
         self._bytes += size
 
     def close(self) -> list[ShardInfo]:
-        """Finish the open shard; the shards are still temporaries (see commit)."""
+        """Finish the open shard; local shards are still temporaries (see commit)."""
         self._finish()
         return list(self.shards)
 
     def commit(self) -> list[ShardInfo]:
-        """Finish, then rename every shard of this attempt to its final name."""
+        """Finish, then put every shard of this attempt under its final name (local: a rename;
+        remote: they were uploaded as they were finished, and the scratch directory goes)."""
         self._finish()
+        if self.out.remote:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+            return list(self.shards)
         for shard in self.shards:
-            os.replace(self.temporary(shard.name), self.out_dir / shard.name)
+            os.replace(self.temporary(shard.name), self.work_dir / shard.name)
         return list(self.shards)
 
     def abort(self) -> None:
-        """Close and delete this attempt's temporaries (shards already committed stay)."""
+        """Close and delete this attempt's temporaries (shards already committed or uploaded stay)."""
         open_index = len(self.shards)
         if self._tar is not None and self._file is not None:
             self._tar.close()
@@ -183,3 +238,5 @@ class ShardWriter:
             self._tar, self._file = None, None
         for index in range(open_index + 1):
             self.temporary(self._name(index)).unlink(missing_ok=True)
+        if self.out.remote:
+            shutil.rmtree(self.work_dir, ignore_errors=True)

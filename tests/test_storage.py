@@ -44,6 +44,16 @@ def test_write_read_list_delete_alike_on_both(root, tmp_path):
     assert not root.exists()
 
 
+def test_file_sizes_list_the_files_of_one_directory_alike_on_both(root):
+    assert root.file_sizes() == {}  # absent
+    (root / "b.tar").write_bytes(b"x" * 7)
+    (root / "a.json").write_bytes(b"")
+    (root / "sub" / "c.bin").write_bytes(b"yy")
+    assert root.file_sizes() == {"a.json": 0, "b.tar": 7}  # files only, sorted, with their sizes
+    assert list(root.file_sizes()) == ["a.json", "b.tar"]
+    assert (root / "sub").file_sizes() == {"c.bin": 2}
+
+
 def test_a_read_larger_than_its_limit_is_refused(root):
     (root / "m.json").write_bytes(b"x" * 100)
     assert (root / "m.json").read_bytes(limit=100) == b"x" * 100

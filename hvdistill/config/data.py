@@ -68,6 +68,10 @@ class DataConfig:
     cameras: list[str] = field(default_factory=lambda: list(NUSCENES_CAMERAS))
     stored_image_width: int = 800  # images stored in shards at this width (crops need ~800x450)
     stored_image_height: int = 450
+    # the largest raw camera image decoded (width x height, checked from its header before decoding;
+    # a larger one is a bad sample, skipped); 0 = RAW_IMAGE_SCALE^2 x the stored size (3200 x 1800
+    # for 800 x 450: nuScenes' 1600 x 900 and KITTI's 1241 x 376 fit)
+    max_image_pixels: int = 0
     jpeg_quality: int = 90
     min_depth: float = 1.0  # pairs keep depth > min_depth (nuscenes-devkit's rule)
     image_border: float = 1.0  # pairs keep border < u < W - border, border < v < H - border
@@ -90,6 +94,16 @@ class DataConfig:
     read_ahead: int = 2
 
 
+RAW_IMAGE_SCALE = 4  # a raw camera image may be this many times the stored size, per side
+
+
+def image_pixel_limit(d: DataConfig) -> int:
+    """Pixels of the largest raw camera image a reader decodes (`data.max_image_pixels`, or derived)."""
+    if d.max_image_pixels > 0:
+        return d.max_image_pixels
+    return RAW_IMAGE_SCALE**2 * max(d.stored_image_width, 1) * max(d.stored_image_height, 1)
+
+
 def data_problems(cfg: Config) -> list[str]:
     """Every inconsistency inside the `data` section, each with its fix."""
     p: list[str] = []
@@ -108,6 +122,8 @@ def data_problems(cfg: Config) -> list[str]:
         p.append(f"data.superpixels.sigma: {sp.sigma} must be >= 0 (0 = no smoothing)")
     if d.stored_image_width <= 0 or d.stored_image_height <= 0:
         p.append("data.stored_image_width / data.stored_image_height: must be > 0")
+    if d.max_image_pixels < 0:
+        p.append(f"data.max_image_pixels: {d.max_image_pixels} must be >= 0 (0 = 16 x the stored size)")
     if not 1 <= d.jpeg_quality <= 100:
         p.append(f"data.jpeg_quality: {d.jpeg_quality} must be in 1..100")
     check_range(p, "data.max_bad_fraction", d.max_bad_fraction, 0.0, 1.0)

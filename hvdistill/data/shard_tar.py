@@ -1,12 +1,19 @@
 """Indexing a shard tar without reading its payload, and reading one record's members by offset.
 
 The reader never hands a path to webdataset's URL opener (which runs `pipe:` names as shell
-commands): it opens local files itself. `scan_shard` walks the tar headers with Python's
-`tarfile` (payloads are skipped by seeking) and groups members into `RecordRef`s the way
-WebDataset does (key = member name up to its first dot; a record's members are contiguous).
-Nothing is decoded and no payload is read, so a reader can skip records cheaply (resume) and
-shuffle light references instead of bytes. `read_record` later reads one record's members,
-each bounded by the file's size.
+commands): it opens files itself. `scan_shard` walks the tar headers of a local file with
+Python's `tarfile` (payloads are skipped by seeking) and groups members into `RecordRef`s the
+way WebDataset does (key = member name up to its first dot; a record's members are
+contiguous). Nothing is decoded and no payload is read, so a reader can skip records cheaply
+(resume) and shuffle light references instead of bytes. `read_record` / `read_members` later
+read one record's members, each bounded by the file's size.
+
+A shard fetched whole from an object store (hvdistill/data/shard_fetch.py) is indexed the same
+way from memory by `scan_bytes`: its references share the fetched bytes (`RecordRef.data`, left
+out of equality and repr), so the bytes live exactly as long as one of its records waits in a
+shuffle buffer, and reading a record slices memory. A reference to an object-store shard without
+bytes (fine-tuning keeps only references) reads its members with ranged requests through
+hvdistill/storage.py, neighbouring members in one request.
 
 Structural defects are reported, never raised past the reader:
 - a record whose member names do not parse, repeat, are not regular files, run past the end
@@ -19,15 +26,21 @@ Structural defects are reported, never raised past the reader:
 
 from __future__ import annotations
 
+import io
 import os
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from hvdistill.storage import Location, is_uri
+
 _BLOCK = tarfile.BLOCKSIZE  # 512-byte tar blocks
 _PLAIN_FILE = (tarfile.REGTYPE, tarfile.AREGTYPE)
 # Everything tarfile raises on a damaged archive (it parses headers with struct, int(), utf-8).
 _TAR_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError, UnicodeError, OverflowError)
+# Ranged reads of an object-store record: members closer than this are read in one request
+# (a record's points, labels, meta and pairs lie side by side: the writer sorts member names).
+_MAX_GAP = 256 << 10  # bytes
 
 
 class ShardError(RuntimeError):
@@ -38,11 +51,13 @@ class ShardError(RuntimeError):
 class RecordRef:
     """Where one sample's members lie in a shard: enough to read it later, nothing decoded."""
 
-    shard: str  # local path of the tar
+    shard: str  # local path or object-store URI of the tar
     key: str
     index: int  # position of the record in the shard (0-based)
     members: tuple[tuple[str, int, int], ...] = ()  # (member name, data offset, size)
     problem: str = ""  # a structural defect found while indexing; non-empty = a bad record
+    # the whole shard, fetched into memory and shared by its references (None: read the file)
+    data: bytes | None = field(default=None, compare=False, hash=False, repr=False)
 
 
 @dataclass
@@ -50,6 +65,7 @@ class _Grouper:
     """Accumulates contiguous members of one key into a RecordRef."""
 
     shard: str
+    data: bytes | None = None  # the shard's bytes when it was fetched into memory
     seen_keys: set[str] = field(default_factory=set)
     key: str | None = None
     members: list[tuple[str, int, int]] = field(default_factory=list)
@@ -73,7 +89,7 @@ class _Grouper:
     def flush(self) -> RecordRef | None:
         if self.key is None:
             return None
-        ref = RecordRef(self.shard, self.key, self.count, tuple(self.members), self.problem)
+        ref = RecordRef(self.shard, self.key, self.count, tuple(self.members), self.problem, self.data)
         self.key, self.members, self.problem, self.count = None, [], "", self.count + 1
         return ref
 
@@ -110,14 +126,19 @@ def scan_shard(path: str) -> Iterator[RecordRef]:
     except OSError as e:
         raise ShardError(f"{path}: cannot open: {e}") from e
     try:
-        yield from _scan(f, path)
+        yield from _scan(f, path, os.fstat(f.fileno()).st_size)
     finally:
         f.close()
 
 
-def _scan(f, path: str) -> Iterator[RecordRef]:
-    file_size = os.fstat(f.fileno()).st_size
-    grouper = _Grouper(path)
+def scan_bytes(name: str, data: bytes) -> Iterator[RecordRef]:
+    """Records of a shard held in memory (`name`: its URI), as `scan_shard`; the references share
+    `data`. Raises ShardError like `scan_shard`."""
+    yield from _scan(io.BytesIO(data), name, len(data), data)
+
+
+def _scan(f, path: str, file_size: int, data: bytes | None = None) -> Iterator[RecordRef]:
+    grouper = _Grouper(path, data)
     broken = ""
     try:
         tar = tarfile.open(fileobj=f, mode="r:")
@@ -141,21 +162,59 @@ def read_record(ref: RecordRef) -> dict[str, bytes | str]:
     """{"__key__": key, "__url__": shard, member: bytes} of one record (sizes were bounded by
     the file's size when it was indexed). Raises OSError if the file changed since."""
     record: dict[str, bytes | str] = {"__key__": ref.key, "__url__": ref.shard}
-    with open(ref.shard, "rb") as f:
-        for member, offset, size in ref.members:
-            f.seek(offset)
-            data = f.read(size)
-            if len(data) != size:
-                raise OSError(f"{member}: {len(data)} of {size} bytes readable (the shard changed?)")
-            record[member] = data
+    record.update(read_members(ref))
     return record
 
 
-def count_records(path: str) -> tuple[int, str]:
-    """(records indexable, problem or "") of a tar: for bare .tar paths that have no manifest."""
+def read_members(ref: RecordRef, names: tuple[str, ...] | None = None) -> dict[str, bytes]:
+    """{member: bytes} of the record's members named in `names` (all when None): sliced from the
+    fetched bytes, read by offset from a local file, or by ranged requests from an object store.
+    Raises OSError if the file changed since it was indexed."""
+    wanted = [m for m in ref.members if names is None or m[0] in names]
+    if ref.data is not None:  # offsets and sizes were bounded by len(data) when indexed
+        return {member: ref.data[offset : offset + size] for member, offset, size in wanted}
+    if is_uri(ref.shard):
+        return _read_ranges(ref.shard, wanted)
+    out: dict[str, bytes] = {}
+    with open(ref.shard, "rb") as f:
+        for member, offset, size in wanted:
+            f.seek(offset)
+            out[member] = _exact(f.read(size), size, member)
+    return out
+
+
+def _exact(data: bytes, size: int, member: str) -> bytes:
+    if len(data) != size:
+        raise OSError(f"{member}: {len(data)} of {size} bytes readable (the shard changed?)")
+    return data
+
+
+def _read_ranges(uri: str, wanted: list[tuple[str, int, int]]) -> dict[str, bytes]:
+    """Members of an object-store shard: one ranged request per run of members closer than _MAX_GAP."""
+    spans: list[list[tuple[str, int, int]]] = []
+    for member in sorted(wanted, key=lambda m: m[1]):
+        if spans and member[1] - max(o + s for _, o, s in spans[-1]) <= _MAX_GAP:
+            spans[-1].append(member)
+        else:
+            spans.append([member])
+    out: dict[str, bytes] = {}
+    with Location(uri).open_read() as f:
+        for span in spans:
+            start = span[0][1]
+            stop = max(o + s for _, o, s in span)
+            f.seek(start)
+            block = _exact(f.read(stop - start), stop - start, span[-1][0])
+            for member, offset, size in span:
+                out[member] = block[offset - start : offset - start + size]
+    return {member: out[member] for member, _, _ in wanted}
+
+
+def count_records(path: str, data: bytes | None = None) -> tuple[int, str]:
+    """(records indexable, problem or "") of a tar (a local file, or `data` fetched from `path`):
+    for bare .tar paths that have no manifest."""
     count = 0
     try:
-        for _ in scan_shard(path):
+        for _ in scan_shard(path) if data is None else scan_bytes(path, data):
             count += 1
     except ShardError as e:
         return count, str(e)

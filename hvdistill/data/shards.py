@@ -4,9 +4,12 @@
 `prepare_sample(source.read(key))` gives (images after the JPEG coding they are stored with).
 The pipeline: shard list (hvdistill/data/shard_index.py: manifests read as data, datasets
 filtered and weighted) -> record references from the tar headers (shard_tar.py, local files
-opened by the reader itself) -> bounded shuffle buffer of references -> skip to the resume
-position (nothing read or decoded) -> read and decode (schema.py, every size checked before
-allocating, every sample range-checked).
+opened by the reader itself; object-store shards fetched whole into memory, bounded, with
+`data.read_ahead` shards of the stream's planned order fetching ahead in background threads:
+shard_fetch.py) -> bounded shuffle buffer of references -> skip to the resume position (nothing
+read or decoded) -> read and decode (schema.py, every size checked before allocating, every
+sample range-checked). Where the bytes come from never changes which records a stream yields or
+their order.
 
 Modes (`data.resampled`):
 - True (training): each worker draws shards with replacement, datasets mixed with
@@ -37,8 +40,10 @@ import itertools
 import logging
 import random
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
+from operator import attrgetter
 
 import numpy as np
 import torch
@@ -49,9 +54,10 @@ from hvdistill.config import DataConfig
 from hvdistill.data.sample import Sample
 from hvdistill.data.sample_checks import DecodeLimits, SchemaError
 from hvdistill.data.schema import decode_sample
+from hvdistill.data.shard_fetch import Fetch, fetch_limit, prefetched
 from hvdistill.data.shard_index import ShardEntry, check_stored_sizes, resolve_shards, select_datasets
 from hvdistill.data.shard_plan import batches_consumed, per_rank, shard_order, slot_range, worker_counts
-from hvdistill.data.shard_tar import RecordRef, ShardError, read_record, scan_shard
+from hvdistill.data.shard_tar import RecordRef, ShardError, read_record, scan_bytes, scan_shard
 
 log = logging.getLogger(__name__)
 COUNTERS = ("samples", "bad_samples", "bad_shards", "missing_samples", "repeated")
@@ -153,15 +159,32 @@ class ShardDataset(IterableDataset):
             "samples_per_rank": self.samples_per_rank(),
         }
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume at a `state_dict` position (same batch size, world size, seed, mode, data)."""
+    def load_state_dict(self, state: dict[str, int]) -> int:
+        """Resume at a `state_dict` position; returns the batch of the epoch this rank starts at.
+
+        Batch size, seed and mode must be those of the position. At the world size that wrote it
+        the data must be too (the same samples per rank), and the resume is exact. At another world
+        size (an elastic resize) the epoch continues after the same number of samples consumed
+        over all ranks, rounded down to whole batches of the new split, each rank on its own new
+        stream: the rest of the epoch is drawn as the new ranks draw it, not the samples the old
+        ranks would have read."""
         now = self.state_dict(0)
-        changed = [k for k in _RESUME_KEYS if state.get(k) != now[k]]
+        keys = [k for k in _RESUME_KEYS if k != "world_size"]
+        if state.get("world_size") != self.world_size:
+            keys.remove("samples_per_rank")  # it follows from the world size
+        changed = [k for k in keys if state.get(k) != now[k]]
         if changed:
             diffs = ", ".join(f"{k} was {state.get(k)}, now {now[k]}" for k in changed)
             raise ValueError(f"cannot resume the data position: {diffs}")
-        self.set_epoch(state["epoch"], start_batch=state["batches_done"])
-        self._state[_EXPECT_WORKERS] = int(state.get("workers", 0))
+        start = int(state["batches_done"])
+        if state.get("world_size") != self.world_size:
+            done = start * int(state["batch_size"]) * int(state["world_size"])  # samples, all ranks
+            start = min(done // (self.batch_size * self.world_size), self.batches_per_rank())
+            self._state[_EXPECT_WORKERS] = 0  # another split: no per-worker position to check
+        else:
+            self._state[_EXPECT_WORKERS] = int(state.get("workers", 0))
+        self.set_epoch(state["epoch"], start_batch=start)
+        return start
 
     def _count(self, name: str, n: int = 1) -> None:
         self._counts[self._row, COUNTERS.index(name)] += n
@@ -181,11 +204,22 @@ class ShardDataset(IterableDataset):
                 f"warnings above (data.max_consecutive_bad={self.cfg.max_consecutive_bad})"
             )
 
-    def _shard_refs(self, entry: ShardEntry, start: int = 0, stop: int | None = None) -> Iterator[RecordRef]:
-        """References [start, stop) of one shard (headers only); counts a broken shard and the
-        planned records it did not hold."""
+    def _planned(self, plan: Iterable, entry_of=lambda entry: entry) -> Iterator[tuple]:
+        """(item, Fetch or None) along a planned shard order, `data.read_ahead` remote shards ahead."""
+
+        def target(item) -> tuple[str, int, str]:
+            entry = entry_of(item)
+            return (entry.path, *fetch_limit(entry.bytes, self.cfg))
+
+        return prefetched(plan, target, self.cfg.read_ahead)
+
+    def _shard_refs(
+        self, entry: ShardEntry, start: int = 0, stop: int | None = None, fetch: Fetch | None = None
+    ) -> Iterator[RecordRef]:
+        """References [start, stop) of one shard (headers only; from the fetched bytes of a remote
+        one); counts a broken or unfetchable shard and the planned records it did not hold."""
         stop = entry.samples if stop is None else stop
-        got, refs = 0, scan_shard(entry.path)
+        got, refs = 0, scan_shard(entry.path) if fetch is None else _fetched_refs(fetch)
         try:
             for ref in refs:
                 if ref.index >= stop:
@@ -240,22 +274,29 @@ class ShardDataset(IterableDataset):
             self._rng(worker, f"shards:{dataset}"),
             [e for e in self.entries if e.dataset == dataset],
         )
-        while True:
-            entry = rng.choice(entries)
-            found = 0
-            for ref in self._shard_refs(entry):
-                found += 1
-                yield Slot(ref)
-            if not found:
-                self._failure()  # an empty or unreadable shard must not make this loop spin
+        # the draws are the stream's planned order: drawing them ahead changes none of them
+        draws = (rng.choice(entries) for _ in itertools.count())
+        with closing(self._planned(draws)) as planned:
+            for entry, fetch in planned:
+                found = 0
+                for ref in self._shard_refs(entry, fetch=fetch):
+                    found += 1
+                    yield Slot(ref)
+                if not found:
+                    self._failure()  # an empty or unreadable shard must not make this loop spin
 
     def _resampled(self, worker: int, quota: int, skip: int) -> Iterator[Sample]:
         datasets = sorted(self.weights)
-        streams = [self._shuffled(self._dataset_slots(d, worker), worker, f"shuffle:{d}") for d in datasets]
+        sources = [self._dataset_slots(d, worker) for d in datasets]
+        streams = [self._shuffled(src, worker, f"shuffle:{d}") for src, d in zip(sources, datasets)]
         weights, rng = [self.weights[d] for d in datasets], self._rng(worker, "mix")
         slots = (next(streams[rng.choices(range(len(streams)), weights)[0]]) for _ in itertools.count())
         samples = (s for s in map(self._decode, itertools.islice(slots, skip, None)) if s is not None)
-        yield from itertools.islice(samples, quota - skip)
+        try:
+            yield from itertools.islice(samples, quota - skip)
+        finally:  # stop the read-ahead of every stream now, not when garbage collected
+            for source in sources:
+                source.close()
 
     # ---- non-resampled mode ----
     def _share(self, worker: int, workers: int) -> tuple[list[ShardEntry], int, int]:
@@ -265,12 +306,13 @@ class ShardDataset(IterableDataset):
         return order, start, start + counts[worker]
 
     def _slots(self, order: list[ShardEntry], start: int, stop: int) -> Iterator[Slot]:
-        for seg in slot_range(order, start, stop):
-            found = 0
-            for ref in self._shard_refs(seg.entry, seg.start, seg.stop):
-                found += 1
-                yield Slot(ref, seg.padding)
-            yield from itertools.repeat(Slot(None, seg.padding), seg.stop - seg.start - found)
+        with closing(self._planned(slot_range(order, start, stop), attrgetter("entry"))) as planned:
+            for seg, fetch in planned:
+                found = 0
+                for ref in self._shard_refs(seg.entry, seg.start, seg.stop, fetch):
+                    found += 1
+                    yield Slot(ref, seg.padding)
+                yield from itertools.repeat(Slot(None, seg.padding), seg.stop - seg.start - found)
 
     def _stand_in(self, sample: Sample) -> Sample:
         self._count("repeated")
@@ -280,16 +322,21 @@ class ShardDataset(IterableDataset):
         """A good sample for a worker whose whole share was unusable: the next records of the
         epoch's order (wrapping around once)."""
         total = sum(e.samples for e in order)
-        for slot in self._slots(order, after, after + total):
-            if (sample := self._decode(slot)) is not None:
-                return sample
+        with closing(self._slots(order, after, after + total)) as slots:
+            for slot in slots:
+                if (sample := self._decode(slot)) is not None:
+                    return sample
         raise RuntimeError("no record of these shards decodes; see the warnings above")
 
     def _once(self, worker: int, workers: int, skip: int) -> Iterator[Sample]:
         order, start, stop = self._share(worker, workers)
-        slots = itertools.islice(
-            self._shuffled(self._slots(order, start, stop), worker, "shuffle"), skip, None
-        )
+        with closing(self._slots(order, start, stop)) as source:
+            yield from self._once_from(source, worker, skip, order, stop)
+
+    def _once_from(
+        self, source: Iterator[Slot], worker: int, skip: int, order: list[ShardEntry], stop: int
+    ) -> Iterator[Sample]:
+        slots = itertools.islice(self._shuffled(source, worker, "shuffle"), skip, None)
         last, owed = None, 0
         for sample in map(self._decode, slots):
             if sample is None and last is None:
@@ -330,6 +377,11 @@ class ShardDataset(IterableDataset):
             yield from self._once(role, workers, skip)
 
 
+def _fetched_refs(fetch: Fetch) -> Iterator[RecordRef]:
+    """References of a fetched shard, sharing its bytes (ShardError if it could not be fetched)."""
+    yield from scan_bytes(fetch.uri, fetch.result())
+
+
 def build_shard_dataset(
     cfg: DataConfig,
     rank: int | None = None,
@@ -341,7 +393,7 @@ def build_shard_dataset(
 ) -> ShardDataset:
     """The stream of `cfg.shards` (or `shards`) for this rank; `batch_size` = the DataLoader's."""
     paths = list(shards if shards is not None else cfg.shards)
-    entries, sizes = resolve_shards(paths, cfg.shard_splits)
+    entries, sizes = resolve_shards(paths, cfg.shard_splits, cfg)
     entries = select_datasets(entries, cfg, str(paths))
     if not entries:
         raise ValueError(

@@ -7,7 +7,10 @@ drop 99% of them); it pre-selects records instead, with the reader's own safe pi
 - `index_split`: the shards of one split and dataset (`resolve_shards`: manifests read as data,
   shard names trust-checked; a bare .tar path belongs to the split its name carries,
   `<dataset>-<split>-...tar`), each tar indexed from its headers alone (`scan_shard`); a broken
-  shard is logged and counted, its readable records kept;
+  shard is logged and counted, its readable records kept. A shard on an object store is
+  fetched whole (bounded by its manifest entry's size, `data.read_ahead` shards fetching ahead:
+  hvdistill/data/shard_fetch.py) and indexed from memory; the references keep no bytes (a split
+  would otherwise sit in memory), so a scan's members are later read by ranged requests;
 - `scan_refs`: the scene / sequence and frame of every record, from its `meta.json` member only
   (for the label-fraction split, hvdistill/eval/splits.py);
 - `ScanDataset`: a map-style dataset over the kept `RecordRef`s (any subset, shuffled by the
@@ -21,11 +24,12 @@ raised. Evaluation reads every record of its split; the label fraction only touc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,10 +38,13 @@ from torch.utils.data import Dataset
 from hvdistill.config import DataConfig
 from hvdistill.data.sample_checks import SchemaError
 from hvdistill.data.schema import LABELS, META, POINTS, decode_npy
-from hvdistill.data.shard_index import resolve_shards
-from hvdistill.data.shard_tar import RecordRef, ShardError, scan_shard
+from hvdistill.data.shard_fetch import Fetch, fetch_limit, prefetched
+from hvdistill.data.shard_index import ShardEntry, resolve_shards
+from hvdistill.data.shard_tar import RecordRef, ShardError, scan_bytes, scan_shard
+from hvdistill.data.shard_tar import read_members as read_record_members
 from hvdistill.eval.classes import ClassMap
 from hvdistill.eval.splits import ScanRef
+from hvdistill.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +71,7 @@ def index_split(data: DataConfig, dataset: str, split: str) -> SplitRecords:
     """The records of `split` shards of `dataset` in `data.shards` (manifests, dirs or .tar paths)."""
     if not data.shards:
         raise ValueError("data.shards: fine-tuning reads labelled shards; set data.shards=[SHARD_DIR]")
-    entries, _ = resolve_shards(list(data.shards), [split])
+    entries, _ = resolve_shards(list(data.shards), [split], data)
     entries = [e for e in entries if e.dataset == dataset and _split_of(e.path, e.split) == split]
     if not entries:
         raise ValueError(
@@ -72,34 +79,38 @@ def index_split(data: DataConfig, dataset: str, split: str) -> SplitRecords:
             f"finetune.dataset, finetune.train_split / finetune.val_split and that the split was sharded"
         )
     records = SplitRecords([], [e.path for e in entries])
-    for entry in entries:
-        try:
-            records.refs.extend(scan_shard(entry.path))
-        except ShardError as err:
-            records.bad_shards += 1
-            log.warning("%s: the records after the damage are lost: %s", entry.path, err)
+    planned = prefetched(entries, lambda e: (e.path, *fetch_limit(e.bytes, data)), data.read_ahead)
+    with closing(planned):  # an error stops the read-ahead at once
+        for entry, fetch in planned:
+            try:
+                records.refs.extend(_refs(entry, fetch))
+            except ShardError as err:
+                records.bad_shards += 1
+                log.warning("%s: the records after the damage are lost: %s", entry.path, err)
     return records
+
+
+def _refs(entry: ShardEntry, fetch: Fetch | None) -> Iterator[RecordRef]:
+    """A shard's references: from its local headers, or from its fetched bytes, dropped after."""
+    if fetch is None:
+        yield from scan_shard(entry.path)
+        return
+    for ref in scan_bytes(entry.path, fetch.result()):
+        yield dataclasses.replace(ref, data=None)
 
 
 def _split_of(path: str, split: str) -> str:
     """A manifest's split; for a bare .tar, the one its name carries (`<dataset>-<split>-...tar`)."""
     if split:
         return split
-    parts = Path(path).name.split("-")
+    parts = Location(path).name.split("-")
     return parts[1] if len(parts) > 2 else ""
 
 
 def read_members(ref: RecordRef, names: tuple[str, ...]) -> dict[str, bytes]:
-    """The named members of one record, read by offset (sizes were bounded when it was indexed)."""
-    found = {name: (offset, size) for name, offset, size in ref.members if name in names}
-    out: dict[str, bytes] = {}
-    with open(ref.shard, "rb") as f:
-        for name, (offset, size) in found.items():
-            f.seek(offset)
-            out[name] = f.read(size)
-            if len(out[name]) != size:
-                raise SchemaError(f"{name}: {len(out[name])} of {size} bytes readable (the shard changed?)")
-    return out
+    """The named members of one record, read by offset from a local file or by ranged requests
+    from an object store (sizes were bounded when it was indexed); OSError if the shard changed."""
+    return read_record_members(ref, names)
 
 
 def _meta(ref: RecordRef, member: bytes | None) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,7 +28,13 @@ from hvdistill.batch import Batch
 from hvdistill.config import Config, DataConfig
 from hvdistill.data.augment import augment_sample
 from hvdistill.data.collate import collate
-from hvdistill.data.shard_index import MANIFEST, resolve_shards, select_datasets
+from hvdistill.data.shard_index import (
+    MANIFEST_MAX_BYTES,
+    entry_location,
+    manifest_location,
+    resolve_shards,
+    select_datasets,
+)
 from hvdistill.data.shards import ShardDataset, build_shard_dataset
 
 _EPOCH, _START = range(2)
@@ -64,10 +69,12 @@ class BatchStream(IterableDataset):
             "batches_done": int(batches_done),
         }
 
-    def load_position(self, position: dict[str, int]) -> None:
-        """Continue at a `position` record (refused if batch size, world size, seed or data changed)."""
-        self.reader.load_state_dict(position)
-        self._state[_EPOCH], self._state[_START] = int(position["epoch"]), int(position["batches_done"])
+    def load_position(self, position: dict[str, int]) -> int:
+        """Continue at a `position` record, written at this world size or another (refused if the
+        batch size, seed or data changed); returns the batch of the epoch this rank starts at."""
+        start = self.reader.load_state_dict(position)
+        self._state[_EPOCH], self._state[_START] = int(position["epoch"]), start
+        return start
 
     def _rng(self, epoch: int, index: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence([self.seed, epoch, self.rank, index]))
@@ -95,7 +102,7 @@ class BatchStream(IterableDataset):
 
 def has_split(data: DataConfig, split: str) -> bool:
     """Whether `data.shards` hold shards of `split` (of the selected datasets)."""
-    entries, _ = resolve_shards(list(data.shards), [split])
+    entries, _ = resolve_shards(list(data.shards), [split], data)
     return bool(select_datasets(entries, data, str(data.shards)))
 
 
@@ -117,13 +124,15 @@ def build_stream(cfg: Config, split: str, rank: int, world_size: int) -> BatchSt
 
 def build_loader(stream: BatchStream, cfg: Config, persistent: bool = True) -> DataLoader:
     """A DataLoader whose workers (`data.loader_workers`, persistent by default) read, augment and
-    collate whole micro-batches."""
+    collate whole micro-batches. On CUDA runs (`dist.use_gpu`) batches arrive in pinned memory, so
+    the loop's copy to the GPU is asynchronous; CPU runs pin nothing."""
     workers = cfg.data.loader_workers
     extra = {"prefetch_factor": cfg.data.prefetch_factor} if workers > 0 else {}
     return DataLoader(
         stream,
         batch_size=None,
         num_workers=workers,
+        pin_memory=cfg.dist.use_gpu,
         persistent_workers=persistent and workers > 0,
         generator=torch.Generator().manual_seed(cfg.train.seed),
         **extra,
@@ -142,14 +151,15 @@ def close_loader(loader: DataLoader | Iterator | None) -> None:
 
 
 def manifest_hash(data: DataConfig) -> str:
-    """sha256 over the manifests (bytes) of `data.shards`, or the name and size of a bare .tar."""
+    """sha256 over the manifests (bytes) of `data.shards`, or the name and size of a bare .tar;
+    local or on an object store alike (hvdistill/storage.py)."""
     h = hashlib.sha256()
     for entry in data.shards:
-        path = Path(entry)
-        manifest = path / MANIFEST if path.is_dir() else path
+        location = entry_location(entry)
+        manifest = manifest_location(location)
         h.update(entry.encode() + b"\0")
-        if manifest.name == MANIFEST and manifest.is_file():
-            h.update(manifest.read_bytes())
-        elif path.is_file():
-            h.update(f"{path.name}:{path.stat().st_size}".encode())
+        if manifest is not None and manifest.is_file():
+            h.update(manifest.read_bytes(MANIFEST_MAX_BYTES))
+        elif location.is_file():
+            h.update(f"{location.name}:{location.size()}".encode())
     return h.hexdigest()

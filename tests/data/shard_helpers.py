@@ -1,4 +1,5 @@
-"""Small in-memory shards for reader tests: valid prepared samples written with sharding's writer."""
+"""Small shards for reader tests: valid prepared samples written with sharding's writer, and their
+upload to an object store (the tests' S3 server)."""
 
 from __future__ import annotations
 
@@ -103,3 +104,13 @@ def assert_same(a: Sample, b: Sample) -> None:
     for ca, cb in zip(a.cameras, b.cameras):
         for name in ("image", "superpixels", "intrinsics", "cam_to_ego", "ego_to_global"):
             np.testing.assert_array_equal(getattr(ca, name), getattr(cb, name))
+
+
+def upload_dir(local: Path, prefix: str) -> str:
+    """Every file of the local shard directory `local` to the object-store `prefix`; returns it."""
+    from hvdistill.storage import Location
+
+    for path in sorted(local.iterdir()):
+        if path.is_file():
+            (Location(prefix) / path.name).upload(path)
+    return prefix

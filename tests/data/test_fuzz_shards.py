@@ -5,7 +5,9 @@ member kind, damaged tar headers, npy shape/dtype headers, JPEG frame sizes, PNG
 JSON fields), writes it beside an intact shard and streams both. The reader must never raise,
 must yield exactly its planned number of samples (stand-ins for what it skipped), every yielded
 sample must pass the range checks and survive augmentation + collate, and every skip must be
-counted: decoded + bad + missing records = the records the manifest promised.
+counted: decoded + bad + missing records = the records the manifest promised. A few cases, one
+per kind of damage, are also served from the tests' S3 server: the reader must yield exactly
+what it yields from local disk.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from hvdistill.data.augment import augment_sample
 from hvdistill.data.collate import collate
 from hvdistill.data.sample_checks import DecodeLimits, check_sample
 from hvdistill.data.shards import build_shard_dataset
+from tests.data.shard_helpers import upload_dir
 
 REPO = Path(__file__).resolve().parents[2]
 STORED = (96, 54)  # small stored images keep the shards tiny
@@ -299,3 +302,29 @@ def test_damaged_shards_never_crash_the_reader(pristine, tmp_path, caplog):
         )
     # the damage was real: most kinds of mutation made the reader skip something
     assert sum(outcomes.values()) > CASES // 3, outcomes
+
+
+def test_damaged_shards_from_an_object_store_read_like_local_ones(pristine, tmp_path, s3_bucket):
+    rng = np.random.default_rng(SEED + 1)
+    companion, victims = pristine["shards"][0], pristine["shards"][1:]
+    member_flips = {f"flip {kind}" for kind in MEMBER_KINDS[1:]}  # byte flips: points.npy's stand for all
+    kinds = [k for k in dict.fromkeys(what for what, _ in MUTATIONS) if k not in member_flips]
+    remote_cfg, damaged_cases = replace(CFG, read_ahead=1), 0
+    for case, what in enumerate(kinds):
+        mutate = dict(MUTATIONS)[what]
+        victim = victims[case % len(victims)]
+        data = (pristine["dir"] / victim["name"]).read_bytes()
+        damaged = mutate(data, members_of(data), rng)
+        directory = tmp_path / f"case{case}"
+        directory.mkdir()
+        # the manifest states the damaged size, as a writer would have: the same bytes either way
+        write_case(directory, damaged, {**victim, "bytes": len(damaged)}, companion, pristine["dir"])
+        prefix = upload_dir(directory, f"{s3_bucket}/case{case}")
+        here = build_shard_dataset(CFG, rank=0, world_size=1, shards=[str(directory)])
+        there = build_shard_dataset(remote_cfg, rank=0, world_size=1, shards=[prefix])
+        got_here, got_there = list(here), list(there)
+        assert [s.key for s in got_there] == [s.key for s in got_here], what
+        assert there.metrics() == here.metrics(), what
+        assert len(got_there) == victim["samples"] + companion["samples"], what
+        damaged_cases += there.metrics()["samples"] < len(got_there)
+    assert len(kinds) == 8 and damaged_cases >= len(kinds) // 2  # the damage was real

@@ -13,6 +13,8 @@ from hvdistill.eval.evaluate import evaluate, point_predictions
 from hvdistill.eval.scans import LabelledScan, ScanDataset, decode_scan, index_split, scan_refs
 from hvdistill.eval.segmentation import build_segmentation_model
 from hvdistill.eval.voxels import Voxelizer, augment_xyz, collate_scans, voxelize_scan
+from hvdistill.storage import Location
+from tests.data.shard_helpers import upload_dir
 from tests.eval.helpers import damage_labels, tiny_config
 
 NUSCENES = class_map("nuscenes")
@@ -54,6 +56,35 @@ def test_a_damaged_scan_is_skipped_and_counted_in_evaluation(labelled_shards, tm
     cm, stats = evaluate(model, batches, NUSCENES.num_classes, 0, "cpu")
     assert (stats["scans"], stats["bad_scans"]) == (2, 1) and f"skipping bad scan {key}" in caplog.text
     assert cm.points == stats["points_scored"]
+
+
+def test_remote_records_index_and_decode_like_local_ones(labelled_shards, s3_bucket, s3_server):
+    """Shards on an object store: the same records, scenes and scans; references keep no bytes
+    (a scan is read by ranged requests), a damaged remote scan is a bad scan, bare remote tars."""
+    remote = upload_dir(labelled_shards, f"{s3_bucket}/labelled")
+    local_split = index_split(DataConfig(shards=[str(labelled_shards)]), "nuscenes", "val")
+    remote_split = index_split(DataConfig(shards=[remote], read_ahead=1), "nuscenes", "val")
+    assert [(r.key, r.members) for r in remote_split.refs] == [(r.key, r.members) for r in local_split.refs]
+    assert all(r.data is None and r.shard.startswith(remote) for r in remote_split.refs)
+    assert scan_refs(remote_split.refs) == scan_refs(local_split.refs)
+    path = f"/{Location(remote).bucket}/labelled/"
+    before = len(s3_server.requests("GET", path))
+    for a, b in zip(local_split.refs, remote_split.refs):
+        here, there = decode_scan(a, NUSCENES), decode_scan(b, NUSCENES)
+        assert here.key == there.key and np.array_equal(here.points, there.points)
+        assert np.array_equal(here.labels, there.labels)
+    # points, labels and meta (with pairs between them) in one ranged request per scan
+    assert len(s3_server.requests("GET", path)) - before == len(remote_split.refs)
+    tars = sorted(p.name for p in labelled_shards.glob("nuscenes-val-*.tar"))
+    bare = index_split(DataConfig(shards=[f"{remote}/{t}" for t in tars]), "nuscenes", "val")
+    assert [r.key for r in bare.refs] == [r.key for r in local_split.refs]
+    victim = remote_split.refs[0]
+    name, offset, size = next(m for m in victim.members if m[0] == "labels.npy")
+    data = bytearray(Location(victim.shard).read_bytes())
+    data[offset + size - 1] = 200  # a label no class map has, as damage_labels writes locally
+    Location(victim.shard).write_bytes(bytes(data))
+    with pytest.raises(SchemaError, match="class 200 is not one of"):
+        decode_scan(victim, NUSCENES)
 
 
 def test_augmentation_rotates_about_z_flips_and_scales():

@@ -7,11 +7,13 @@ S3-compatible endpoint: through the standard variables `AWS_ENDPOINT_URL`, `AWS_
 `AWS_SECRET_ACCESS_KEY` and `AWS_DEFAULT_REGION` (`server.env()`), which processes started
 afterwards (Ray workers, DataLoader workers, subprocesses) inherit. Buckets are created with
 boto3, a test-only dependency; the project itself talks to the store only through
-hvdistill/storage.py.
+hvdistill/storage.py. `requests(...)` lists the requests served so far (to count a reader's
+GETs) and `slowed(seconds)` adds a delay for a while (fast uploads, then slow reads).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import threading
@@ -32,8 +34,10 @@ class _Latency:
 
     def __init__(self, app, seconds: float):
         self.app, self.seconds = app, seconds
+        self.seen: list[tuple[str, str]] = []  # (method, path) of every request, in arrival order
 
     def __call__(self, environ, start_response):
+        self.seen.append((environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")))
         if self.seconds > 0:
             time.sleep(self.seconds)
         return self.app(environ, start_response)
@@ -46,9 +50,11 @@ class S3Server:
         from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
         from werkzeug.serving import make_server
 
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
         app = DomainDispatcherApplication(create_backend_app)
+        self._latency = _Latency(app, latency_s)
         self._server = make_server(
-            LOOPBACK, 0, _Latency(app, latency_s), threaded=True, request_handler=MotoRequestHandler
+            LOOPBACK, 0, self._latency, threaded=True, request_handler=MotoRequestHandler
         )
         self.port = self._server.port
         self.endpoint = f"http://{LOOPBACK}:{self.port}"
@@ -82,6 +88,19 @@ class S3Server:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
+    def requests(self, method: str = "", prefix: str = "") -> list[str]:
+        """Paths (`/<bucket>/<key>`) of the requests served so far, of `method` and under `prefix`."""
+        return [p for m, p in list(self._latency.seen) if m.startswith(method) and p.startswith(prefix)]
+
+    @contextmanager
+    def slowed(self, seconds: float) -> Iterator[None]:
+        """Add `seconds` to every request for the duration of the block (then the delay before)."""
+        before, self._latency.seconds = self._latency.seconds, seconds
+        try:
+            yield
+        finally:
+            self._latency.seconds = before
+
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
@@ -101,3 +120,41 @@ def s3_environment(server: S3Server) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+class S3ServerProcess(S3Server):
+    """moto's S3 in a process of its own (`python -m moto.server`): a store whose objects are not
+    shared with `S3Server`s of this process (moto keeps its state per process)."""
+
+    START_S = 60.0  # a cold interpreter importing moto on a loaded machine
+
+    def __init__(self) -> None:  # noqa: D107 - replaces the in-process server entirely
+        import socket
+        import subprocess
+        import sys
+        import urllib.request
+
+        with socket.socket() as s:
+            s.bind((LOOPBACK, 0))
+            self.port = s.getsockname()[1]
+        self.endpoint = f"http://{LOOPBACK}:{self.port}"
+        command = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port)]
+        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + self.START_S
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2).close()
+                return
+            except OSError:
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"moto.server did not start on {self.endpoint}") from None
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self._process.terminate()
+        try:
+            self._process.wait(10)
+        except Exception:
+            self._process.kill()
+            self._process.wait(10)

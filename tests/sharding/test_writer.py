@@ -1,8 +1,15 @@
-"""Shard writing: deterministic bytes, size-bounded rollover, sha256 while writing, per-attempt temps."""
+"""Shard writing: deterministic bytes, size-bounded rollover, sha256 while writing, per-attempt temps,
+and uploads to an object store (a real S3 endpoint) from a local scratch directory."""
 
+import hashlib
+import os
+import subprocess
+import sys
 import tarfile
+import tempfile
 
-from sharding.writer import ShardWriter, balanced_quota, file_sha256, record_size
+from hvdistill.storage import Location
+from sharding.writer import SCRATCH_PREFIX, ShardWriter, balanced_quota, file_sha256, record_size
 
 
 def records(n: int, payload: int = 3000) -> list[dict]:
@@ -88,3 +95,40 @@ def test_a_unit_is_split_into_balanced_shards(tmp_path):
     assert [s.samples for s in w.commit()] == [5, 5]  # not 7 + 3
     assert balanced_quota(size, 10, 7 * size) == 5 and balanced_quota(size, 10, 100 * size) == 10
     assert balanced_quota(size, 0, size) > 10**9  # unknown unit size: the byte bound decides
+
+
+def test_shards_to_an_object_store_are_uploaded_as_finished_and_leave_no_scratch(
+    s3_bucket, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the system temporary directory, here
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead = tmp_path / f"{SCRATCH_PREFIX}{int(gone.stdout)}-0a1b"  # a killed worker's scratch
+    (dead / "x-0000.tar.0a1b.tmp").parent.mkdir()
+    (dead / "x-0000.tar.0a1b.tmp").write_bytes(b"half a shard")
+    live = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-2c3d"  # a writer of a live process
+    live.mkdir()
+    recs, out = records(5), Location(f"{s3_bucket}/shards")
+    writer = ShardWriter(out, "x", 2 * record_size(recs[0]))
+    assert not dead.exists() and live.exists()
+    for r in recs[:3]:
+        writer.write(r)
+    assert out.file_sizes() == {"x-0000.tar": writer.shards[0].bytes}  # uploaded once finished
+    for r in recs[3:]:
+        writer.write(r)
+    shards = writer.commit()
+    (tmp_path / "local").mkdir()
+    assert [s.sha256 for s in write(tmp_path / "local", "x", recs, 2 * record_size(recs[0]))] == [
+        s.sha256 for s in shards
+    ]  # the same bytes as a local directory gets
+    assert out.file_sizes() == {s.name: s.bytes for s in shards}  # no temporary object left
+    for s in shards:
+        assert hashlib.sha256((out / s.name).read_bytes()).hexdigest() == s.sha256
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["local", live.name])  # no scratch left
+    failed = ShardWriter(Location(f"{s3_bucket}/failed"), "x", 2 * record_size(recs[0]))
+    for r in recs[:3]:
+        failed.write(r)
+    failed.abort()  # the uploaded shard stays (an uncommitted unit is redone), the scratch goes
+    assert list(Location(f"{s3_bucket}/failed").file_sizes()) == ["x-0000.tar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["local", live.name])
