@@ -10,6 +10,7 @@ quantity needed to relate the two views after augmentation travels with the batc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -45,10 +46,18 @@ class Batch:
     num_cameras: int  # cameras per sample (the largest count when samples differ)
     labels: torch.Tensor | None = None  # (P,) int64 per-point class (fine-tuning), 0 = ignore
 
-    def to(self, device: torch.device | str) -> Batch:
-        """Copy every tensor to `device` (geometry stays float64)."""
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """Copy every tensor to `device` (geometry stays float64). `non_blocking`: a copy from pinned
+        memory to CUDA runs asynchronously on the current stream (the loop asks for it on CUDA only)."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:
+        """Every tensor in page-locked memory; the DataLoader calls it (`pin_memory`) on CUDA runs."""
+        return self._map(torch.Tensor.pin_memory)
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            out[f.name] = v.to(device) if isinstance(v, torch.Tensor) else v
+            out[f.name] = fn(v) if isinstance(v, torch.Tensor) else v
         return Batch(**out)

@@ -21,7 +21,8 @@ code that never tracks (non-main ranks, `tracking.enabled=false`) never pays for
 - `resume_run_id` continues a run (status back to RUNNING, tag `hvdistill.resumes` counted);
   `parent_run_id` nests a child run (tag `mlflow.parentRunId`) in the parent's experiment.
   `child_runs`, `run_record`, `metric_history`, `artifact_paths` and `download_artifact` read
-  runs back (a sweep report regenerates its tables from MLflow alone).
+  runs back (a sweep report regenerates its tables from MLflow alone); `log_files` adds artifacts
+  to an existing run without touching its status (a report on a FAILED sweep leaves it FAILED).
 """
 
 from __future__ import annotations
@@ -140,6 +141,22 @@ class MlflowTracker(Tracker):
         self.run_id = run_id
         self.uri = uri
         self.dropped_metric_batches = 0
+        self._monitor: Any = None  # mlflow's system-metrics sampler (`tracking.system_metrics`)
+
+    def start_system_metrics(self, interval_s: float, resumed: bool) -> None:
+        """Sample CPU, memory, disk, network (and GPU where pynvml is installed) into this run every
+        `interval_s` seconds from a thread of this process, until `end`; a resumed run continues
+        the step count of its earlier samples."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._monitor = SystemMetricsMonitor(
+            self.run_id,
+            sampling_interval=interval_s,
+            samples_before_logging=1,
+            resume_logging=resumed,
+            tracking_uri=self.uri,
+        )
+        self._monitor.start()
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -215,6 +232,8 @@ class MlflowTracker(Tracker):
             if self._ended:
                 return
             self._ended = True
+            if self._monitor is not None:
+                self._monitor.finish()
             self._client.set_terminated(self.run_id, status)
         if self.dropped_metric_batches:
             log.warning(
@@ -283,6 +302,8 @@ def start_tracker(
         run_id = client.create_run(experiment_id, run_name=name, tags=birth).info.run_id
     tracker = MlflowTracker(client, run_id, uri)
     tracker.set_tags(tags or {})
+    if cfg.system_metrics:
+        tracker.start_system_metrics(cfg.system_metrics_interval, resumed=run_id == resume_run_id)
     return tracker
 
 
@@ -336,6 +357,16 @@ def child_runs(uri: str, parent_run_id: str) -> list[dict[str, Any]]:
         token = page.token
         if not token:
             return [_record(r) for r in runs]
+
+
+def log_files(uri: str, run_id: str, paths: Sequence[Path], artifact_path: str | None = None) -> None:
+    """Log files as artifacts of an existing run, leaving its status (FINISHED, FAILED, ...) as it is."""
+    client = _client(uri)
+    _get_run(client, run_id, uri)  # a clear error for an unknown run
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"tracking: no artifact to log at {path}")
+        client.log_artifact(run_id, str(path), artifact_path)
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:

@@ -10,7 +10,9 @@
   6. the sweep it chains (`sweep.after_pretrain`): fine-tuning of that backbone and of random
      init at the configured label fractions and seeds on Ray Tune, then the report (mIoU table,
      label-efficiency plot) with the paths and the `mlflow ui` commands printed
-Everything is written under `--out` (default demo-output/); the config is configs/demo.yaml
+Everything is written under `--out` (default demo-output/), or with `--storage s3://bucket/prefix`
+the shards and the runs' storage (checkpoints, backbone) go to that object store, as on a
+cluster without shared disks (docs/cluster.md); the config is configs/demo.yaml
 plus any `key=value` overrides (e.g. `train.max_steps=20` for a quick look). Every stage runs
 on one local Ray on 127.0.0.1 (or the cluster of `--address`), started once for the whole
 chain. The last lines say where the report, the plot and the MLflow runs are.
@@ -25,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from hvdistill import storage
 from hvdistill.config import Config, ConfigError, load_config
 
 
@@ -42,12 +45,15 @@ def _check(rc: int, what: str) -> None:
         raise SystemExit(f"hvdistill demo: {what} failed (exit {rc})")
 
 
-def run_data_stages(cfg: Config, out: Path, config_path: str, overrides: list[str], workers: int) -> Path:
-    """Stages 1-4 (the config and overrides passed through to each command); returns the shard directory."""
+def run_data_stages(
+    cfg: Config, out: Path, config_path: str, overrides: list[str], workers: int, shards: str
+) -> str:
+    """Stages 1-4 (the config and overrides passed through to each command) into the shard
+    location `shards` (a directory or an object-store prefix); returns it."""
     from hvdistill.cli import main as hvdistill
 
     src = cfg.data.sources[0]
-    root, shards = Path(src.root), out / "shards"
+    root = Path(src.root)
     t = _stage(f"1. synthesise {cfg.synth.scenes} scenes x {cfg.synth.frames_per_scene} frames -> {root}")
     synth = ["synth", "--format", "nuscenes", "--version", src.version, "--out", str(root), "--no-progress"]
     _check(hvdistill([*synth, "--config", config_path, *overrides]), "synth")
@@ -69,22 +75,22 @@ def run_data_stages(cfg: Config, out: Path, config_path: str, overrides: list[st
     _done(t)
     splits = "+".join(s.split for s in cfg.data.sources)
     t = _stage(f"3. shard every data.sources entry ({splits}) with Ray ({workers} workers) -> {shards}")
-    shard = ["shard", "--out", str(shards), "--workers", str(workers), "--no-progress"]
+    shard = ["shard", "--out", shards, "--workers", str(workers), "--no-progress"]
     _check(hvdistill([*shard, "--config", config_path, *overrides]), "shard")
     _done(t)
     t = _stage("4. verify the shards")
-    _check(hvdistill(["shard", "verify", str(shards)]), "shard verify")
+    _check(hvdistill(["shard", "verify", shards]), "shard verify")
     _done(t)
     return shards
 
 
-def run_pretraining(cfg: Config, shards: Path, address: str | None) -> tuple[Any, Any]:
+def run_pretraining(cfg: Config, shards: str, address: str | None) -> tuple[Any, Any]:
     """Stage 5 (and 6): pretraining on Ray Train on the shards; with sweep.after_pretrain the
     label-efficiency sweep of the exported backbone against random init follows on the same Ray.
     (pretraining result, sweep result or None); SystemExit when either failed."""
     from launch.train import LaunchError, pretrain_then_sweep
 
-    cfg = replace(cfg, data=replace(cfg.data, shards=[str(shards)]))
+    cfg = replace(cfg, data=replace(cfg.data, shards=[shards]))
     try:
         result, swept = pretrain_then_sweep(cfg, address)
     except LaunchError as exc:
@@ -101,6 +107,7 @@ def print_summary(out: Path, trained: Any, swept: Any) -> None:
     print("\n=== where to look ===")
     print(f"outputs:            {out}/")
     print(f"pretraining run:    {trained.run_dir}")
+    print(f"run storage:        {trained.storage}")
     print(f"backbone:           {trained.backbone}")
     if trained.tracking_run_id:
         print(f"pretraining MLflow: {ui_command(trained.tracking_uri)}")
@@ -125,14 +132,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--address", default=None, help="an existing Ray cluster for every stage; default: one local Ray"
     )
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="an object store for the shards and the runs' storage (s3://bucket/prefix; credentials "
+        "and AWS_ENDPOINT_URL from the environment); default: all under --out",
+    )
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     args = parser.parse_intermixed_args(argv)  # options before or after the key=value overrides
     out = Path(args.out)
+    for d in [out, *out.absolute().parents]:  # refused before Ray starts, not by the first stage
+        if d.exists() and not d.is_dir():
+            raise NotADirectoryError(f"--out: {d} is a file, not a directory; give another --out")
     try:
         n_sources = len(load_config(args.config, args.overrides, sections=()).data.sources)
         # every source of the demo config is read from the world written under --out
         roots = [f"data.sources.{i}.root={out / 'synthetic-nuscenes'}" for i in range(n_sources)]
         outputs = [f"train.output_dir={out / 'runs'}", f"finetune.output_dir={out / 'finetune'}"]
+        if args.storage:  # the shards and every run's checkpoints and outputs on the object store
+            outputs.append(f"dist.storage_path={storage.join(args.storage, 'runs')}")
         overrides = roots + outputs + args.overrides
         cfg = load_config(args.config, overrides)
         if cfg.sweep.after_pretrain:  # the sweep's config errors now, not after pretraining
@@ -141,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
             after_pretrain_config(cfg)
     except ConfigError as exc:
         print(f"hvdistill demo: {exc}", file=sys.stderr)
+        return 2
+    if args.storage and (problem := storage.location_problem(args.storage, "--storage")):
+        print(f"hvdistill demo: {problem}", file=sys.stderr)
         return 2
     from launch.local_ray import ray_session
     from launch.train import session_resources
@@ -153,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(cfg: Config, out: Path, args: argparse.Namespace, overrides: list[str]) -> int:
     """Every stage, in order, on the Ray session `main` holds."""
     start = time.perf_counter()
-    shards = run_data_stages(cfg, out, args.config, overrides, args.workers)
+    shards = storage.join(args.storage, "shards") if args.storage else str(out / "shards")
+    shards = run_data_stages(cfg, out, args.config, overrides, args.workers, shards)
     t = _stage(
         f"5. pretrain on Ray Train: {cfg.dist.num_workers} workers, {cfg.train.max_steps} steps"
         + (" -> 6. label-efficiency sweep and report" if cfg.sweep.after_pretrain else "")

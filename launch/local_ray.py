@@ -54,6 +54,7 @@ def ray_session(address: str | None, *, num_cpus: int, num_gpus: int = 0) -> Ite
         ray.init(address=address)
     else:
         ray.init(
+            address="local",  # a new cluster: never attach to another Ray running on this machine
             num_cpus=max(1, num_cpus),
             _node_ip_address=LOOPBACK,
             include_dashboard=True,

@@ -11,17 +11,26 @@ as a plain dict (`to_dict` / `from_dict`). Each worker calls the same `run(cfg, 
 MASTER_ADDR/MASTER_PORT and a gloo (CPU) or nccl (GPU) process group, which `run` and
 DeepSpeed reuse.
 
+Storage (no shared disk needed): the run's storage is `<dist.storage_path>/<run name>`
+(default `dist.storage_path`: `<train.output_dir>/ray`, right on one node or with
+`train.output_dir` on NFS; on a cluster without NFS an object store, `s3://bucket/prefix`).
+At each checkpoint every rank stages its own part in a node-local directory and reports it
+with `ray.train.report(checkpoint=Checkpoint.from_directory(...), checkpoint_dir_name=step-N)`:
+Ray Train uploads every rank's directory into the one checkpoint `step-N` in the run's storage
+and registers it once all ranks have reported; it keeps the newest `train.keep_checkpoints`.
+Rank 0 also mirrors `config.yaml`, `tracking.json`, `metrics.jsonl` and, at the end,
+`backbone.pt` / `backbone.json` there (hvdistill/train/outputs.py). Before step 1 every rank
+writes and reads a probe there, so a node that cannot reach it stops the run at once.
+
 Failures (Ray Train v2, the default API of Ray 2.60): when a worker dies or raises, Ray stops
 the whole worker group and starts a new one, at most `dist.max_failures` times
-(`FailureConfig`). The new group calls `run` again with the same config; `run` finds the same
-run directory (its name was fixed here) and resumes from the newest complete checkpoint in it,
-and the MLflow run recorded there continues. The run directory is the one source of truth for
-resuming: Ray registers a checkpoint only after `run` has written it, so Ray's record is never
-newer. To Ray each checkpoint is reported as a pointer (a small directory holding
-`pointer.json`: step and checkpoint path), so Ray lists the checkpoints in its storage
-(`dist.storage_path`, default `<train.output_dir>/ray/<run name>`) without copying
-gigabytes of engine state. `ray.train.report` is a barrier over all workers, so it is called
-only where every rank passes: at each checkpoint and once at the end.
+(`FailureConfig`). The new group calls `run` again with the same config; each rank fetches the
+newest intact checkpoint from the run's storage (Ray's last registered one first,
+`ray.train.get_checkpoint()`) into its node-local run directory and resumes from it, and the
+MLflow run recorded in the storage's `tracking.json` continues. A fresh Ray (even after every
+local file was lost) given the same `train.run_name` and `dist.storage_path` resumes the same
+way: Ray Train restores the run's state from the storage. `train.resume=never` with checkpoints
+already in the run's storage is refused: choose another `train.run_name`.
 """
 
 from __future__ import annotations
@@ -30,8 +39,8 @@ import argparse
 import importlib
 import json
 import math
+import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -39,12 +48,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from hvdistill import storage
 from hvdistill.config import RUN_SECTIONS, Config, ConfigError, from_dict, load_config, to_dict
+from hvdistill.config.train import worker_range
 from launch.local_ray import ray_session
 
 RUN_ENTRY = "hvdistill.train.run:run"  # module:function called on every worker as f(cfg, hooks)
-POINTER_FILE = "pointer.json"  # what a Ray checkpoint holds: {"step", "checkpoint", "run_dir"}
 RAY_STORAGE_DIR = "ray"  # default dist.storage_path under train.output_dir
+METRICS_FILE = "metrics.jsonl"  # hvdistill/train/loop.py's metrics record in the run directory
+_META_LIMIT = 64 << 20  # bytes read at most from a checkpoint's meta.json / tracking.json
 
 
 class LaunchError(RuntimeError):
@@ -61,21 +73,14 @@ class RayTrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)  # rank 0's last reported metrics
     tracking_run_id: str | None = None
     tracking_uri: str = ""
-    checkpoint: Path | None = None  # the run directory's newest checkpoint at the end
-    backbone: Path | None = None  # <run dir>/backbone.pt
-    ray_storage: str = ""  # Ray Train's own run state (<storage_path>/<run name>)
+    storage: str = ""  # the run's storage: <dist.storage_path>/<run name> (a path or a URI)
+    checkpoint: str = ""  # the newest checkpoint in the run's storage at the end
+    backbone: str = ""  # <storage>/backbone.pt when exported
 
 
 def new_run_name() -> str:
     """A fresh, sortable run directory name: pretrain-<UTC time>-<6 hex>."""
     return f"pretrain-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
-
-
-def _absolute(path: str, base: Path) -> str:
-    """`path` resolved against `base` unless empty, absolute or a URI (s3://, gs://, ...)."""
-    if not path or "://" in path or Path(path).is_absolute():
-        return path
-    return str((base / path).resolve())
 
 
 def prepare_config(cfg: Config, base: Path | None = None) -> Config:
@@ -88,13 +93,13 @@ def prepare_config(cfg: Config, base: Path | None = None) -> Config:
     base = Path.cwd() if base is None else base
     train = replace(
         cfg.train,
-        output_dir=_absolute(cfg.train.output_dir, base),
+        output_dir=storage.absolute(cfg.train.output_dir, base),
         run_name=cfg.train.run_name or new_run_name(),
     )
-    data = replace(cfg.data, shards=[_absolute(s, base) for s in cfg.data.shards])
-    image = replace(cfg.model.image, weights=_absolute(cfg.model.image.weights, base))
+    data = replace(cfg.data, shards=[storage.absolute(s, base) for s in cfg.data.shards])
+    image = replace(cfg.model.image, weights=storage.absolute(cfg.model.image.weights, base))
     model = replace(cfg.model, image=image)
-    dist = replace(cfg.dist, storage_path=_absolute(cfg.dist.storage_path, base))
+    dist = replace(cfg.dist, storage_path=storage.absolute(cfg.dist.storage_path, base))
     return replace(cfg, train=train, data=data, model=model, dist=dist)
 
 
@@ -104,8 +109,13 @@ def run_dir_of(cfg: Config) -> Path:
 
 
 def storage_path_of(cfg: Config) -> str:
-    """Where Ray Train keeps its run state: dist.storage_path or <train.output_dir>/ray."""
+    """Where Ray Train keeps its runs: dist.storage_path or <train.output_dir>/ray."""
     return cfg.dist.storage_path or str(Path(cfg.train.output_dir) / RAY_STORAGE_DIR)
+
+
+def run_storage_of(cfg: Config) -> str:
+    """The run's storage of a prepared config: <storage path>/<run name> (a path or a URI)."""
+    return storage.join(storage_path_of(cfg), cfg.train.run_name)
 
 
 def _resolve_entry(entry: str) -> Callable[..., Any]:
@@ -116,83 +126,64 @@ def _resolve_entry(entry: str) -> Callable[..., Any]:
 
 
 class _Reporter:
-    """The hooks a worker gives `run`: keeps the last metrics, reports each checkpoint to Ray."""
+    """The hooks a worker gives `run`: keeps the last metrics, reports each staged checkpoint to Ray."""
 
-    def __init__(self, rank: int):
-        self.rank = rank
+    def __init__(self) -> None:
         self.last: dict[str, float] = {}
-        self.checkpoint: Path | None = None
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         self.last = {k: float(v) for k, v in metrics.items()}
 
-    def on_checkpoint(self, step: int, path: Path) -> None:
-        self.checkpoint = Path(path).resolve()
-        self.report(step, {"step": step, "checkpoint": str(self.checkpoint)})
-
-    def report(self, step: int, pointer: dict[str, Any]) -> None:
-        """`ray.train.report` on every rank (a barrier); rank 0 attaches `pointer` as Ray's checkpoint."""
+    def on_checkpoint(self, step: int, staged: Path) -> None:
+        """Every rank (`report` is a barrier): its staged part into the checkpoint `step-N` of the
+        run's storage, deleted locally once uploaded; Ray registers it when all ranks reported."""
         import ray.train
 
-        metrics = {**self.last, "step": step}
-        if self.rank != 0:
-            ray.train.report(metrics, checkpoint=None)
-            return
-        with tempfile.TemporaryDirectory(prefix="hvdistill-pointer-") as tmp:
-            (Path(tmp) / POINTER_FILE).write_text(json.dumps(pointer))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        from hvdistill.train.checkpoint import step_name
 
-
-def read_pointer(checkpoint_dir: str | Path) -> dict[str, Any]:
-    """What a Ray checkpoint of this module holds: {"step", "checkpoint"}, and at the end also
-    "run_dir", "tracking_run_id", "backbone" and "final": true."""
-    return json.loads((Path(checkpoint_dir) / POINTER_FILE).read_text())
+        ray.train.report(
+            {**self.last, "step": step},
+            checkpoint=ray.train.Checkpoint.from_directory(str(staged)),
+            checkpoint_dir_name=step_name(step),
+            delete_local_checkpoint_after_upload=True,
+        )
 
 
 def worker_main(config: dict[str, Any]) -> None:
-    """One Ray Train worker: rebuild the config, call the run entry with hooks, report the end."""
+    """One Ray Train worker: rebuild the config, call the run entry with the run's storage."""
     import ray.train
+
+    from hvdistill.train.run import RunHooks
 
     cfg = from_dict(config["cfg"], RUN_SECTIONS["pretrain"])
     if not cfg.train.torch_threads:  # 0: one thread per CPU Ray reserved for this worker
         threads = max(1, int(cfg.dist.cpus_per_worker))
         cfg = replace(cfg, train=replace(cfg.train, torch_threads=threads))
-    rank = ray.train.get_context().get_world_rank()
     restored = ray.train.get_checkpoint()
-    if restored is not None and rank == 0:
-        with restored.as_directory() as d:
-            step = read_pointer(d)["step"]
+    latest = Path(restored.path).name if restored is not None else ""
+    if latest and ray.train.get_context().get_world_rank() == 0:
         print(
-            f"launch: restarted worker group; Ray's last registered checkpoint is step {step}; "
-            f"the run resumes from the newest checkpoint in {run_dir_of(cfg)}",
+            f"launch: restarted worker group; Ray's last registered checkpoint is {latest}; the run "
+            f"resumes from the newest intact checkpoint in {run_storage_of(cfg)}",
             flush=True,
         )
-    from hvdistill.train.run import RunHooks
-
-    reporter = _Reporter(rank)
-    hooks = RunHooks(on_log=reporter.on_log, on_checkpoint=reporter.on_checkpoint)
-    result = _resolve_entry(config["entry"])(cfg, hooks)
-    from hvdistill.train.checkpoint import latest_checkpoint
-
-    newest = latest_checkpoint(result.run_dir)  # also one written before a restart
-    final = {
-        "step": int(result.steps),
-        "checkpoint": str(newest) if newest else None,
-        "run_dir": str(result.run_dir),
-        "tracking_run_id": result.tracking_run_id,
-        "backbone": str(result.backbone) if result.backbone else None,
-        "final": True,
-    }
-    reporter.on_log(int(result.steps), result.last_metrics or reporter.last)
-    reporter.report(int(result.steps), final)  # Ray's Result carries the last checkpoint's report
+    reporter = _Reporter()
+    hooks = RunHooks(
+        on_log=reporter.on_log,
+        on_checkpoint=reporter.on_checkpoint,
+        storage=run_storage_of(cfg),
+        latest_checkpoint=latest,
+    )
+    _resolve_entry(config["entry"])(cfg, hooks)
 
 
 def session_resources(cfg: Config) -> dict[str, int]:
     """CPUs / GPUs a local Ray needs for this run's workers and, with `sweep.after_pretrain`, the
     chained sweep's concurrent trials (it runs on the same Ray)."""
     d, sw = cfg.dist, cfg.sweep
-    cpus = d.num_workers * d.cpus_per_worker
-    gpus = d.num_workers * d.gpus_per_worker if d.use_gpu else 0
+    most = worker_range(d)[1]
+    cpus = most * d.cpus_per_worker
+    gpus = most * d.gpus_per_worker if d.use_gpu else 0
     if sw.after_pretrain:
         cpus = max(cpus, sw.max_concurrent * sw.cpus_per_trial)
         gpus = max(gpus, sw.max_concurrent * sw.gpus_per_trial)
@@ -214,7 +205,9 @@ def build_trainer(cfg: Config, entry: str = RUN_ENTRY) -> Any:
         train_loop_config={"cfg": to_dict(cfg), "entry": entry},
         torch_config=TorchConfig(backend=backend),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=d.num_workers, use_gpu=d.use_gpu, resources_per_worker=resources
+            num_workers=d.num_workers if isinstance(d.num_workers, int) else worker_range(d),
+            use_gpu=d.use_gpu,
+            resources_per_worker=resources,
         ),
         run_config=ray.train.RunConfig(
             name=cfg.train.run_name,
@@ -233,44 +226,73 @@ def prepare_tracking_for(cfg: Config, run_dir: Path) -> str:
     return prepare_tracking(cfg.tracking, run_dir)
 
 
+def existing_checkpoints(cfg: Config) -> list[str]:
+    """Names of the checkpoints already in the run's storage of a prepared config."""
+    from hvdistill.train.checkpoint import STEP_DIR
+
+    return [loc.name for loc in storage.Location(run_storage_of(cfg)).iterdir() if STEP_DIR.match(loc.name)]
+
+
+def _result(cfg: Config, ray_result: Any, run_dir: Path, uri: str) -> RayTrainResult:
+    """What the run left in its storage: its newest checkpoint, steps, MLflow run and backbone."""
+    from hvdistill.train.checkpoint import BACKBONE, META
+    from hvdistill.train.run import TRACKING_FILE
+
+    store = storage.Location(run_storage_of(cfg))
+    checkpoint = store / Path(ray_result.checkpoint.path).name if ray_result.checkpoint else None
+    steps, run_id = 0, None
+    if checkpoint is not None:
+        steps = int(json.loads((checkpoint / META).read_bytes(limit=_META_LIMIT)).get("step", 0))
+    if (store / TRACKING_FILE).is_file():
+        run_id = json.loads((store / TRACKING_FILE).read_bytes(limit=_META_LIMIT)).get("run_id")
+    backbone = store / BACKBONE
+    return RayTrainResult(
+        run_dir=run_dir,
+        run_name=cfg.train.run_name,
+        steps=steps,
+        metrics={k: v for k, v in (ray_result.metrics or {}).items() if k != "step"},
+        tracking_run_id=run_id,
+        tracking_uri=uri,
+        storage=str(store),
+        checkpoint=str(checkpoint) if checkpoint else "",
+        backbone=str(backbone) if backbone.is_file() else "",
+    )
+
+
 def train_on_ray(cfg: Config, address: str | None = None, *, entry: str = RUN_ENTRY) -> RayTrainResult:
     """Run pretraining on `dist.num_workers` Ray Train workers; local Ray on 127.0.0.1 without `address`.
 
     `cfg` is validated for a pretraining run, its paths made absolute and its run name fixed;
     the run directory and the tracking store exist before the first worker starts. Each worker
-    calls `entry` ("module:function", default `hvdistill.train.run:run`) as f(cfg, hooks) and
-    returns its RunResult. Raises LaunchError when the run failed after `dist.max_failures` restarts.
+    calls `entry` ("module:function", default `hvdistill.train.run:run`) as f(cfg, hooks). Raises
+    LaunchError when the run failed after `dist.max_failures` restarts.
     """
     from hvdistill.config import validate
 
     cfg = prepare_config(validate(cfg, RUN_SECTIONS["pretrain"]))
+    if cfg.train.resume == "never" and (found := existing_checkpoints(cfg)):
+        raise ConfigError(
+            [
+                f"train.resume: never, but the run's storage {run_storage_of(cfg)} already holds "
+                f"checkpoints of a run named {cfg.train.run_name} ({', '.join(sorted(found)[-3:])}); "
+                f"give another train.run_name, or train.resume=auto to continue that run"
+            ]
+        )
     run_dir = run_dir_of(cfg)
+    created = storage.first_missing(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     uri = prepare_tracking_for(cfg, run_dir)
-    print(f"launch: run directory {run_dir}", flush=True)
+    print(f"launch: run directory {run_dir}; run storage {run_storage_of(cfg)}", flush=True)
     with ray_session(address, **session_resources(cfg)):
         import ray.train
 
         try:
             result = build_trainer(cfg, entry).fit()
         except ray.train.TrainingFailedError as exc:
+            if created and not existing_checkpoints(cfg) and not (run_dir / METRICS_FILE).exists():
+                shutil.rmtree(created, ignore_errors=True)  # nothing trained: leave no directory behind
             raise LaunchError(f"the Ray run {cfg.train.run_name} failed for good: {exc}") from exc
-    pointer: dict[str, Any] = {}
-    if result.checkpoint is not None:
-        with result.checkpoint.as_directory() as d:
-            pointer = read_pointer(d)
-    metrics = {k: v for k, v in (result.metrics or {}).items() if k != "step"}
-    return RayTrainResult(
-        run_dir=Path(pointer.get("run_dir") or run_dir),
-        run_name=cfg.train.run_name,
-        steps=int(pointer.get("step", 0)),
-        metrics=metrics,
-        tracking_run_id=pointer.get("tracking_run_id"),
-        tracking_uri=uri,
-        checkpoint=Path(pointer["checkpoint"]) if pointer.get("checkpoint") else None,
-        backbone=Path(pointer["backbone"]) if pointer.get("backbone") else None,
-        ray_storage=f"{storage_path_of(cfg)}/{cfg.train.run_name}",
-    )
+    return _result(cfg, result, run_dir, uri)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 def print_pretraining(result: RayTrainResult) -> None:
     """The run directory, backbone and the `mlflow ui` command of a finished run."""
     print(f"launch: finished {result.steps} steps; run directory {result.run_dir}")
+    print(f"launch: run storage {result.storage} (checkpoints, config, metrics, backbone)")
     if result.backbone:
         print(f"launch: backbone {result.backbone}")
     if result.tracking_run_id:
@@ -308,7 +331,7 @@ def pretrain_then_sweep(cfg: Config, address: str | None = None) -> tuple[RayTra
         from launch.sweep import run_after_pretrain
 
         named = replace(cfg, train=replace(cfg.train, run_name=result.run_name))
-        return result, run_after_pretrain(named, result.run_dir, address)
+        return result, run_after_pretrain(named, result.storage, address)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         _, swept = pretrain_then_sweep(cfg, args.address)
+    except ConfigError as exc:
+        print(f"hvdistill pretrain: {exc}", file=sys.stderr)
+        return 2
     except LaunchError as exc:
         print(f"hvdistill pretrain: {exc}", file=sys.stderr)
         return 1

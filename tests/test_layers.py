@@ -74,7 +74,7 @@ RULES = [
         lambda t: within(t, "mlflow"),
     ),
     Rule(
-        "object-store libraries (pyarrow.fs, fsspec, s3fs, gcsfs, boto3) are imported only in hvdistill/storage.py",
+        "object-store libraries (pyarrow.fs, fsspec, s3fs, gcsfs, boto3) are imported only in storage.py",
         lambda path, imp: path != "hvdistill/storage.py",
         lambda t: within(
             t, "pyarrow.fs", "pyarrow._fs", "pyarrow._s3fs", "fsspec", "s3fs", "gcsfs", "boto3", "botocore"

@@ -6,12 +6,9 @@ where it matters, through MLflow's own client, so a helper cannot agree with its
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -122,6 +119,16 @@ def test_params_are_batched_and_long_values_truncated_visibly_with_the_full_text
     assert len(long) == 6000 and long.endswith("...[truncated: 7000 chars]")
     full = download_artifact(tracker.uri, tracker.run_id, "params_truncated/long.txt", tmp_path / "dl")
     assert full.read_text() == "x" * 7000
+
+
+def test_system_metrics_are_sampled_into_the_run_until_it_ends(tmp_path):
+    run_dir = _run_dir(tmp_path)
+    cfg = TrackingConfig(system_metrics=True, system_metrics_interval=0.2)
+    with start_tracker(cfg, run_dir, is_main=True) as tracker:
+        time.sleep(1.5)
+    keys = set(_mlflow_client(tracker.uri).get_run(tracker.run_id).data.metrics)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= keys, keys
+    assert run_record(tracker.uri, tracker.run_id)["status"] == "FINISHED"  # the sampler was stopped
 
 
 def test_metrics_with_steps_artifacts_and_tags(tmp_path):
@@ -276,52 +283,13 @@ def test_new_stores_are_copies_of_a_template_migrated_once_per_mlflow_version(tm
     assert "no store template" in caplog.text and Path(uri.removeprefix("sqlite:///")).is_file()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on 127.0.0.1 with a sqlite backend; its URI. Stopped afterwards."""
-    db = tmp_path / "server" / "mlflow.db"
-    prepare_tracking(TrackingConfig(uri=f"sqlite:///{db}", experiment="local"), tmp_path)  # migrated once
-    port = _free_port()
-    cmd = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{db}",
-        "--artifacts-destination",
-        str(tmp_path / "server" / "artifacts"),
-    ]
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()
-            assert time.monotonic() < deadline, "mlflow server did not answer within 90 s"
-            time.sleep(0.5)
+    from tests.helpers.mlflow_server import mlflow_server as server
+
+    with server(tmp_path / "server") as uri:
         yield uri
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-        log.close()
 
 
 @pytest.mark.slow

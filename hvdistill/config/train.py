@@ -6,16 +6,14 @@ owns the dependent key.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from hvdistill.config.loader import check_name
 from hvdistill.storage import location_problem
 
 if TYPE_CHECKING:
     from hvdistill.config import Config
-
-_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -47,8 +45,15 @@ class OptimConfig:
     reference_batch: int = 16  # lr is scaled by global_batch / reference_batch
     scale_lr: bool = True
     schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_steps: int = 0
-    grad_clip: float = 0.0  # 0 = off
+    warmup_steps: int = 0  # linear warm-up in optimizer steps; 0 = optim.warmup_fraction decides
+    warmup_fraction: float = 0.0  # linear warm-up over this share of the run's optimizer steps; 0 = none
+    grad_clip: float = 0.0  # global gradient-norm clipping (DeepSpeed's); 0 = off
+    # large-batch rule (docs/training.md, "Large batches"): when scale_lr multiplies lr by more than
+    # large_batch_above_scale, a warm-up left unset and a grad_clip left at 0 take the values below
+    # (resolved at the start of a run, recorded in its config.yaml); 0 = never
+    large_batch_above_scale: float = 2.0
+    large_batch_warmup_fraction: float = 0.1  # 5 of the published 50 epochs (Goyal et al.: 5 epochs)
+    large_batch_grad_clip: float = 5.0  # just above the gradient norm of healthy steps (measured 2-6)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -64,7 +69,9 @@ class PrecisionConfig:
 class DistConfig:
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     zero_stage: int = 0
-    num_workers: int = 1  # Ray Train workers
+    # Ray Train workers (ranks): N, or [min, max] for an elastic group that continues on the nodes
+    # left after a loss and grows back (the global batch stays train.global_batch whatever the size)
+    num_workers: int | list[int] = 1
     use_gpu: bool = False
     sync_batchnorm: bool = True
     # Ray Train (launch/train.py): resources each worker reserves, restarts, where Ray keeps its state
@@ -75,6 +82,13 @@ class DistConfig:
     # metrics); a local path every node sees, or an object store (s3://bucket/prefix); empty =
     # <train.output_dir>/ray, which is only right on one node or with train.output_dir on NFS
     storage_path: str = ""
+    # ZeRO-1/2 communication, copied into the generated DeepSpeed config (docs/training.md,
+    # "Communication"): reduce gradients in buckets while the backward still runs; sizes in elements
+    overlap_comm: bool = True  # a no-op on CPU (DeepSpeed's CPU accelerator has no streams)
+    contiguous_gradients: bool = True  # reduced gradients copied into one buffer as they come
+    reduce_bucket_size: int = 10_000_000  # 40 MB of fp32 gradients: ~5 buckets at the paper's 50M
+    allgather_bucket_size: int = 50_000_000  # 200 MB of fp32 parameters gathered after each step
+    allow_tf32: bool = True  # TF32 matmuls and convolutions for fp32 on CUDA (Ampere+); CPU: ignored
 
 
 @dataclass(slots=True, kw_only=True)
@@ -112,6 +126,14 @@ class TrackingConfig:
     # where a new experiment keeps artifacts: "" = <sqlite store's folder>/mlartifacts, or the
     # server's --artifacts-destination for http(s) stores; a path or a URI (s3://...)
     artifact_location: str = ""
+    # MLflow system metrics (system/cpu_utilization_percentage, memory, disk, network; GPU with
+    # pynvml) sampled in rank 0's process every system_metrics_interval seconds
+    system_metrics: bool = False
+    system_metrics_interval: float = 10.0
+    # logging intervals rank 0 holds for a slow tracking server; when full the oldest is dropped
+    # (counted, warned): training never waits for the server (hvdistill/train/metrics_sink.py)
+    metrics_queue: int = 1000
+    flush_timeout: float = 60.0  # seconds a checkpoint / the run's end waits for queued metrics
 
 
 def loss_problems(cfg: Config) -> list[str]:
@@ -137,6 +159,23 @@ def optim_problems(cfg: Config) -> list[str]:
         p.append("optim.lr / optim.reference_batch: must be > 0")
     if o.warmup_steps < 0 or o.grad_clip < 0:
         p.append("optim.warmup_steps / optim.grad_clip: must be >= 0 (0 turns them off)")
+    shares = {
+        "warmup_fraction": o.warmup_fraction,
+        "large_batch_warmup_fraction": o.large_batch_warmup_fraction,
+    }
+    for key, share in shares.items():
+        if not 0 <= share < 1:
+            p.append(f"optim.{key}: {share} must be in [0, 1) (a share of the run's steps; 0 = none)")
+    if o.warmup_steps > 0 and o.warmup_fraction > 0:
+        p.append(
+            f"optim.warmup_steps / optim.warmup_fraction: {o.warmup_steps} and {o.warmup_fraction} both set; "
+            "give the warm-up in steps or as a share of the run, and set the other to 0"
+        )
+    if o.large_batch_above_scale < 0 or o.large_batch_grad_clip < 0:
+        p.append(
+            "optim.large_batch_above_scale / optim.large_batch_grad_clip: must be >= 0 "
+            "(0 turns the large-batch rule / its clipping off)"
+        )
     return p
 
 
@@ -145,8 +184,7 @@ def dist_problems(cfg: Config) -> list[str]:
     p: list[str] = []
     if cfg.dist.zero_stage not in (0, 1, 2, 3):
         p.append(f"dist.zero_stage: {cfg.dist.zero_stage} is not one of 0, 1, 2, 3")
-    if cfg.dist.num_workers < 1:
-        p.append(f"dist.num_workers: {cfg.dist.num_workers} must be >= 1")
+    p += worker_problems(cfg)
     if cfg.dist.cpus_per_worker < 1:
         p.append(f"dist.cpus_per_worker: {cfg.dist.cpus_per_worker} must be >= 1")
     if cfg.dist.use_gpu and cfg.dist.gpus_per_worker <= 0:
@@ -155,7 +193,42 @@ def dist_problems(cfg: Config) -> list[str]:
         p.append(problem)
     if cfg.dist.max_failures < -1:
         p.append(f"dist.max_failures: {cfg.dist.max_failures} must be >= 0, or -1 for unlimited restarts")
+    if min(cfg.dist.reduce_bucket_size, cfg.dist.allgather_bucket_size) < 1:
+        p.append(
+            "dist.reduce_bucket_size / dist.allgather_bucket_size: must be >= 1 element "
+            "(defaults 10000000 / 50000000)"
+        )
     return p
+
+
+def worker_range(d: DistConfig) -> tuple[int, int]:
+    """(min, max) ranks of `dist.num_workers` (equal for a fixed number)."""
+    n = d.num_workers
+    return (n, n) if isinstance(n, int) else (int(n[0]), int(n[-1]))
+
+
+def group_sizes_that_fit(global_batch: int, low: int, high: int) -> list[int]:
+    """Numbers of ranks in [low, high] that split `global_batch` evenly (one micro-batch size per rank)."""
+    return [w for w in range(max(low, 1), high + 1) if global_batch % w == 0]
+
+
+def worker_problems(cfg: Config) -> list[str]:
+    """`dist.num_workers`: a number >= 1, or [min, max] whose ends both split the global batch."""
+    n = cfg.dist.num_workers
+    if isinstance(n, list) and (len(n) != 2 or not 1 <= n[0] <= n[1]):
+        return [f"dist.num_workers: {n} must be one number or [min, max] with 1 <= min <= max"]
+    low, high = worker_range(cfg.dist)
+    if low < 1:
+        return [f"dist.num_workers: {n} must be >= 1"]
+    g = cfg.train.global_batch
+    bad = [w for w in sorted({low, high}) if g <= 0 or g % w]
+    if not bad or g <= 0:
+        return []
+    fits = group_sizes_that_fit(g, 1, max(high, low))
+    return [
+        f"dist.num_workers: {bad} rank(s) cannot split train.global_batch={g} evenly; group sizes up to "
+        f"{high} that can: {fits}; choose among them (for [min, max], both ends) or change the global batch"
+    ]
 
 
 def train_problems(cfg: Config) -> list[str]:
@@ -184,8 +257,8 @@ def train_problems(cfg: Config) -> list[str]:
         )
     if t.epochs < 1 and t.max_steps == 0:
         p.append("train.epochs: must be >= 1 unless train.max_steps caps the run")
-    if t.run_name and (t.run_name in (".", "..") or not _RUN_NAME.fullmatch(t.run_name)):
-        p.append(f"train.run_name: {t.run_name!r} must be a plain directory name ([A-Za-z0-9._-], no '/')")
+    if t.run_name:
+        check_name(p, "train.run_name", t.run_name)
     return p
 
 
@@ -203,6 +276,13 @@ def tracking_problems(cfg: Config) -> list[str]:
         )
     if not t.experiment.strip():
         p.append("tracking.experiment: must not be empty")
+    if t.metrics_queue < 1:
+        p.append(f"tracking.metrics_queue: {t.metrics_queue} must be >= 1 (logging intervals held)")
+    if min(t.system_metrics_interval, t.flush_timeout) <= 0:
+        p.append(
+            f"tracking.system_metrics_interval / tracking.flush_timeout: {t.system_metrics_interval} / "
+            f"{t.flush_timeout} must be > 0 seconds"
+        )
     return p
 
 

@@ -4,6 +4,9 @@
 - "" : random initialisation (the baseline);
 - a pretraining run directory holding `backbone.pt` (and `backbone.json`);
 - a `backbone.pt` file (its `backbone.json` is read from beside it when present);
+- an object-store location (`s3://bucket/prefix/<run name>`, a pretraining run's storage under
+  Ray Train, or the `backbone.pt` in it): copied with its `backbone.json` through
+  hvdistill/storage.py into the fine-tuning run directory;
 - `runs:/<run id>` (or a bare 32-hex MLflow run id that is not a path): the run's `backbone.pt`
   artifact (and its `backbone.json`) is downloaded from the store at `tracking.uri`
   through hvdistill/tracking.py into the fine-tuning run directory.
@@ -33,6 +36,7 @@ import torch
 from hvdistill.config import LidarModelConfig
 from hvdistill.eval.segmentation import SegmentationModel
 from hvdistill.models.state import describe, key_problems
+from hvdistill.storage import Location, is_uri
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,7 @@ class BackboneFiles:
 
     weights: Path
     meta: Path | None
-    source: str  # "run_dir" | "file" | "mlflow"
+    source: str  # "run_dir" | "file" | "mlflow" | "storage"
     spec: str  # finetune.backbone as given
 
 
@@ -63,7 +67,7 @@ class LoadReport:
     """What `load_backbone` did, saved into the fine-tuning run directory."""
 
     spec: str
-    source: str  # "random" | "run_dir" | "file" | "mlflow"
+    source: str  # "random" | "run_dir" | "file" | "mlflow" | "storage"
     weights: str = ""
     sha256: str = ""
     loaded: int = 0
@@ -77,6 +81,8 @@ class LoadReport:
 
 def find_backbone(spec: str, tracking_uri: str = "", download_dir: Path | None = None) -> BackboneFiles:
     """Resolve `finetune.backbone` (not empty) to local files; a clear error when nothing is there."""
+    if is_uri(spec):
+        return _download_from_store(spec, download_dir)
     path = Path(spec).expanduser()
     if path.is_dir():
         weights = path / BACKBONE_FILE
@@ -95,6 +101,26 @@ def find_backbone(spec: str, tracking_uri: str = "", download_dir: Path | None =
         f"finetune.backbone: {spec!r} is neither a run directory, a {BACKBONE_FILE} file nor an MLflow "
         f"run (runs:/<run id>)"
     )
+
+
+def _download_from_store(spec: str, download_dir: Path | None) -> BackboneFiles:
+    """A backbone in an object store (a run's storage holding backbone.pt, or the file itself)
+    copied, with the backbone.json beside it, to `download_dir`."""
+    if download_dir is None:
+        raise ValueError("a backbone in an object store needs a directory to download it into")
+    location = Location(spec)
+    weights = location / BACKBONE_FILE
+    if not weights.is_file():
+        if not location.is_file():
+            raise FileNotFoundError(
+                f"finetune.backbone: {spec} holds no {BACKBONE_FILE} and is not a file; give a finished "
+                f"run's storage (<dist.storage_path>/<run name>) or its {BACKBONE_FILE}"
+            )
+        weights = location
+    local = weights.download(Path(download_dir) / BACKBONE_FILE)
+    meta = weights.parent / BACKBONE_META
+    local_meta = meta.download(Path(download_dir) / BACKBONE_META) if meta.is_file() else None
+    return BackboneFiles(local, local_meta, "storage", spec)
 
 
 def _sibling_meta(weights: Path) -> Path | None:
@@ -184,7 +210,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch.load on an outside file: any failure = unusable file
         raise ValueError(
-            f"{path}: not a weights-only tensor state dict ({type(e).__name__}: {str(e)[:300]})"
+            f"{path}: not a weights-only tensor state dict ({type(e).__name__}: {str(e)[:300]}); give the "
+            f"backbone.pt a pretraining exported (finetune.backbone), or finetune.backbone= for random init"
         ) from e
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()

@@ -75,6 +75,26 @@ def subsample_anchors(
     return torch.sort(order[rank_in_sample < max_per_sample]).values
 
 
+def bev_pairs(
+    lidar_features: torch.Tensor,
+    lidar_indices: torch.Tensor,
+    image_bev: torch.Tensor,
+    bev_size: int,
+    max_anchors_per_sample: int = 0,
+    generator: torch.Generator | None = None,
+    image_occupied: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K', C) anchors and (K', C) their image keys: cells the cameras saw, subsampled."""
+    flat = flat_cell_index(lidar_indices, bev_size)  # (K,)
+    if image_occupied is not None:
+        seen = image_occupied.reshape(-1)[flat]  # (K,) bool
+        flat, lidar_features = flat[seen], lidar_features[seen]
+    if max_anchors_per_sample > 0:
+        keep = subsample_anchors(flat // (bev_size * bev_size), max_anchors_per_sample, generator)
+        flat, lidar_features = flat[keep], lidar_features[keep]
+    return lidar_features, bev_keys(image_bev, flat, bev_size)  # (K', C), (K', C)
+
+
 def bev_loss(
     lidar_features: torch.Tensor,
     lidar_indices: torch.Tensor,
@@ -84,14 +104,13 @@ def bev_loss(
     max_anchors_per_sample: int = 0,
     generator: torch.Generator | None = None,
     image_occupied: torch.Tensor | None = None,
+    sizes: list[int] | None = None,
 ) -> BEVLossResult:
-    """InfoNCE of LiDAR BEV cells (K, C) against the image BEV features at the same cells."""
-    flat = flat_cell_index(lidar_indices, bev_size)  # (K,)
-    if image_occupied is not None:
-        seen = image_occupied.reshape(-1)[flat]  # (K,) bool
-        flat, lidar_features = flat[seen], lidar_features[seen]
-    if max_anchors_per_sample > 0:
-        keep = subsample_anchors(flat // (bev_size * bev_size), max_anchors_per_sample, generator)
-        flat, lidar_features = flat[keep], lidar_features[keep]
-    keys = bev_keys(image_bev, flat, bev_size)  # (K', C)
-    return BEVLossResult(contrast(lidar_features, keys).loss, int(flat.numel()))
+    """InfoNCE of LiDAR BEV cells (K, C) against the image BEV features at the same cells.
+
+    `sizes`: every rank's anchor count after `bev_pairs`, when the caller exchanged them already.
+    """
+    anchors, keys = bev_pairs(
+        lidar_features, lidar_indices, image_bev, bev_size, max_anchors_per_sample, generator, image_occupied
+    )
+    return BEVLossResult(contrast(anchors, keys, sizes).loss, int(anchors.shape[0]))

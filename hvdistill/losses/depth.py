@@ -87,6 +87,14 @@ def saturation_safe_bce(log_prob: torch.Tensor, onehot: torch.Tensor) -> torch.T
     return positive - log_q.clamp(min=BCE_LOG_FLOOR).sum()
 
 
+def depth_bins(
+    targets: torch.Tensor, depth_min: float, depth_max: float, depth_step: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, Hf, Wf) int64 bin of each target cell and (N, Hf, Wf) bool: counted (a depth inside the bins)."""
+    bins = depth_to_bin(targets, depth_min, depth_max, depth_step)  # (N, Hf, Wf)
+    return bins, (targets > 0) & (bins >= 0)
+
+
 @dataclass
 class DepthLossResult:
     loss: torch.Tensor  # scalar, this rank's share (global normalisation)
@@ -100,10 +108,12 @@ def depth_loss(
     depth_max: float,
     depth_step: float,
     reduction: str = "cells_x_bins",
+    sizes: list[int] | None = None,
 ) -> DepthLossResult:
     """BCE of softmax(depth_logits (N, D, Hf, Wf)) against one-hot bins of targets (N, Hf, Wf).
 
-    Collective with a process group (the valid-cell count is summed over ranks).
+    `sizes`: every rank's valid-cell count (`depth_bins`), in rank order, when the caller has
+    exchanged them already; otherwise they are exchanged here (a collective with a process group).
     """
     if reduction not in ("cells_x_bins", "cells"):
         raise ValueError(f"depth reduction {reduction!r}: use 'cells_x_bins' or 'cells'")
@@ -115,14 +125,13 @@ def depth_loss(
             f"{depth_step} m steps gives {expected}; make the depth net and "
             "geometry.depth_* agree"
         )
-    bins = depth_to_bin(targets, depth_min, depth_max, depth_step)  # (N, Hf, Wf)
-    valid = (targets > 0) & (bins >= 0)  # (N, Hf, Wf)
+    bins, valid = depth_bins(targets, depth_min, depth_max, depth_step)  # (N, Hf, Wf) each
     with torch.autocast(device_type=depth_logits.device.type, enabled=False):
         log_prob = torch.log_softmax(depth_logits.float(), dim=1)  # (N, D, Hf, Wf)
         log_prob = log_prob.permute(0, 2, 3, 1)[valid]  # (V, D)
         onehot = F.one_hot(bins[valid], n_bins).bool()  # (V, D)
         total = saturation_safe_bce(log_prob, onehot)
-    n_valid = int(valid.sum())
-    count = dist.all_reduce_sum(torch.tensor(float(n_valid), device=targets.device))
+    if sizes is None:
+        sizes = dist.all_gather_sizes(valid.sum(), targets.device)
     per = float(n_bins) if reduction == "cells_x_bins" else 1.0
-    return DepthLossResult(loss=total / (max(float(count), 1.0) * per), num_cells=n_valid)
+    return DepthLossResult(loss=total / (max(float(sum(sizes)), 1.0) * per), num_cells=sizes[dist.rank()])

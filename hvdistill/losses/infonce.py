@@ -21,7 +21,7 @@ Large pools, all exact (see tests/losses/test_infonce.py):
 Normalisation (one rule for every loss term of hvdistill/losses/): a rank's loss is the SUM of
 its rows' cross-entropies divided by the GLOBAL number of rows (all ranks). Summed over ranks
 it is the single-process mean over the concatenated batch, and after backward (whose gather
-all-reduces key gradients) the gradient of each rank's inputs equals the single-process
+sums key gradients over ranks) the gradient of each rank's inputs equals the single-process
 gradient of those rows. Parameter gradients must therefore be SUMMED over ranks; an engine
 that AVERAGES them (DDP, DeepSpeed) must back-propagate `world_size() * loss`. With one
 process this is the ordinary mean.
@@ -167,18 +167,22 @@ def contrast(
     tile_size: int = 0,
     gather: bool = True,
     extra_keys: torch.Tensor | None = None,
+    sizes: list[int] | None = None,
 ) -> ContrastResult:
     """InfoNCE of matched (n, d) anchors and keys (row i's positive is key i).
 
     With `gather` and a process group, keys of every rank are gathered with gradients and this
-    rank's rows are scored against all of them. Collective: every rank must call it.
+    rank's rows are scored against all of them. `sizes` (every rank's row count, in rank order,
+    from the caller's one `dist.all_gather_counts` of all its terms) saves this call's own size
+    exchange. Collective: every rank must call it.
     """
     if anchors.shape[0] != keys.shape[0]:
         raise ValueError(
             f"contrast: {anchors.shape[0]} anchors but {keys.shape[0]} keys; "
             "row i of each must be a matched pair"
         )
-    sizes = dist.all_gather_sizes(anchors.shape[0], anchors.device)
+    if sizes is None:
+        sizes = dist.all_gather_sizes(anchors.shape[0], anchors.device)
     num_rows = sum(sizes)
     offset = 0
     if gather and dist.is_distributed():
@@ -199,13 +203,16 @@ class InfoNCE(nn.Module):
         self.temperature, self.tile_size, self.gather = temperature, tile_size, gather
         self.queue = KeyQueue(queue_size, dim) if queue_size > 0 else None
 
-    def forward(self, anchors: torch.Tensor, keys: torch.Tensor) -> ContrastResult:
+    def forward(
+        self, anchors: torch.Tensor, keys: torch.Tensor, sizes: list[int] | None = None
+    ) -> ContrastResult:
         """Score anchors (n, d) against keys (n, d) (+ other ranks' keys, + the queue).
 
+        `sizes`: every rank's row count, when the caller has exchanged them already (`contrast`).
         In training mode the (gathered) keys join the queue after the loss is computed.
         """
         extra = self.queue.keys() if self.queue is not None else None
-        result = contrast(anchors, keys, self.temperature, self.tile_size, self.gather, extra)
+        result = contrast(anchors, keys, self.temperature, self.tile_size, self.gather, extra, sizes)
         if self.queue is not None and self.training:
             self.queue.enqueue(result.keys)
         return result

@@ -10,7 +10,8 @@ Normalisation: every term is this rank's sum divided by the global count of its 
 (see hvdistill/losses/infonce.py). Summed over ranks the terms are the single-process losses
 of the concatenated batch; engines that average gradients over ranks must back-propagate
 `world_size() * total`. All ranks must call forward with the same epoch and the same set of
-inputs present (the terms are collectives).
+inputs present (the terms are collectives). Per forward: ONE exchange of every term's row count
+(`dist.all_gather_counts`), then the key gathers of the IPV and BEV terms.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from torch import nn
 from hvdistill import dist
 from hvdistill.config import Config, GeometryConfig, LossConfig, ModelConfig
 from hvdistill.loss_inputs import LossInputs
-from hvdistill.losses.bev import bev_loss
-from hvdistill.losses.depth import depth_loss, depth_targets
+from hvdistill.losses.bev import bev_pairs
+from hvdistill.losses.depth import depth_bins, depth_loss, depth_targets
 from hvdistill.losses.infonce import build_infonce
 from hvdistill.losses.pooling import pool_superpixels
 
@@ -72,18 +73,18 @@ class HybridViewLoss(nn.Module):
         """Whether the BEV term is computed at this epoch (two-stage schedule)."""
         return self.loss_cfg.weight_bev != 0 and epoch >= self.loss_cfg.bev_start_epoch
 
-    def _ipv(self, x: LossInputs) -> tuple[torch.Tensor, int]:
-        pooled = pool_superpixels(
+    def _pool(self, x: LossInputs):
+        """The IPV rows: matched superpoint / superpixel means (hvdistill/losses/pooling.py)."""
+        return pool_superpixels(
             x.pair_point_features,
             x.pair_superpixel,
             x.image_features,
             x.superpixels,
             normalize=self.loss_cfg.renormalize_pooled,
         )
-        result = self.ipv_contrast(pooled.superpoints, pooled.superpixels)
-        return result.loss, pooled.ids.numel()
 
-    def _depth(self, x: LossInputs) -> tuple[torch.Tensor, int]:
+    def _depth_targets(self, x: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N_img, Hf, Wf) depth targets and their valid-cell count (a 0-d tensor, not synced)."""
         if x.pair_image is None or x.pair_uv is None or x.pair_depth is None:
             raise ValueError("depth loss needs pair_image, pair_uv and pair_depth in LossInputs")
         n_img, _, grid_h, grid_w = x.depth_logits.shape
@@ -91,42 +92,57 @@ class HybridViewLoss(nn.Module):
             x.pair_image, x.pair_uv, x.pair_depth, n_img, grid_h, grid_w, self.loss_cfg.depth_target_pool
         )  # (N_img, Hf, Wf)
         g = self.geometry_cfg
-        result = depth_loss(
-            x.depth_logits, targets, g.depth_min, g.depth_max, g.depth_step, self.loss_cfg.depth_reduction
-        )
-        return result.loss, result.num_cells
+        return targets, depth_bins(targets, g.depth_min, g.depth_max, g.depth_step)[1].sum()
 
-    def _bev(self, x: LossInputs) -> tuple[torch.Tensor, int]:
+    def _bev_pairs(self, x: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K', C) LiDAR BEV anchors and (K', C) their image keys (hvdistill/losses/bev.py)."""
         if x.lidar_bev_features is None or x.lidar_bev_indices is None or x.image_bev is None:
             raise ValueError(
                 "the BEV term is active (epoch >= loss.bev_start_epoch) but "
                 "LossInputs lacks lidar_bev_features / lidar_bev_indices / image_bev"
             )
-        result = bev_loss(
+        return bev_pairs(
             x.lidar_bev_features,
             x.lidar_bev_indices,
             x.image_bev,
-            self.bev_contrast,
             self.geometry_cfg.bev_size,
             self.loss_cfg.max_bev_anchors,
             self._generator(),
             x.image_bev_occupied,
         )
-        return result.loss, result.num_anchors
 
     def forward(self, inputs: LossInputs, epoch: int) -> LossTerms:
-        """The named terms and their weighted total at `epoch` (0-based)."""
-        cfg = self.loss_cfg
+        """The named terms and their weighted total at `epoch` (0-based).
+
+        Every term's rows are prepared first; the row counts of all terms on every rank are then
+        exchanged in ONE collective, which the terms use for their gathers and global
+        normalisation (instead of one size exchange per term).
+        """
+        cfg, g = self.loss_cfg, self.geometry_cfg
         zero = inputs.pair_point_features.new_zeros((), dtype=torch.float32)
-        ipv, n_sp = self._ipv(inputs)
-        depth, n_cells = zero, 0
-        if cfg.weight_depth != 0 and inputs.depth_logits is not None:
-            depth, n_cells = self._depth(inputs)
-        bev, n_anchors = zero, 0
-        if self.bev_active(epoch):
-            bev, n_anchors = self._bev(inputs)
+        pooled = self._pool(inputs)
+        with_depth = cfg.weight_depth != 0 and inputs.depth_logits is not None
+        targets, cells = self._depth_targets(inputs) if with_depth else (None, 0)
+        bev_rows = self._bev_pairs(inputs) if self.bev_active(epoch) else None
+        counts = [pooled.ids.numel(), cells, 0 if bev_rows is None else bev_rows[0].shape[0]]
+        n_sp, n_cells, n_anchors = dist.all_gather_counts(counts, zero.device)  # each: per rank
+        ipv = self.ipv_contrast(pooled.superpoints, pooled.superpixels, n_sp).loss
+        depth, bev = zero, zero
+        if with_depth:
+            depth = depth_loss(
+                inputs.depth_logits,
+                targets,
+                g.depth_min,
+                g.depth_max,
+                g.depth_step,
+                cfg.depth_reduction,
+                n_cells,
+            ).loss
+        if bev_rows is not None:
+            bev = self.bev_contrast(*bev_rows, n_anchors).loss
         total = cfg.weight_ipv * ipv + cfg.weight_depth * depth + cfg.weight_bev * bev
-        return LossTerms(total, ipv, depth, bev, n_sp, n_cells, n_anchors)
+        me = dist.rank()
+        return LossTerms(total, ipv, depth, bev, n_sp[me], n_cells[me], n_anchors[me])
 
 
 def build_hybrid_view_loss(cfg: Config) -> HybridViewLoss:

@@ -7,8 +7,11 @@ own); with RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT in the environment (tor
 set for the run and removed again by `shutdown_distributed`, so DeepSpeed never looks for mpi4py.
 
 DeepSpeed config (`deepspeed_config`): generated from ours, the one source of truth:
-micro-batch = `train.micro_batch`, gradient accumulation = global / (micro x world) (integral or a
-ConfigError naming the fix), ZeRO stage = `dist.zero_stage` (0, 1 or 2; 3 is refused: it releases
+global batch = `train.global_batch` whatever the number of ranks; micro-batch = `train.micro_batch`,
+or the largest smaller one that splits the global batch over the ranks present (`batch_split`:
+an elastic group's size is known only at its start); gradient accumulation = global / (micro x
+world); a global batch that does not split evenly over the ranks is a ConfigError listing the
+group sizes that work; ZeRO stage = `dist.zero_stage` (0, 1 or 2; 3 is refused: it releases
 parameters between forward and backward, which spconv's backward cannot take), clipping =
 `optim.grad_clip`, no
 config-level optimizer or scheduler (a client torch optimizer and LR schedule), no fp16/bf16
@@ -39,7 +42,7 @@ import logging
 import os
 import socket
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -51,6 +54,7 @@ from hvdistill.batch import Batch
 from hvdistill.config import Config, ConfigError
 from hvdistill.loss_inputs import LossInputs
 from hvdistill.precision import choose_image_dtype
+from hvdistill.train.partitions import repartition
 from hvdistill.train.schedule import build_scheduler, peak_lr
 
 log = logging.getLogger(__name__)
@@ -152,19 +156,46 @@ def shutdown_distributed(ctx: DistContext, clean: bool = True) -> None:
         os.environ.pop(key, None)
 
 
-def grad_accumulation(cfg: Config, world_size: int) -> int:
-    """global_batch / (micro_batch x world_size); a ConfigError naming the fix when not integral."""
-    t = cfg.train
-    per_step = t.micro_batch * world_size
-    if t.global_batch % per_step:
+def batch_split(cfg: Config, world_size: int) -> tuple[int, int]:
+    """(micro-batch per rank, gradient-accumulation steps) that make train.global_batch on
+    `world_size` ranks: train.micro_batch when it fits, else the largest smaller micro-batch that
+    does (an elastic group's size is only known at its start). A ConfigError listing the group
+    sizes that work when the global batch does not split evenly over the ranks."""
+    g, most = cfg.train.global_batch, cfg.train.micro_batch
+    if g % world_size:
+        fits = [w for w in range(1, g + 1) if g % w == 0]
         raise ConfigError(
             [
-                f"train.global_batch: {t.global_batch} is not a multiple of train.micro_batch x world size "
-                f"= {t.micro_batch} x {world_size}; set train.global_batch to a multiple of {per_step} "
-                f"(or change train.micro_batch / the number of ranks)"
+                f"train.global_batch: {g} samples cannot be split evenly over {world_size} ranks; group "
+                f"sizes that can: {fits}; use one of them (dist.num_workers), or change train.global_batch"
             ]
         )
-    return t.global_batch // per_step
+    per_rank = g // world_size
+    micro = max(m for m in range(1, min(most, per_rank) + 1) if per_rank % m == 0)
+    return micro, per_rank // micro
+
+
+def grad_accumulation(cfg: Config, world_size: int) -> int:
+    """Gradient-accumulation steps for `world_size` ranks (see `batch_split`)."""
+    return batch_split(cfg, world_size)[1]
+
+
+def fit_batch_to_world(cfg: Config, world_size: int) -> Config:
+    """`cfg` with train.micro_batch re-derived for `world_size` ranks when the configured one does
+    not split the global batch there (logged); the global batch never changes."""
+    micro, gas = batch_split(cfg, world_size)
+    if micro == cfg.train.micro_batch:
+        return cfg
+    log.warning(
+        "train.micro_batch %d does not split train.global_batch %d over %d ranks: micro-batch %d x %d "
+        "accumulation steps instead",
+        cfg.train.micro_batch,
+        cfg.train.global_batch,
+        world_size,
+        micro,
+        gas,
+    )
+    return replace(cfg, train=replace(cfg.train, micro_batch=micro))
 
 
 def check_precision(cfg: Config, device: torch.device) -> None:
@@ -173,9 +204,20 @@ def check_precision(cfg: Config, device: torch.device) -> None:
         raise ConfigError(["precision.image_dtype: float16 is refused on CPU; use auto, bfloat16 or float32"])
 
 
+def apply_tf32(cfg: Config, device: torch.device) -> bool:
+    """TF32 for fp32 matmuls and cuDNN convolutions on a CUDA device as `dist.allow_tf32` says
+    (process-wide flags); nothing on CPU. True when the flags were set. The legacy flags are set:
+    torch 2.13 refuses to read a legacy flag after the newer `fp32_precision` API has set it."""
+    if device.type != "cuda":
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = cfg.dist.allow_tf32
+    torch.backends.cudnn.allow_tf32 = cfg.dist.allow_tf32
+    return True
+
+
 def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
     """The DeepSpeed JSON config generated from ours (see the module docstring)."""
-    gas = grad_accumulation(cfg, world_size)
+    micro, gas = batch_split(cfg, world_size)
     if cfg.dist.zero_stage == 3:
         raise ConfigError(
             [
@@ -187,10 +229,18 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
         )
     zero: dict[str, Any] = {"stage": cfg.dist.zero_stage}
     if cfg.dist.zero_stage in (1, 2):
-        zero["elastic_checkpoint"] = False  # per-rank optimizer partitions, loadable rank by rank
+        # each rank's partition as it is ("rigid"): exact at the same world size; another world size
+        # is re-partitioned from all of them when loading (hvdistill/train/partitions.py)
+        zero["elastic_checkpoint"] = False
+        # gradients reduced in buckets while the backward runs (docs/training.md, "Communication");
+        # ZeRO-0 reduces through DeepSpeed's own fixed-size buffers and takes none of these
+        zero["overlap_comm"] = cfg.dist.overlap_comm
+        zero["contiguous_gradients"] = cfg.dist.contiguous_gradients
+        zero["reduce_bucket_size"] = cfg.dist.reduce_bucket_size
+        zero["allgather_bucket_size"] = cfg.dist.allgather_bucket_size
     return {
         "train_batch_size": cfg.train.global_batch,
-        "train_micro_batch_size_per_gpu": cfg.train.micro_batch,
+        "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": gas,
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": zero,
@@ -265,6 +315,10 @@ class Engine:
     def global_steps(self) -> int:
         return int(self.ds.global_steps)
 
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return int(self.ds.gradient_accumulation_steps())
+
     def forward(self, batch: Batch, with_bev: bool) -> LossInputs:
         return self.ds(batch, with_bev=with_bev)
 
@@ -297,14 +351,21 @@ class Engine:
         """This rank's optimizer state (ZeRO: its partition) without unpicklable entries."""
         return plain_state(self.ds.optimizer.state_dict())
 
-    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+    def load_optimizer_state(self, states: list[dict[str, Any]]) -> None:
+        """ZeRO-0: `states` is [the whole optimizer state]. ZeRO-1/2: every saved rank's partition, in
+        rank order, however many ranks saved them: this rank's own at the same world size (exact),
+        else its share of all of them re-cut for the current ranks (hvdistill/train/partitions.py)."""
         live = self.ds.optimizer.state_dict()
-        merged = {**live, **state}
         if self.zero_stage == 0:
-            self.ds.optimizer.load_state_dict(merged)
+            self.ds.optimizer.load_state_dict({**live, **states[0]})
             return
-        states = [merged if r == self.ctx.rank else None for r in range(self.ctx.world_size)]
-        self.ds.optimizer.load_state_dict(states, load_optimizer_states=True, load_from_fp32_weights=True)
+        rank, opt = self.ctx.rank, self.ds.optimizer
+        if len(states) == self.ctx.world_size:
+            own = states[rank]
+        else:  # saved by another number of ranks: this rank's share of all of them
+            own = repartition(states, rank, [g.numel() for g in opt.single_partition_of_fp32_groups], live)
+        merged = [{**live, **own} if r == rank else None for r in range(self.ctx.world_size)]
+        opt.load_state_dict(merged, load_optimizer_states=True, load_from_fp32_weights=True)
 
     def counters(self) -> dict[str, int]:
         d = self.ds
@@ -340,6 +401,7 @@ def prepare_model(model: nn.Module, cfg: Config, ctx: DistContext) -> nn.Module:
 def build_engine(model: nn.Module, cfg: Config, ctx: DistContext, total_steps: int) -> Engine:
     """deepspeed.initialize over the distiller with the client optimizer and LR schedule."""
     check_precision(cfg, ctx.device)
+    apply_tf32(cfg, ctx.device)
     deepspeed = import_deepspeed(ctx.device.type)
     model = prepare_model(model, cfg, ctx).to(ctx.device)
     optimizer = build_optimizer(model, cfg)

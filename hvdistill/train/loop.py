@@ -7,14 +7,19 @@ rank together (no backward, no engine step; the BN statistics and the loss's key
 touched are put back), so no rank waits in a collective the others skipped; past
 `train.max_nonfinite_steps` skipped micro-batches every rank raises `NonFiniteLossError`
 (step and terms). Otherwise: backward of world_size x the share and an engine step (an optimizer
-step at the accumulation boundary).
+step at the accumulation boundary). Reading the verdict is the micro-batch's ONE host sync; the
+loss values are summed on the device (`Meter`) and reach the host once per logging interval.
 
 Per optimizer step, every `train.log_every` steps: the loss terms (mean over the window),
 `lr`, `grad_norm`, `samples_per_s`, `data_wait_fraction` (time blocked on the DataLoader / wall
-time) to the tracker and `hooks.on_log`; every `train.eval_every` steps (0 = each epoch's end) the
-held-out loss on the val shards (`val/loss/*`); every `train.checkpoint_every` steps and at the
-end a checkpoint (hvdistill/train/checkpoint.py). Evaluation leaves the training RNG streams as
-they were, so a run resumed from a checkpoint continues exactly like one that never stopped.
+time: the mean over ranks, and `/max`) and the window's peak memory (max over ranks, and
+`/mean`) to the tracker and `hooks.on_log`. Rank 0's tracker calls go through a bounded
+background queue (hvdistill/train/metrics_sink.py), so a slow tracking server never stalls
+training; the queue is flushed at checkpoints and at the end. Every `train.eval_every` steps
+(0 = each epoch's end) the held-out loss on the val shards (`val/loss/*`); every
+`train.checkpoint_every` steps and at the end a checkpoint (hvdistill/train/checkpoint.py).
+Evaluation leaves the training RNG streams as they were, so a run resumed from a checkpoint
+continues exactly like one that never stopped.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import contextlib
 import json
 import logging
 import math
+import resource
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,13 +43,16 @@ from hvdistill import dist
 from hvdistill.batch import Batch
 from hvdistill.config import Config
 from hvdistill.losses.total import HybridViewLoss
-from hvdistill.train.checkpoint import save_checkpoint
+from hvdistill.train.checkpoint import save_checkpoint, stage_checkpoint
 from hvdistill.train.data import BatchStream, close_loader
 from hvdistill.train.engine import DistContext, Engine
+from hvdistill.train.metrics_sink import MetricsSink, open_sink
 
 log = logging.getLogger(__name__)
 TERMS = ("total", "ipv", "depth", "bev")
 METRICS_FILE = "metrics.jsonl"  # every published metrics dict, one JSON line each (rank 0)
+PROC_STATUS, CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")  # Linux
+RESET_PEAK_RSS = "5"  # written to clear_refs: VmHWM (peak RSS) := current RSS (Linux >= 4.0)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -88,63 +98,85 @@ class TrainJob:
     meta: dict[str, Any] = field(default_factory=dict)  # constant checkpoint metadata
     state: LoopState = field(default_factory=LoopState)
     last_checkpoint: int = -1
+    staged: bool = False  # checkpoints staged per rank for the launcher (Ray storage), not in run_dir
+    sink: MetricsSink | None = None  # rank 0's queue in front of the tracker, open while `train` runs
 
 
 def train(job: TrainJob) -> dict[str, float]:
     """Train until `job.total_steps` optimizer steps; returns the last logged metrics."""
-    cfg, engine, state = job.cfg, job.engine, job.state
-    meter, last = Meter(job.ctx.world_size * cfg.train.micro_batch), {}
-    bar = tqdm(
-        total=job.total_steps,
-        initial=state.step,
-        unit="step",
-        desc="pretrain",
-        disable=not (job.ctx.is_main and cfg.train.progress),
-    )
+    cfg, engine, state, device = job.cfg, job.engine, job.state, job.ctx.device
+    meter, last, bar = Meter(job.ctx.world_size * cfg.train.micro_batch, device), {}, _progress_bar(job)
     engine.train()
-    while state.step < job.total_steps:
-        job.train_data.set_epoch(state.epoch, state.batches_done)
-        batches = iter(job.train_loader)
-        while state.batches_done < job.micro_per_epoch and state.step < job.total_steps:
-            with meter.waiting():
-                batch = next(batches, None)
-            if batch is None:
-                raise RuntimeError(
-                    f"the train reader ended after {state.batches_done} of {job.micro_per_epoch} "
-                    f"micro-batches of epoch {state.epoch}; see the reader's warnings above"
-                )
-            batch = batch.to(job.ctx.device)
-            state.batches_done += 1
-            lr = engine.lr()
-            values, stepped = micro_step(job, batch)
-            meter.micro_batch(values)
-            if not stepped:
-                continue
-            state.step += 1
-            meter.step(lr, engine.last_grad_norm)
-            bar.update(1)
-            if state.step % cfg.train.log_every == 0 or state.step == job.total_steps:
-                last = publish(job, meter.flush(), bar)
-            with meter.paused():  # evaluation and checkpoints are not training throughput
-                if cfg.train.eval_every and state.step % cfg.train.eval_every == 0:
-                    last = {**last, **publish(job, evaluate(job))}
-                if state.step % cfg.train.checkpoint_every == 0:
-                    checkpoint(job)
-        if state.batches_done >= job.micro_per_epoch:  # the epoch is complete
-            state.epoch, state.batches_done = state.epoch + 1, 0
-            if not cfg.train.eval_every:
-                with meter.paused():
-                    last = {**last, **publish(job, evaluate(job))}
-    if job.last_checkpoint != state.step:
-        checkpoint(job)
+    with metrics_sink(job):  # rank 0's tracker calls from a background queue, flushed at the end
+        while state.step < job.total_steps:
+            job.train_data.set_epoch(state.epoch, state.batches_done)
+            batches = iter(job.train_loader)
+            while state.batches_done < job.micro_per_epoch and state.step < job.total_steps:
+                with meter.waiting():
+                    batch = next(batches, None)
+                if batch is None:
+                    raise RuntimeError(
+                        f"the train reader ended after {state.batches_done} of {job.micro_per_epoch} "
+                        f"micro-batches of epoch {state.epoch}; see the reader's warnings above"
+                    )
+                batch = batch.to(device, non_blocking=device.type == "cuda")  # pinned on CUDA
+                state.batches_done += 1
+                lr = engine.lr()
+                values, stepped = micro_step(job, batch)
+                meter.micro_batch(values)
+                if not stepped:
+                    continue
+                state.step += 1
+                meter.step(lr, engine.last_grad_norm)
+                bar.update(1)
+                if state.step % cfg.train.log_every == 0 or state.step == job.total_steps:
+                    last = publish(job, meter.flush(), bar)  # every rank: flush is a collective
+                with meter.paused():  # evaluation and checkpoints are not training throughput
+                    if cfg.train.eval_every and state.step % cfg.train.eval_every == 0:
+                        last = {**last, **publish(job, evaluate(job))}
+                    if state.step % cfg.train.checkpoint_every == 0:
+                        checkpoint(job)
+            if state.batches_done >= job.micro_per_epoch:  # the epoch is complete
+                state.epoch, state.batches_done = state.epoch + 1, 0
+                if not cfg.train.eval_every:
+                    with meter.paused():
+                        last = {**last, **publish(job, evaluate(job))}
+        if job.last_checkpoint != state.step:
+            checkpoint(job)
     bar.close()
     return last
+
+
+def _progress_bar(job: TrainJob) -> tqdm:
+    """Rank 0's live progress bar (`train.progress`); a disabled one elsewhere."""
+    return tqdm(
+        total=job.total_steps,
+        initial=job.state.step,
+        unit="step",
+        desc="pretrain",
+        disable=not (job.ctx.is_main and job.cfg.train.progress),
+    )
+
+
+@contextlib.contextmanager
+def metrics_sink(job: TrainJob):
+    """`job.sink` open on rank 0 while the block runs, then flushed (at most `tracking.flush_timeout`
+    seconds) and closed, also when the block raises."""
+    job.sink = open_sink(job.tracker, job.cfg.tracking.metrics_queue, job.ctx.is_main)
+    try:
+        yield job.sink
+    finally:
+        if job.sink is not None:
+            job.sink.close(job.cfg.tracking.flush_timeout)
+        job.sink = None
 
 
 def micro_step(job: TrainJob, batch: Batch) -> tuple[torch.Tensor, bool]:
     """Forward, one all_reduce to agree on finiteness, then backward + engine step unless skipped.
 
-    Returns the global [total, ipv, depth, bev] and whether an optimizer step was applied.
+    Returns the global [total, ipv, depth, bev] (on the device) and whether an optimizer step was
+    applied. Reading the verdict is the micro-batch's one host sync: whether to run the backward
+    must be known on the host, and the same on every rank.
     """
     engine, loss_fn, state = job.engine, job.loss_fn, job.state
     saved = _buffers(job)
@@ -153,8 +185,8 @@ def micro_step(job: TrainJob, batch: Batch) -> tuple[torch.Tensor, bool]:
         terms = loss_fn(inputs, epoch=state.epoch)
     local = torch.stack([getattr(terms, k).detach().float() for k in TERMS])  # (4,) this rank's shares
     flag = (~torch.isfinite(local)).any().float().reshape(1)
-    agreed = dist.all_reduce_sum(torch.cat([flag, local])).cpu()  # the ONE collective: verdict + values
-    if agreed[0] > 0:
+    agreed = dist.all_reduce_sum(torch.cat([flag, local]))  # (5,) the ONE collective: verdict + values
+    if bool(agreed[0] > 0):  # the ONE host sync
         _restore(job, saved)
         state.nonfinite += 1
         mine = {f"loss/{k}": float(v) for k, v in zip(TERMS, local)}
@@ -174,7 +206,7 @@ def evaluate(job: TrainJob) -> dict[str, float]:
     engine, loss_fn, limit = job.engine, job.loss_fn, job.cfg.train.eval_batches
     engine.train(False)
     loss_fn.eval()
-    sums, batches = torch.zeros(len(TERMS), dtype=torch.float64), 0
+    sums, batches = torch.zeros(len(TERMS), dtype=torch.float64, device=job.ctx.device), 0  # (4,)
     job.val_loader.dataset.set_epoch(0)  # the same val order at every evaluation
     epoch, val_batches = job.state.epoch, iter(job.val_loader)
     try:
@@ -184,11 +216,11 @@ def evaluate(job: TrainJob) -> dict[str, float]:
                     break
                 inputs = engine.forward(batch.to(job.ctx.device), with_bev=loss_fn.bev_active(epoch))
                 terms = loss_fn(inputs, epoch=epoch)
-                sums += torch.stack([getattr(terms, k).detach().double().cpu() for k in TERMS])
+                sums += torch.stack([getattr(terms, k).detach().double() for k in TERMS])  # no host sync
                 batches += 1
     finally:
         close_loader(val_batches)
-    totals = dist.all_reduce_sum(sums.to(job.ctx.device)).cpu() / max(batches, 1)  # equal counts on all ranks
+    totals = dist.all_reduce_sum(sums).cpu() / max(batches, 1)  # equal counts on all ranks
     engine.train()
     loss_fn.train()
     return {f"val/loss/{k}": float(v) for k, v in zip(TERMS, totals)}
@@ -199,7 +231,7 @@ def publish(job: TrainJob, metrics: dict[str, float], bar: tqdm | None = None) -
     if not metrics:
         return {}
     step = job.state.step
-    job.tracker.log_metrics(metrics, step=step)
+    (job.sink if job.sink is not None else job.tracker).log_metrics(metrics, step=step)
     if job.ctx.is_main:  # also a plain record beside the checkpoints, readable without MLflow
         with open(job.run_dir / METRICS_FILE, "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
@@ -225,35 +257,36 @@ def checkpoint(job: TrainJob) -> Path:
         "nonfinite": state.nonfinite,
         "data": job.train_data.position(epoch, done),
     }
-    path = save_checkpoint(
-        job.run_dir, state.step, job.engine, job.loss_fn, meta, job.cfg.train.keep_checkpoints
-    )
+    if job.staged:
+        path = stage_checkpoint(job.run_dir, state.step, job.engine, job.loss_fn, meta)
+    else:
+        path = save_checkpoint(
+            job.run_dir, state.step, job.engine, job.loss_fn, meta, job.cfg.train.keep_checkpoints
+        )
     job.last_checkpoint = state.step
+    if job.sink is not None:  # the tracking run holds every step up to the checkpoint
+        job.sink.flush(job.cfg.tracking.flush_timeout)
     if job.on_checkpoint is not None:
         job.on_checkpoint(state.step, path)
     return path
 
 
 class Meter:
-    """Loss terms, time and data wait over the steps since the last log."""
+    """Loss terms, time, data wait and peak memory over the steps since the last log.
 
-    def __init__(self, samples_per_micro: int):
-        self.samples_per_micro = samples_per_micro
+    The loss terms are summed on the device (no host sync per micro-batch); `flush` reads them
+    once and exchanges every rank's data wait and peak memory in one collective.
+    """
+
+    def __init__(self, samples_per_micro: int, device: torch.device | str = "cpu"):
+        self.samples_per_micro, self.device = samples_per_micro, torch.device(device)
         self._reset()
 
     def _reset(self) -> None:
-        self.sums, self.micro, self.finite, self.wait = (
-            torch.zeros(len(TERMS), dtype=torch.float64),
-            0,
-            0,
-            0.0,
-        )
-        self.lr, self.grad_norm, self.start, self.excluded = (
-            float("nan"),
-            float("nan"),
-            time.perf_counter(),
-            0.0,
-        )
+        self.sums = torch.zeros(len(TERMS), dtype=torch.float64, device=self.device)  # (4,) finite ones
+        self.finite = torch.zeros((), dtype=torch.float64, device=self.device)  # finite micro-batches
+        self.micro, self.wait, self.excluded = 0, 0.0, 0.0
+        self.lr, self.grad_norm, self.start = float("nan"), float("nan"), time.perf_counter()
 
     @contextlib.contextmanager
     def waiting(self):
@@ -270,28 +303,60 @@ class Meter:
         self.excluded += time.perf_counter() - tic
 
     def micro_batch(self, values: torch.Tensor) -> None:
-        if bool(torch.isfinite(values).all()):  # skipped micro-batches count in time, not in the losses
-            self.sums += values.double()
-            self.finite += 1
+        """Add the global terms (4,) of a micro-batch; a skipped (non-finite) one counts in time only."""
+        finite = torch.isfinite(values).all()  # stays on the device
+        self.sums += torch.where(finite, values.double(), 0.0)
+        self.finite += finite
         self.micro += 1
 
     def step(self, lr: float, grad_norm: float) -> None:
         self.lr, self.grad_norm = lr, grad_norm
 
     def flush(self) -> dict[str, float]:
+        """The window's metrics, then a new window. A collective: every rank flushes at the same steps."""
         elapsed = max(time.perf_counter() - self.start - self.excluded, 1e-9)
-        means = self.sums / self.finite if self.finite else torch.full_like(self.sums, float("nan"))
-        out = {f"loss/{k}": float(v) for k, v in zip(TERMS, means)}
+        *sums, finite = torch.cat([self.sums, self.finite[None]]).tolist()  # the window's one host sync
+        out = {f"loss/{k}": s / finite if finite else float("nan") for k, s in zip(TERMS, sums)}
         out.update(
             lr=self.lr,
             grad_norm=self.grad_norm,
             samples_per_s=self.micro * self.samples_per_micro / elapsed,
-            data_wait_fraction=self.wait / elapsed,
         )
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            out["memory/peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        memory_key, peak = peak_memory_mb(self.device)
+        mine = torch.tensor([self.wait / elapsed, peak], dtype=torch.float64, device=self.device)
+        waits, peaks = dist.all_gather_equal(mine).t().tolist()  # (2, W): one collective
+        out.update(
+            {
+                "data_wait_fraction": sum(waits) / len(waits),
+                "data_wait_fraction/max": max(waits),
+                memory_key: max(peaks),
+                f"{memory_key}/mean": sum(peaks) / len(peaks),
+            }
+        )
         self._reset()
         return {k: v for k, v in out.items() if not math.isnan(v)}
+
+
+def peak_memory_mb(device: torch.device) -> tuple[str, float]:
+    """(metric name, MiB) this process's peak memory since the previous call, which starts anew.
+
+    CUDA: `memory/peak_mb`, tensors allocated on the device (max_memory_allocated, then
+    reset_peak_memory_stats). CPU: `memory/peak_rss_mb`, the process's peak resident set (Linux
+    VmHWM, reset through /proc/self/clear_refs); where that file is missing or refused, the peak
+    since the process started (getrusage). DataLoader workers are processes of their own.
+    """
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+        return "memory/peak_mb", peak
+    try:
+        status = PROC_STATUS.read_text().splitlines()
+        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024  # kB
+        CLEAR_REFS.write_text(RESET_PEAK_RSS)
+    except (OSError, StopIteration, ValueError):
+        per_mb = 2**20 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, kB on Linux
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / per_mb
+    return "memory/peak_rss_mb", peak
 
 
 def _autocast(job: TrainJob) -> contextlib.AbstractContextManager:

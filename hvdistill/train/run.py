@@ -3,12 +3,15 @@
 Order: process group (reused, from the launcher's environment, or a 1-rank loopback gloo group)
 -> the DeepSpeed config and precision checked (a config error leaves nothing behind) -> run
 directory `<train.output_dir>/<train.run_name or pretrain-<UTC time>-<6 hex>>` (rank 0 decides,
-every rank gets it; printed at the start and the end) -> the resume decision (the newest
-complete checkpoint in it when `train.resume=auto`; rank 0 decides) -> tracking (rank 0 a real
-MLflow tracker continuing the run id in `tracking.json`, other ranks a null one) -> `config.yaml`
-(resolved, with the resolved precision) and `deepspeed.json` -> data, model, loss, engine ->
-restore from the checkpoint -> the loop (hvdistill/train/loop.py) -> `backbone.pt` +
-`backbone.json` -> barrier, and the group destroyed only if `run` created it.
+every rank gets it; rank 0 holds its lock, hvdistill/dirlock.py) -> every rank probes the run's
+storage (hvdistill/train/outputs.py: the run directory, or under Ray Train `hooks.storage`) ->
+the resume decision (hvdistill/train/resume.py: the newest intact checkpoint when
+`train.resume=auto`, damaged ones skipped with a warning) -> tracking (rank 0 a real MLflow
+tracker continuing the run id of `tracking.json` or of the checkpoint, other ranks a null one)
+-> `config.yaml` (resolved) and `deepspeed.json`, mirrored into the run's storage -> data,
+model, loss, engine -> restore -> the loop (hvdistill/train/loop.py) -> `backbone.pt` +
+`backbone.json` (mirrored) -> barrier, and the group destroyed only if `run` created it. A start
+that fails before anything was trained removes the run directory it created.
 
 `main` is `hvdistill pretrain CONFIG [key=value ...]` (one process, or one rank under
 `torchrun`/`deepspeed`); it ends by printing the MLflow run id and the `mlflow ui` command.
@@ -17,9 +20,12 @@ restore from the checkpoint -> the loop (hvdistill/train/loop.py) -> `backbone.p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import re
+import shutil
 import sys
 import time
 import uuid
@@ -29,14 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as tdist
 import yaml
 
 from hvdistill import dist
 from hvdistill.config import RUN_SECTIONS, Config, ConfigError, flatten, load_config, to_dict
+from hvdistill.dirlock import OutputLocked, directory_lock
 from hvdistill.losses.total import build_hybrid_view_loss
 from hvdistill.models.distiller import build_distiller
 from hvdistill.precision import resolve_image_dtype, resolved_precision
+from hvdistill.storage import Location, StorageError, first_missing, write_atomic
 from hvdistill.train import checkpoint as ckpt
 from hvdistill.train.data import build_loader, build_stream, close_loader, has_split, manifest_hash
 from hvdistill.train.engine import (
@@ -44,23 +51,43 @@ from hvdistill.train.engine import (
     build_engine,
     check_precision,
     deepspeed_config,
+    fit_batch_to_world,
     grad_accumulation,
     init_distributed,
     shutdown_distributed,
 )
-from hvdistill.train.loop import LoopState, TrainJob, train
+from hvdistill.train.loop import METRICS_FILE, LoopState, TrainJob, train
+from hvdistill.train.outputs import (
+    StorageProbeError,
+    fetch_missing,
+    mirror_files,
+    previous_run_id,
+    probe_storage,
+    trim_metrics,
+)
+from hvdistill.train.resume import CheckpointError, choose_checkpoint, shared_candidates, storage_candidates
+from hvdistill.train.schedule import resolved_schedule
 
 log = logging.getLogger(__name__)
 TRACKING_FILE = "tracking.json"
-_NAME_BYTES = 1024  # longest run name / run id broadcast between ranks
+START_FILES = ("config.yaml", "deepspeed.json", TRACKING_FILE)  # mirrored into the run's storage
+END_FILES = (ckpt.BACKBONE, ckpt.BACKBONE_META, METRICS_FILE)
 
 
 @dataclass
 class RunHooks:
-    """Launchers observe the run without the loop importing them."""
+    """What a launcher adds to a run without the loop importing it."""
 
     on_log: Callable[[int, dict[str, float]], None] | None = None  # (step, metrics), every rank
-    on_checkpoint: Callable[[int, Path], None] | None = None  # (step, checkpoint dir), every rank
+    # (step, checkpoint dir), every rank; with `storage` the dir is this rank's staged part, which
+    # the launcher persists into the run's storage
+    on_checkpoint: Callable[[int, Path], None] | None = None
+    # the run's storage (Ray Train: <dist.storage_path>/<run name>, a path or an object store):
+    # checkpoints are staged per rank and persisted by `on_checkpoint`, resumed from there, and
+    # the run files are mirrored into it (hvdistill/train/outputs.py); "" = the run directory,
+    # shared by every rank, holds everything
+    storage: str = ""
+    latest_checkpoint: str = ""  # the checkpoint the launcher registered last (a name in `storage`)
 
 
 @dataclass
@@ -78,44 +105,51 @@ def new_run_name() -> str:
     return f"pretrain-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
 
 
-def _broadcast_text(text: str, ctx: DistContext) -> str:
-    """Rank 0's `text` on every rank (UTF-8 bytes in a tensor; nothing pickled)."""
-    if ctx.world_size == 1:
-        return text
-    data = text.encode()[:_NAME_BYTES]
-    buf = torch.zeros(_NAME_BYTES + 1, dtype=torch.uint8, device=ctx.device)
-    buf[0] = len(data) if ctx.is_main else 0
-    if ctx.is_main:
-        buf[1 : 1 + len(data)] = torch.tensor(list(data), dtype=torch.uint8)
-    lengths = torch.tensor([len(data)], dtype=torch.int64, device=ctx.device)
-    tdist.broadcast(lengths, src=0)
-    tdist.broadcast(buf, src=0)
-    return bytes(buf[1 : 1 + int(lengths)].cpu().tolist()).decode()
+LAUNCHER_RUN_ID = "TORCHELASTIC_RUN_ID"  # torchrun's run id, the same for a restart of its workers
 
 
-def resolve_run_dir(cfg: Config, ctx: DistContext) -> Path:
-    """<train.output_dir>/<train.run_name>, the name generated on rank 0 when empty; created."""
-    name = _broadcast_text(cfg.train.run_name or (new_run_name() if ctx.is_main else ""), ctx)
-    run_dir = Path(cfg.train.output_dir).absolute() / name
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-    return run_dir
+def launcher_run_name(world_size: int) -> str:
+    """The run name a launcher fixes (torchrun's run id, as `pretrain-<id>`), or "" without one.
 
-
-def resume_point(cfg: Config, run_dir: Path, ctx: DistContext) -> Path | None:
-    """The checkpoint to resume from (rank 0's view of the run directory), or None."""
-    latest = ckpt.latest_checkpoint(run_dir) if cfg.train.resume == "auto" and ctx.is_main else None
-    name = _broadcast_text(latest.name if latest else "", ctx)
-    if not name:
-        return None
-    path = run_dir / ckpt.CHECKPOINTS / name
-    if not (path / ckpt.META).is_file():
-        raise FileNotFoundError(
-            f"rank {ctx.rank} cannot see checkpoint {path} that rank 0 resumes from; every rank must see "
-            f"train.output_dir (shared storage for several nodes)"
+    A multi-rank launch without a fixed name would start a new run at each restart, so it is
+    refused with the fix."""
+    run_id = os.environ.get(LAUNCHER_RUN_ID, "")
+    if run_id and run_id != "none":
+        return "pretrain-" + re.sub(r"[^A-Za-z0-9._-]", "_", run_id)[:80]
+    if world_size > 1:
+        raise ConfigError(
+            [
+                "train.run_name: empty in a multi-rank launch without a launcher run id, so a restarted "
+                "launch would start a new run instead of resuming; set train.run_name=<name> (or launch "
+                f"with torchrun --rdzv-id <id>, which sets {LAUNCHER_RUN_ID})"
+            ]
         )
-    return path
+    return ""
+
+
+def resolve_run_dir(cfg: Config, ctx: DistContext) -> tuple[Path, Path | None]:
+    """(<train.output_dir>/<train.run_name>, the outermost directory this call created for it or
+    None); the name is the launcher's run id, else generated on rank 0, when empty. Every rank
+    creates it (node-local under Ray Train)."""
+    fixed = cfg.train.run_name or launcher_run_name(ctx.world_size)
+    name = dist.broadcast_text(fixed or (new_run_name() if ctx.is_main else ""), ctx.device)
+    run_dir = Path(cfg.train.output_dir).absolute() / name
+    created = first_missing(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    return run_dir, created
+
+
+def resume_point(
+    cfg: Config, run_dir: Path, ctx: DistContext, storage: Location | None, latest: str
+) -> Path | None:
+    """The local directory of the checkpoint to resume from (the newest intact one), or None."""
+    if cfg.train.resume != "auto":
+        return None
+    candidates: list[Location] = []
+    if ctx.is_main:
+        candidates = storage_candidates(storage, latest) if storage else shared_candidates(run_dir)
+    return choose_checkpoint(candidates, run_dir, ctx.device)
 
 
 def seed_everything(cfg: Config) -> None:
@@ -133,26 +167,23 @@ def seed_everything(cfg: Config) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def start_tracking(cfg: Config, run_dir: Path, ctx: DistContext) -> tuple[Any, str]:
-    """(tracker, store URI): MLflow on rank 0, continuing tracking.json's run id; NullTracker elsewhere."""
+def start_tracking(cfg: Config, run_dir: Path, ctx: DistContext, resume_from: Path | None) -> tuple[Any, str]:
+    """(tracker, store URI): MLflow on rank 0, continuing the previous run id; NullTracker elsewhere."""
     from hvdistill import tracking
 
     if not (cfg.tracking.enabled and ctx.is_main):
         return tracking.NullTracker(), ""
-    record = run_dir / TRACKING_FILE
-    previous = json.loads(record.read_text()).get("run_id") if record.is_file() else None
     uri = tracking.prepare_tracking(cfg.tracking, run_dir)
     tracker = tracking.start_tracker(
         cfg.tracking,
         run_dir,
         is_main=True,
-        resume_run_id=previous,
+        resume_run_id=previous_run_id(run_dir, resume_from, TRACKING_FILE),
         run_name=run_dir.name,
         tags=tracking.default_tags(ctx.world_size),
     )
-    record.write_text(
-        json.dumps({"run_id": tracker.run_id, "uri": uri, "experiment": cfg.tracking.experiment})
-    )
+    record = {"run_id": tracker.run_id, "uri": uri, "experiment": cfg.tracking.experiment}
+    write_atomic(run_dir / TRACKING_FILE, json.dumps(record))
     return tracker, uri
 
 
@@ -160,8 +191,8 @@ def write_run_files(
     cfg: Config, run_dir: Path, ds_config: dict[str, Any], data_hash: str, tracker: Any
 ) -> None:
     """config.yaml (resolved), deepspeed.json, the params and artifacts of the tracking run (rank 0)."""
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    (run_dir / "deepspeed.json").write_text(json.dumps(ds_config, indent=1))
+    write_atomic(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_atomic(run_dir / "deepspeed.json", json.dumps(ds_config, indent=1))
     tracker.log_params(flatten(cfg, RUN_SECTIONS["pretrain"]))
     tracker.set_tags({"data.manifest_sha256": data_hash})
     tracker.log_artifact(run_dir / "config.yaml")
@@ -199,21 +230,63 @@ def run(cfg: Config, hooks: RunHooks | None = None) -> RunResult:
 
 
 def _run(cfg: Config, ctx: DistContext, hooks: RunHooks) -> RunResult:
+    cfg = fit_batch_to_world(cfg, ctx.world_size)  # the global batch holds at any group size
+    cfg = resolved_schedule(cfg, announce=ctx.is_main)  # the large-batch rule, logged on rank 0
     seed_everything(cfg)
     check_precision(cfg, ctx.device)
     ds_config = deepspeed_config(cfg, ctx.world_size)  # config errors before anything is written
-    run_dir = resolve_run_dir(cfg, ctx)
+    run_dir, created = resolve_run_dir(cfg, ctx)
+    storage = Location(hooks.storage) if hooks.storage else None
+    try:
+        with contextlib.ExitStack() as stack:
+            lock_run_dir(run_dir, ctx, stack)
+            if ctx.is_main:
+                print(f"hvdistill pretrain: run directory {run_dir}", flush=True)
+            result = _start(cfg, ctx, hooks, run_dir, storage, ds_config)
+    except BaseException:
+        if created and not _has_progress(run_dir):  # nothing trained: leave no directory behind
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     if ctx.is_main:
-        print(f"hvdistill pretrain: run directory {run_dir}", flush=True)
+        print(f"hvdistill pretrain: {result.steps} steps done; run directory {run_dir}", flush=True)
+    return result
+
+
+def lock_run_dir(run_dir: Path, ctx: DistContext, stack: contextlib.ExitStack) -> None:
+    """Rank 0 holds the run directory's lock for the run; every rank stops if another process has it."""
+    problem = ""
+    if ctx.is_main:
+        try:
+            stack.enter_context(directory_lock(run_dir, "pretraining"))
+        except OutputLocked as e:
+            problem = str(e)
+    problem = dist.broadcast_text(problem, ctx.device)
+    if problem:
+        raise OutputLocked(problem)
+
+
+def _has_progress(run_dir: Path) -> bool:
+    """Whether a run directory holds anything a failed start must not delete."""
+    return (run_dir / METRICS_FILE).exists() or bool(ckpt.list_checkpoints(run_dir))
+
+
+def _start(
+    cfg: Config, ctx: DistContext, hooks: RunHooks, run_dir: Path, storage: Location | None, ds_config: dict
+) -> RunResult:
+    what = "the run's storage (dist.storage_path)" if storage else "the run directory (train.output_dir)"
+    probe_storage(storage or Location(run_dir), what, ctx.device)
+    if ctx.is_main and (fetched := fetch_missing(run_dir, storage, (TRACKING_FILE, METRICS_FILE))):
+        log.info("fetched %s from the run's storage %s", ", ".join(fetched), storage)
     cfg = resolved_precision(replace(cfg, train=replace(cfg.train, run_name=run_dir.name)), ctx.device)
-    resume_from = resume_point(cfg, run_dir, ctx)
-    tracker, uri = start_tracking(cfg, run_dir, ctx)
+    resume_from = resume_point(cfg, run_dir, ctx, storage, hooks.latest_checkpoint)
+    tracker, uri = start_tracking(cfg, run_dir, ctx, resume_from)
     status = "FAILED"
     try:
         data_hash = manifest_hash(cfg.data)
         if ctx.is_main:
             write_run_files(cfg, run_dir, ds_config, data_hash, tracker)
-        result = _train(cfg, ctx, hooks, run_dir, resume_from, tracker, data_hash)
+            mirror_files(run_dir, storage, START_FILES)
+        result = _train(cfg, ctx, hooks, run_dir, storage, resume_from, tracker, data_hash)
         result.tracking_uri = uri
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -221,9 +294,33 @@ def _run(cfg: Config, ctx: DistContext, hooks: RunHooks) -> RunResult:
         raise
     finally:
         tracker.end(status)
-    if ctx.is_main:
-        print(f"hvdistill pretrain: {result.steps} steps done; run directory {run_dir}", flush=True)
     return result
+
+
+def _restore(job: TrainJob, resume_from: Path, data_hash: str) -> None:
+    """Continue `job` from the checkpoint directory `resume_from` (engine, loss, data, RNG)."""
+    meta = ckpt.load_checkpoint(resume_from, job.engine, job.loss_fn)
+    job.state = LoopState(meta["step"], meta["epoch"], meta["batches_done"], meta["nonfinite"])
+    job.last_checkpoint = job.state.step
+    job.state.batches_done = job.train_data.load_position(meta["data"])  # re-derived at another size
+    if meta.get("manifest_sha256") != data_hash and job.ctx.is_main:
+        log.warning("%s: the shard manifests changed since this checkpoint was written", resume_from)
+    ckpt.restore_rng(resume_from, job.cfg.train.seed)
+    if job.ctx.is_main:
+        trim_metrics(job.run_dir / METRICS_FILE, job.state.step)
+        print(f"hvdistill pretrain: resuming at step {job.state.step} from {resume_from}", flush=True)
+
+
+def _checkpoint_hook(hooks: RunHooks, ctx: DistContext, run_dir: Path, storage: Location | None) -> Any:
+    """The metrics file mirrored into the run's storage, then the launcher's checkpoint hook."""
+
+    def on_checkpoint(step: int, path: Path) -> None:
+        if ctx.is_main:  # first: the stored metrics are never older than the stored checkpoint
+            mirror_files(run_dir, storage, (METRICS_FILE,))
+        if hooks.on_checkpoint is not None:
+            hooks.on_checkpoint(step, path)
+
+    return on_checkpoint
 
 
 def _train(
@@ -231,6 +328,7 @@ def _train(
     ctx: DistContext,
     hooks: RunHooks,
     run_dir: Path,
+    storage: Location | None,
     resume_from: Path | None,
     tracker: Any,
     data_hash: str,
@@ -244,27 +342,20 @@ def _train(
     micro_per_epoch, total = schedule_length(
         cfg, train_data.batches_per_epoch(), grad_accumulation(cfg, ctx.world_size)
     )
+    if resume_from is not None:  # the schedule the run began with, whatever its world size now
+        total = int(ckpt.read_meta(resume_from).get("total_steps", total))
     model = build_distiller(cfg, ctx.device)
     loss_fn = build_hybrid_view_loss(cfg).to(ctx.device)
     engine = build_engine(model, cfg, ctx, total)
     torch.manual_seed(cfg.train.seed + ctx.rank)  # dropout streams differ between ranks
-    state, tracking_run_id = LoopState(), _broadcast_text(getattr(tracker, "run_id", None) or "", ctx) or None
-    if resume_from is not None:
-        meta = ckpt.load_checkpoint(resume_from, engine, loss_fn)
-        state = LoopState(meta["step"], meta["epoch"], meta["batches_done"], meta["nonfinite"])
-        train_data.load_position(meta["data"])
-        if meta.get("manifest_sha256") != data_hash and ctx.is_main:
-            log.warning("%s: the shard manifests changed since this checkpoint was written", resume_from)
-        ckpt.restore_rng(resume_from)
-        if ctx.is_main:
-            print(f"hvdistill pretrain: resuming at step {state.step} from {resume_from}", flush=True)
+    tracking_run_id = dist.broadcast_text(getattr(tracker, "run_id", None) or "", ctx.device) or None
     job = TrainJob(
         cfg=cfg,
         ctx=ctx,
         engine=engine,
         loss_fn=loss_fn,
         train_data=train_data,
-        train_loader=build_loader(train_data, cfg),
+        train_loader=None,
         val_loader=val_loader,
         run_dir=run_dir,
         total_steps=total,
@@ -272,18 +363,27 @@ def _train(
         image_dtype=resolve_image_dtype(cfg.precision, ctx.device),
         tracker=tracker,
         on_log=hooks.on_log,
-        on_checkpoint=hooks.on_checkpoint,
-        meta={"config": to_dict(cfg), "manifest_sha256": data_hash, "tracking_run_id": tracking_run_id},
-        state=state,
-        last_checkpoint=state.step if resume_from is not None else -1,
+        on_checkpoint=_checkpoint_hook(hooks, ctx, run_dir, storage),
+        meta={
+            "config": to_dict(cfg),
+            "manifest_sha256": data_hash,
+            "tracking_run_id": tracking_run_id,
+            "total_steps": total,
+        },
+        staged=storage is not None,
     )
+    if resume_from is not None:
+        _restore(job, resume_from, data_hash)
+    job.train_loader = build_loader(train_data, cfg)  # after the position is restored
     try:
         last = train(job)
     finally:
         close_loader(job.train_loader)
     backbone = export(job, tracking_run_id) if ctx.is_main else None
+    if ctx.is_main:
+        mirror_files(run_dir, storage, END_FILES)
     dist.barrier()
-    return RunResult(run_dir, state.step, last, tracking_run_id, backbone)
+    return RunResult(run_dir, job.state.step, last, tracking_run_id, backbone)
 
 
 def export(job: TrainJob, run_id: str | None) -> Path:
@@ -317,8 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides, sections=RUN_SECTIONS["pretrain"])
         result = run(cfg)
-    except ConfigError as exc:
-        print(f"hvdistill pretrain: {exc}", file=sys.stderr)
+    except (ConfigError, CheckpointError, StorageProbeError, OutputLocked, StorageError) as exc:
+        print(f"hvdistill pretrain: {exc}", file=sys.stderr)  # a user's fix, not a bug: one line
         return 2
     if main_rank:
         print(f"hvdistill pretrain: backbone {result.backbone}")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from hvdistill import cli
-from hvdistill.config import RUN_SECTIONS, from_dict, load_config, to_dict
-from launch.train import prepare_config, read_pointer, run_dir_of, storage_path_of
+from hvdistill.config import RUN_SECTIONS, ConfigError, from_dict, load_config, to_dict
+from launch.train import prepare_config, run_dir_of, run_storage_of, storage_path_of, train_on_ray
 
 BASE = ["model.image.random_init=true", "data.shards=[rel/shards, /abs/shards]"]
 
@@ -49,7 +49,13 @@ def test_trainer_takes_workers_resources_storage_and_restarts_from_dist(tmp_path
     from launch.train import build_trainer
 
     cfg = prepare_config(
-        tiny("dist.num_workers=3", "dist.cpus_per_worker=2", "dist.max_failures=5", "train.run_name=r1"),
+        tiny(
+            "dist.num_workers=3",
+            "train.global_batch=6",
+            "dist.cpus_per_worker=2",
+            "dist.max_failures=5",
+            "train.run_name=r1",
+        ),
         base=tmp_path,
     )
     trainer = build_trainer(cfg)
@@ -61,11 +67,23 @@ def test_trainer_takes_workers_resources_storage_and_restarts_from_dist(tmp_path
     gpu = build_trainer(prepare_config(tiny("dist.use_gpu=true", "dist.gpus_per_worker=0.5"), base=tmp_path))
     assert gpu.scaling_config.resources_per_worker == {"CPU": 1, "GPU": 0.5}
     assert gpu.backend_config.backend == "nccl"
+    elastic = build_trainer(prepare_config(tiny("dist.num_workers=[1,2]"), base=tmp_path))
+    assert elastic.scaling_config.num_workers == (1, 2) and elastic.scaling_config.elasticity_enabled
 
 
-def test_pointer_round_trip(tmp_path):
-    (tmp_path / "pointer.json").write_text(json.dumps({"step": 4, "checkpoint": "/x/step-000004"}))
-    assert read_pointer(tmp_path) == {"step": 4, "checkpoint": "/x/step-000004"}
+def test_the_run_storage_is_the_storage_path_and_the_run_name(tmp_path):
+    remote = prepare_config(tiny("train.run_name=r2", "dist.storage_path=s3://bucket/runs"), base=tmp_path)
+    assert run_storage_of(remote) == "s3://bucket/runs/r2"
+    local = prepare_config(tiny("train.run_name=r2"), base=tmp_path)
+    assert run_storage_of(local) == str(tmp_path / "runs" / "ray" / "r2")
+
+
+def test_resume_never_over_a_stored_run_is_refused_before_anything_starts(tmp_path):
+    cfg = tiny("train.run_name=old", "train.resume=never", f"train.output_dir={tmp_path / 'runs'}")
+    (Path(run_storage_of(prepare_config(cfg))) / "step-000004").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="already holds checkpoints of a run named old .*train.run_name"):
+        train_on_ray(cfg)
+    assert not (tmp_path / "runs" / "old").exists()
 
 
 def test_pretrain_ray_config_error_exits_2_before_ray_starts(capsys, monkeypatch):

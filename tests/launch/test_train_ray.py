@@ -11,62 +11,19 @@ A run that fails on every try is retried `dist.max_failures` times and then rais
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import threading
-import time
-from pathlib import Path
 
 import pytest
 
 from hvdistill.tracking import metric_history, run_record
 from launch.train import LaunchError, train_on_ray
-from tests.launch.ranks import params_file
+from tests.launch.ranks import WorkerKiller, params_file
 from tests.train.helpers import tiny_train_config
 
 STEPS = 12
 EVERY = 3  # train.checkpoint_every
 KILL_AFTER = 3  # kill once checkpoints/step-000003 is complete
-KILL_WAIT_S = 420.0  # worker start + DeepSpeed init + 3 steps, on two shared cores
-
-
-class WorkerKiller(threading.Thread):
-    """Kills one Ray Train worker of this process's local Ray once a checkpoint is complete."""
-
-    def __init__(self, run_dir: Path, step: int):
-        super().__init__(daemon=True)
-        self.marker = run_dir / "checkpoints" / f"step-{step:06d}" / "meta.json"
-        self.tracking_file = run_dir / "tracking.json"
-        self.victim: int | None = None
-        self.run_id_before: str | None = None
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        import psutil
-
-        deadline = time.monotonic() + KILL_WAIT_S
-        while not self.marker.is_file():
-            if self.stop.wait(0.1) or time.monotonic() > deadline:
-                return
-        self.run_id_before = json.loads(self.tracking_file.read_text())["run_id"]
-        # only our own Ray's processes; a DataLoader worker forked by a Ray worker has the same
-        # title, so the victim is a titled process whose parent is not titled (the raylet's child)
-        titled = {}
-        for proc in psutil.Process().children(recursive=True):
-            try:
-                if proc.cmdline()[:1] == ["ray::RayTrainWorker"]:
-                    titled[proc.pid] = proc
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        for proc in titled.values():
-            try:
-                if proc.ppid() not in titled:
-                    proc.kill()
-                    self.victim = proc.pid
-                    return
-            except psutil.NoSuchProcess:
-                continue
 
 
 @pytest.mark.slow
@@ -85,8 +42,8 @@ def test_two_zero2_workers_survive_a_killed_worker_and_keep_one_mlflow_run(launc
         "train.run_name=zero2-kill",
         "tracking.enabled=true",
     )
-    run_dir = out / "zero2-kill"
-    killer = WorkerKiller(run_dir, KILL_AFTER)
+    run_dir, storage = out / "zero2-kill", out / "ray" / "zero2-kill"  # the default dist.storage_path
+    killer = WorkerKiller(str(storage), KILL_AFTER)
     killer.start()
     try:
         result = train_on_ray(cfg, entry="tests.launch.ranks:run_recording_params")
@@ -97,10 +54,10 @@ def test_two_zero2_workers_survive_a_killed_worker_and_keep_one_mlflow_run(launc
     text = logs.out + logs.err
 
     assert killer.victim is not None, "no Ray Train worker was killed (checkpoint never appeared?)"
-    assert f"resuming at step {KILL_AFTER} from {run_dir / 'checkpoints'}" in text, text[-4000:]
-    assert result.run_dir == run_dir and result.steps == STEPS
-    assert result.checkpoint == run_dir / "checkpoints" / f"step-{STEPS:06d}"
-    assert result.backbone == run_dir / "backbone.pt" and result.backbone.is_file()
+    assert f"resuming at step {KILL_AFTER} from {storage / f'step-{KILL_AFTER:06d}'}" in text, text[-4000:]
+    assert result.run_dir == run_dir and result.steps == STEPS and result.storage == str(storage)
+    assert result.checkpoint == str(storage / f"step-{STEPS:06d}")
+    assert result.backbone == str(storage / "backbone.pt") and (run_dir / "backbone.pt").is_file()
 
     digests = {params_file(run_dir, rank).read_text() for rank in (0, 1)}
     assert len(digests) == 1, "the two ranks ended with different parameters"

@@ -64,6 +64,32 @@ def tiny_train_config(shards: Path, *overrides: str) -> Config:
     return load_config(config_path("tiny.yaml"), [*TINY_TRAIN, f"data.shards=[{shards}]", *overrides])
 
 
+class Crash(RuntimeError):
+    """What a hook raises to stop a run right after a checkpoint, as a killed worker would."""
+
+
+def exact_resume_config(shards: Path, out: Path, name: str, zero: int, steps: int, *overrides: str) -> Config:
+    """The tiny run the exact-resume tests compare bit for bit: everything that carries state
+    across steps on (accumulation, augmentation, dropout, BEV anchors, key queue, momentum, cosine
+    LR, BatchNorm, a mid-epoch DataLoader worker), fp32, deterministic, one thread, MLflow on."""
+    return tiny_train_config(
+        shards,
+        f"train.output_dir={out}",
+        f"train.run_name={name}",
+        f"dist.zero_stage={zero}",
+        "train.global_batch=2",
+        f"train.max_steps={steps}",
+        f"train.checkpoint_every={steps // 2}",
+        "train.log_every=1",
+        "train.deterministic=true",
+        "precision.image_dtype=float32",
+        "loss.max_bev_anchors=16",
+        "loss.key_queue_size=64",
+        "tracking.enabled=true",
+        *overrides,
+    )
+
+
 def spawn_ranks(fn, world: int, args: tuple, timeout: float) -> None:
     """Run fn(rank, world, port, *args) on `world` spawned processes; fail past `timeout` seconds."""
     port = free_port()

@@ -22,7 +22,7 @@ import torch
 
 from hvdistill.config import ConfigError
 from hvdistill.models.distiller import build_distiller
-from hvdistill.train.engine import build_engine, init_distributed, shutdown_distributed
+from hvdistill.train.engine import build_engine, fit_batch_to_world, init_distributed, shutdown_distributed
 from tests.helpers.gloo import free_port
 from tests.train.helpers import rank_env, spawn_ranks, tiny_train_config
 
@@ -179,8 +179,11 @@ def test_global_batch_must_split_into_ranks_and_micro_batches(train_shards):
     assert ds["gradient_accumulation_steps"] == 1 and ds["train_micro_batch_size_per_gpu"] == 2
     assert deepspeed_config(cfg, world_size=1)["gradient_accumulation_steps"] == 3
     assert "optimizer" not in ds and "scheduler" not in ds and not ds["bf16"]["enabled"]
-    with pytest.raises(ConfigError, match="train.global_batch: 6 is not a multiple of .* 2 x 2"):
-        deepspeed_config(cfg, world_size=2)
+    split = deepspeed_config(cfg, world_size=2)  # 3 per rank: micro-batch 2 cannot, 1 can
+    assert split["train_micro_batch_size_per_gpu"] == 1 and split["gradient_accumulation_steps"] == 3
+    assert fit_batch_to_world(cfg, 2).train.micro_batch == 1 and fit_batch_to_world(cfg, 3) is cfg
+    with pytest.raises(ConfigError, match=r"6 samples cannot be split evenly over 4 ranks.*\[1, 2, 3, 6\]"):
+        deepspeed_config(cfg, world_size=4)
     cfg.dist.zero_stage = 3
     with pytest.raises(ConfigError, match="dist.zero_stage: 3 is not supported"):
         deepspeed_config(cfg, world_size=3)
@@ -193,3 +196,38 @@ def test_float16_is_refused_on_cpu(train_shards):
     with pytest.raises(ConfigError, match="float16 is refused on CPU"):
         check_precision(cfg, torch.device("cpu"))
     check_precision(tiny_train_config(train_shards, "precision.image_dtype=float32"), torch.device("cpu"))
+
+
+def test_saved_zero_partitions_are_recut_for_another_world_size_without_changing_their_concatenation():
+    from hvdistill.train.partitions import BASE_OPTIMIZER_STATE, FP32_PARTITIONS, GROUP_PADDINGS, repartition
+
+    lengths = [(5, 3), (4, 2)]  # elements of two groups on each of 2 saving ranks; the last is padded
+    saved = []
+    for rank, sizes in enumerate(lengths):
+        start = 1000 * rank
+        fp32 = [
+            torch.arange(start + 100 * g, start + 100 * g + n, dtype=torch.float32)
+            for g, n in enumerate(sizes)
+        ]
+        momentum = {
+            g: {"momentum_buffer": torch.cat([-w, torch.zeros(5 - w.numel())])} for g, w in enumerate(fp32)
+        }
+        base = {"state": momentum, "param_groups": [{"lr": 0.5}, {"lr": 0.5}]}
+        saved.append(
+            {FP32_PARTITIONS: fp32, BASE_OPTIMIZER_STATE: base, GROUP_PADDINGS: [0, 0], "ds_version": "x"}
+        )
+    whole = [torch.cat([s[FP32_PARTITIONS][g] for s in saved]) for g in range(2)]  # (9,) and (5,)
+    for world in (1, 2, 3, 4):
+        sizes = [-(-w.numel() // world) for w in whole]  # the live engine's partition sizes
+        live = {BASE_OPTIMIZER_STATE: {"state": {}, "param_groups": [{"lr": 9.0}]}, GROUP_PADDINGS: [7, 7]}
+        parts = [repartition(saved, r, sizes, live) for r in range(world)]
+        for g in range(2):
+            assert torch.equal(torch.cat([p[FP32_PARTITIONS][g] for p in parts]), whole[g])
+            momentum = torch.cat([p[BASE_OPTIMIZER_STATE]["state"][g]["momentum_buffer"] for p in parts])
+            assert torch.equal(momentum[: whole[g].numel()], -whole[g])  # then zero padding only
+            assert not momentum[whole[g].numel() :].any()
+            assert all(
+                p[BASE_OPTIMIZER_STATE]["state"][g]["momentum_buffer"].numel() == sizes[g] for p in parts
+            )
+        assert all(p[GROUP_PADDINGS] == [7, 7] and p["ds_version"] == "x" for p in parts)  # the live layout
+        assert parts[0][BASE_OPTIMIZER_STATE]["param_groups"] == [{"lr": 9.0}]

@@ -18,31 +18,13 @@ import pytest
 import torch
 
 from hvdistill.train.run import RunHooks, run
-from tests.train.helpers import tiny_train_config
+from tests.train.helpers import Crash, exact_resume_config
 
 K = 4
 
 
-class Crash(RuntimeError):
-    """What the hook raises to stop a run right after a checkpoint, as a killed worker would."""
-
-
 def _config(shards: Path, out: Path, name: str, zero: int):
-    return tiny_train_config(
-        shards,
-        f"train.output_dir={out}",
-        f"train.run_name={name}",
-        f"dist.zero_stage={zero}",
-        "train.global_batch=2",
-        f"train.max_steps={K}",
-        f"train.checkpoint_every={K // 2}",
-        "train.log_every=1",
-        "train.deterministic=true",
-        "precision.image_dtype=float32",
-        "loss.max_bev_anchors=16",
-        "loss.key_queue_size=64",
-        "tracking.enabled=true",
-    )
+    return exact_resume_config(shards, out, name, zero, K)
 
 
 def _crash_at(step: int):

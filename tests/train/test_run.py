@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -76,3 +77,16 @@ def test_pretrain_cli_loss_falls_and_run_dir_is_complete(train_shards, tmp_path,
     meta = json.loads((run_dir / "backbone.json").read_text())
     assert meta["step"] == STEPS and meta["model"]["lidar"]["planes"] == resolved["model"]["lidar"]["planes"]
     assert meta["geometry"]["voxel_size"] == resolved["geometry"]["voxel_size"]
+
+
+def test_a_launcher_run_id_names_the_run_and_a_nameless_multi_rank_launch_is_refused(monkeypatch):
+    from hvdistill.config import ConfigError
+    from hvdistill.train.run import launcher_run_name
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job/42")  # torchrun --rdzv-id job/42: the same on restart
+    assert launcher_run_name(4) == "pretrain-job_42"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun's value without a run id
+    with pytest.raises(ConfigError, match=r"set train.run_name=<name> .*--rdzv-id"):
+        launcher_run_name(2)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    assert launcher_run_name(1) == ""  # one process: a generated name is fine
