@@ -43,34 +43,13 @@ LATENCIES_MS = (0, 20, 100)
 
 
 def make_shards(workdir: Path, shard_mb: float) -> Path:
-    """Train and val shards of a 3 scene x 4 frame world, cut at `shard_mb`, written without Ray
-    (kept: a `--data` directory that holds them already is reused)."""
+    """Train and val shards of bench_train's world, cut at `shard_mb`, written without Ray (kept:
+    a `--data` directory that holds them already is reused)."""
     if (workdir / "shards" / "manifest.json").exists():
         return workdir / "shards"
-    from hvdistill.config import SourceConfig, SynthConfig, load_config
-    from hvdistill.data.sources import build_source
-    from hvdistill.synthetic import write_nuscenes
-    from sharding.job import convert_unit, plan_units, source_record
-    from sharding.manifest import check_source_record, write_manifest
+    from benchmarks.bench_train import make_shards as write_shards
 
-    root = write_nuscenes(
-        workdir / "world",
-        SynthConfig(scenes=3, frames_per_scene=4, image_width=800, image_height=450),
-        version="v1.0-trainval",
-        progress=False,
-    )
-    cfg = load_config(None, [*STORED, f"data.shard_size_mb={shard_mb}"], sections=("data",))
-    out = workdir / "shards"
-    out.mkdir()
-    for split in ("train", "val"):
-        source_cfg = SourceConfig(name="nuscenes", root=str(root), version="v1.0-trainval", split=split)
-        source = build_source(source_cfg, cameras=list(cfg.data.cameras))
-        units = plan_units(source, split, cfg.data)
-        check_source_record(out, source_record(source_cfg, source, cfg.data, units))
-        for unit in units:
-            convert_unit(cfg.data, unit, [source.plan(k) for k in unit.keys], str(out))
-    write_manifest(out)
-    return out
+    return write_shards(workdir, f"data.shard_size_mb={shard_mb}")
 
 
 def upload(local: Path, prefix: str) -> str:

@@ -41,13 +41,12 @@ STORED = ["data.stored_image_width=400", "data.stored_image_height=225"]
 CROPS = ["geometry.crop_height=112", "geometry.crop_width=208"]
 
 
-def make_shards(workdir: Path) -> Path:
-    """Train and val shards of a 3 scene x 4 frame synthetic world, written without Ray."""
+def make_shards(workdir: Path, *overrides: str) -> Path:
+    """Train and val shards of a 3 scene x 4 frame synthetic world, written without Ray
+    (`overrides`: further data.* settings, e.g. data.shard_size_mb=...)."""
     from hvdistill.config import SourceConfig, SynthConfig, load_config
-    from hvdistill.data.sources import build_source
     from hvdistill.synthetic import write_nuscenes
-    from sharding.job import convert_unit, plan_units, source_record
-    from sharding.manifest import check_source_record, write_manifest
+    from sharding.job import shard_in_process
 
     root = write_nuscenes(
         workdir / "world",
@@ -55,17 +54,13 @@ def make_shards(workdir: Path) -> Path:
         version="v1.0-trainval",
         progress=False,
     )
-    cfg = load_config(None, STORED, sections=("data",))
+    cfg = load_config(None, [*STORED, *overrides], sections=("data",))
     out = workdir / "shards"
-    out.mkdir()
-    for split in ("train", "val"):
-        source_cfg = SourceConfig(name="nuscenes", root=str(root), version="v1.0-trainval", split=split)
-        source = build_source(source_cfg, cameras=list(cfg.data.cameras))
-        units = plan_units(source, split, cfg.data)
-        check_source_record(out, source_record(source_cfg, source, cfg.data, units))
-        for unit in units:
-            convert_unit(cfg.data, unit, [source.plan(k) for k in unit.keys], str(out))
-    write_manifest(out)
+    sources = [
+        SourceConfig(name="nuscenes", root=str(root), version="v1.0-trainval", split=split)
+        for split in ("train", "val")
+    ]
+    shard_in_process(sources, cfg.data, out)
     return out
 
 

@@ -394,23 +394,20 @@ class Location:
         if not self.remote:
             self._local.unlink(missing_ok=True)
             return
-        fs, path = self._fs()
-        try:
-            fs.delete_file(path)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            if self.exists():
-                raise StorageError(f"{self.uri}: cannot be deleted ({_short(e)})") from e
+        self._delete("delete_file")
 
     def rmtree(self) -> None:
         """Delete a directory (prefix) and everything under it, if it exists."""
         if not self.remote:
             shutil.rmtree(self._local, ignore_errors=True)
             return
+        self._delete("delete_dir")
+
+    def _delete(self, operation: str) -> None:
+        """The store's `delete_file` / `delete_dir` on this location; absent is no error."""
         fs, path = self._fs()
         try:
-            fs.delete_dir(path)
+            getattr(fs, operation)(path)
         except FileNotFoundError:
             pass
         except OSError as e:

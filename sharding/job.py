@@ -356,6 +356,21 @@ def run_sharding(
     return JobResult(manifest, len(pending), len(units) - len(pending), retried)
 
 
+def shard_in_process(source_cfgs: list[SourceConfig], cfg: DataConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Every source into `out_dir` in this process, unit by unit, with the function each Ray task
+    runs (`convert_unit`) and the same records and manifest, but no Ray, no lock and no resume:
+    for tests and benchmarks that need real shards fast. Returns the manifest."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for source_cfg in source_cfgs:
+        source = build_source(source_cfg, cameras=list(cfg.cameras))
+        units = plan_units(source, source_cfg.split, cfg)
+        check_source_record(out, source_record(source_cfg, source, cfg, units))
+        for unit in units:
+            convert_unit(cfg, unit, [source.plan(k) for k in unit.keys], str(out))
+    return write_manifest(out)
+
+
 def init_ray(address: str | None, workers: int) -> bool:
     """Connect to `address` or start a local loopback Ray; returns whether we started it."""
     if ray.is_initialized():

@@ -97,6 +97,7 @@ def test_plain_paths_and_good_uris_pass():
     assert str(Location("s3://bkt//a///b/")) == "s3://bkt/a/b"
 
 
+@pytest.mark.slow  # pyarrow retries the dead endpoint for ~6 s
 def test_an_unreachable_store_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on port 9
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")

@@ -96,6 +96,7 @@ def test_killed_worker_is_retried_to_the_uninterrupted_manifest(reference, nusce
     assert not list((tmp_path / "out").rglob("*.tmp")) and verify_directory(tmp_path / "out") == []
 
 
+@pytest.mark.slow  # ~6 s; the S3 resume test in `make test` redoes units too
 def test_fixed_input_is_converted_on_rerun(reference, nuscenes_copy, tmp_path):
     source = build_source(source_cfg(nuscenes_copy), cameras=CFG.cameras)
     key = plan_units(source, source.split, CFG)[1].keys[0]
@@ -113,6 +114,7 @@ def test_fixed_input_is_converted_on_rerun(reference, nuscenes_copy, tmp_path):
     assert verify_directory(out) == []
 
 
+@pytest.mark.slow  # ~5 s
 def test_unexpected_error_fails_the_unit_and_a_rerun_retries_it(
     reference, nuscenes_root, tmp_path, monkeypatch
 ):

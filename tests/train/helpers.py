@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch.multiprocessing as mp
 
-from hvdistill.config import Config, load_config
+from hvdistill.config import Config, SourceConfig, load_config
 from tests.helpers import config_path
 from tests.helpers.gloo import free_port
 from tests.helpers.world import NUSCENES_VERSION
@@ -40,22 +40,14 @@ TINY_TRAIN = [
 
 def shard_world(root: Path, out: Path) -> Path:
     """Train and val shards of the synthetic nuScenes world at `root`, written into `out`."""
-    from hvdistill.data.sources import build_source
-    from sharding.job import convert_unit, plan_units, source_record
-    from sharding.manifest import check_source_record, write_manifest
+    from sharding.job import shard_in_process
 
     cfg = load_config(None, [*STORED, CAMERAS], sections=("data",))
-    out.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "val"):
-        source_cfg = type(cfg.data.sources[0])(
-            name="nuscenes", root=str(root), version=NUSCENES_VERSION, split=split
-        )
-        source = build_source(source_cfg, cameras=list(cfg.data.cameras))
-        units = plan_units(source, split, cfg.data)
-        check_source_record(out, source_record(source_cfg, source, cfg.data, units))
-        for unit in units:
-            convert_unit(cfg.data, unit, [source.plan(k) for k in unit.keys], str(out))
-    write_manifest(out)
+    sources = [
+        SourceConfig(name="nuscenes", root=str(root), version=NUSCENES_VERSION, split=split)
+        for split in ("train", "val")
+    ]
+    shard_in_process(sources, cfg.data, out)
     return out
 
 

@@ -26,6 +26,7 @@ def _pretrain(shards: Path, out: Path, *overrides: str) -> int:
     return main([*args, *overrides])
 
 
+@pytest.mark.slow  # ~9 s; `make test` pretrains end to end in tests/test_demo.py
 def test_pretrain_cli_loss_falls_and_run_dir_is_complete(train_shards, tmp_path, capsys):
     rc = _pretrain(
         train_shards,
