@@ -1,7 +1,8 @@
-"""No shared disk: a 2-worker Ray Train run with its checkpoints, outputs and tracking off the nodes.
+"""No shared disk: a 2-worker Ray Train run with its data, checkpoints, outputs and tracking off the nodes.
 
-The run's storage is a bucket on a real S3 endpoint (moto on 127.0.0.1), tracking an `mlflow
-server` whose artifacts are proxied to the same store (the recipe of docs/cluster.md). A run is
+The shards and the run's storage are in a bucket on a real S3 endpoint (moto on 127.0.0.1),
+tracking an `mlflow server` whose artifacts are proxied to the same store (the recipe of
+docs/cluster.md). A run is
 killed after a checkpoint (one worker SIGKILLed, no restarts allowed), then everything local is
 deleted: its run directory and every file of that Ray. A fresh Ray given the same run name and
 storage resumes from the object store alone and ends with exactly the parameters of a run that
@@ -29,7 +30,7 @@ from tests.train.helpers import tiny_train_config
 STEPS, EVERY, KILL_AFTER = 6, 2, 2
 
 
-def _config(shards: Path, out: Path, name: str, storage: str, tracking: str):
+def _config(shards: str, out: Path, name: str, storage: str, tracking: str):
     return tiny_train_config(
         shards,
         "dist.num_workers=2",
@@ -74,11 +75,15 @@ def test_a_run_that_lost_every_local_file_resumes_from_object_storage_alone(
     launch_shards, s3_bucket, tmp_path, capfd
 ):
     out, storage = tmp_path / "runs", f"{s3_bucket}/ray"
+    shards = f"{s3_bucket}/shards"  # the data too: nothing the run reads or writes is on a local disk
+    for path in sorted(launch_shards.iterdir()):
+        if path.is_file():  # the tars and manifest.json
+            (Location(shards) / path.name).upload(path)
     entry = "tests.launch.ranks:run_recording_params"
     with mlflow_server(tmp_path / "mlflow", artifacts=f"{s3_bucket}/mlflow") as tracking:
         with fresh_ray_files():
-            straight = train_on_ray(_config(launch_shards, out, "straight", storage, tracking), entry=entry)
-        cfg = _config(launch_shards, out, "lost", storage, tracking)
+            straight = train_on_ray(_config(shards, out, "straight", storage, tracking), entry=entry)
+        cfg = _config(shards, out, "lost", storage, tracking)
         killer = WorkerKiller(f"{storage}/lost", KILL_AFTER)
         killer.start()
         try:
