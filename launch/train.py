@@ -25,8 +25,9 @@ writes and reads a probe there, so a node that cannot reach it stops the run at 
 Failures (Ray Train v2, the default API of Ray 2.60): when a worker dies or raises, Ray stops
 the whole worker group and starts a new one, at most `dist.max_failures` times
 (`FailureConfig`). The new group calls `run` again with the same config; each rank fetches the
-newest intact checkpoint from the run's storage (Ray's last registered one first,
-`ray.train.get_checkpoint()`) into its node-local run directory and resumes from it, and the
+newest intact checkpoint in the run's storage (which can be newer than the one
+`ray.train.get_checkpoint()` reports, when a group died between the upload and Ray's
+registration) into its node-local run directory and resumes from it, and the
 MLflow run recorded in the storage's `tracking.json` continues. A fresh Ray (even after every
 local file was lost) given the same `train.run_name` and `dist.storage_path` resumes the same
 way: Ray Train restores the run's state from the storage. `train.resume=never` with checkpoints
@@ -172,7 +173,6 @@ def worker_main(config: dict[str, Any]) -> None:
         on_log=reporter.on_log,
         on_checkpoint=reporter.on_checkpoint,
         storage=run_storage_of(cfg),
-        latest_checkpoint=latest,
     )
     _resolve_entry(config["entry"])(cfg, hooks)
 

@@ -1,15 +1,15 @@
 """Which checkpoint a run resumes from: the newest intact one; damaged or incomplete ones are skipped, named.
 
 Candidates, newest first: in a shared run directory its `checkpoints/step-*`; in a run's storage
-(Ray Train, `dist.storage_path`) the checkpoint Ray registered last, then the other `step-*`
-directories there. Rank 0 lists them and every rank gets the same list. For each in turn, every
-rank makes sure the files it will read are there and intact (size and sha256 against the
-records in `meta.json`; from an object store they are first downloaded into the node-local
-`checkpoints/.restore/`), and rank 0 checks that every file of the checkpoint is present with its
-recorded size. If any rank finds a problem, all ranks move on to the previous checkpoint
-together and rank 0 warns, naming the skipped one and why. When checkpoints exist but none is
-intact the run stops with one line naming the newest and the way out: starting over silently
-would throw away what was trained.
+(Ray Train, `dist.storage_path`) its `step-*` directories (the newest may be newer than the one
+Ray registered last, when a group was killed between the upload and the registration). Rank 0
+lists them and every rank gets the same list. For each in turn, every rank makes sure the files
+it will read are there and intact (size and sha256 against the records in `meta.json`; from an
+object store they are first downloaded into the node-local `checkpoints/.restore/`), and rank 0
+checks that every file of the checkpoint is present with its recorded size. If any rank finds a
+problem, all ranks move on to the previous checkpoint together and rank 0 warns, naming the
+skipped one and why. When checkpoints exist but none is intact the run stops with one line
+naming the newest and the way out: starting over silently would throw away what was trained.
 """
 
 from __future__ import annotations
@@ -38,17 +38,16 @@ def shared_candidates(run_dir: Path) -> list[Location]:
     return [Location(path) for _, path in reversed(ckpt.list_checkpoints(run_dir))]
 
 
-def storage_candidates(storage: Location, preferred: str = "") -> list[Location]:
-    """`step-*` checkpoints in a run's storage, newest first, with `preferred` (the launcher's last
-    registered one) ahead of the others."""
+def storage_candidates(storage: Location) -> list[Location]:
+    """`step-*` checkpoints in a run's storage, newest first. Ray's record of the last one it
+    registered may be older than the newest complete one (a group killed between the upload and the
+    registration): every file of a checkpoint is checked anyway, so the newest intact one wins."""
     steps = []
     for child in storage.iterdir():
         match = ckpt.STEP_DIR.match(child.name)
         if match:
             steps.append((int(match.group(1)), child))
-    ordered = [loc for _, loc in sorted(steps, key=lambda s: s[0], reverse=True)]
-    first = [loc for loc in ordered if loc.name == preferred]
-    return first + [loc for loc in ordered if loc.name != preferred]
+    return [loc for _, loc in sorted(steps, key=lambda s: s[0], reverse=True)]
 
 
 def _meta(local: Path, source: Location) -> dict[str, Any]:

@@ -87,7 +87,6 @@ class RunHooks:
     # the run files are mirrored into it (hvdistill/train/outputs.py); "" = the run directory,
     # shared by every rank, holds everything
     storage: str = ""
-    latest_checkpoint: str = ""  # the checkpoint the launcher registered last (a name in `storage`)
 
 
 @dataclass
@@ -140,15 +139,13 @@ def resolve_run_dir(cfg: Config, ctx: DistContext) -> tuple[Path, Path | None]:
     return run_dir, created
 
 
-def resume_point(
-    cfg: Config, run_dir: Path, ctx: DistContext, storage: Location | None, latest: str
-) -> Path | None:
+def resume_point(cfg: Config, run_dir: Path, ctx: DistContext, storage: Location | None) -> Path | None:
     """The local directory of the checkpoint to resume from (the newest intact one), or None."""
     if cfg.train.resume != "auto":
         return None
     candidates: list[Location] = []
     if ctx.is_main:
-        candidates = storage_candidates(storage, latest) if storage else shared_candidates(run_dir)
+        candidates = storage_candidates(storage) if storage else shared_candidates(run_dir)
     return choose_checkpoint(candidates, run_dir, ctx.device)
 
 
@@ -278,7 +275,7 @@ def _start(
     if ctx.is_main and (fetched := fetch_missing(run_dir, storage, (TRACKING_FILE, METRICS_FILE))):
         log.info("fetched %s from the run's storage %s", ", ".join(fetched), storage)
     cfg = resolved_precision(replace(cfg, train=replace(cfg.train, run_name=run_dir.name)), ctx.device)
-    resume_from = resume_point(cfg, run_dir, ctx, storage, hooks.latest_checkpoint)
+    resume_from = resume_point(cfg, run_dir, ctx, storage)
     tracker, uri = start_tracking(cfg, run_dir, ctx, resume_from)
     status = "FAILED"
     try:

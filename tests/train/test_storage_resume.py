@@ -73,7 +73,6 @@ def test_a_run_resumed_from_its_storage_alone_equals_the_straight_run(train_shar
         storage=str(resumed_store),
         on_checkpoint=_persist(resumed_store),
         on_log=lambda step, metrics: logged.append(step) if "loss/total" in metrics else None,
-        latest_checkpoint=ckpt.step_name(K // 2),
     )
     resumed = run(_config(train_shards, node2, "resumed", 0), hooks)
     assert resumed.steps == K and logged == list(range(K // 2 + 1, K + 1))
