@@ -111,12 +111,19 @@ def _absolute(path: str, base: Path) -> str:
 
 
 def prepare_config(cfg: Config, base: Path | None = None) -> Config:
-    """Paths absolute against `base` (default: cwd), the sweep's name fixed."""
+    """Paths absolute against `base` (default: cwd), the sweep's name fixed: Tune runs each trial in
+    a working directory of its own, where a relative path (a shard directory, the nuScenes root
+    whose scene table orders a label fraction) would point elsewhere."""
     base = Path.cwd() if base is None else base
     name = cfg.sweep.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
     sweep = replace(cfg.sweep, name=name, checkpoints=[_absolute(c, base) for c in cfg.sweep.checkpoints])
-    finetune = replace(cfg.finetune, output_dir=_absolute(cfg.finetune.output_dir, base))
-    data = replace(cfg.data, shards=[_absolute(s, base) for s in cfg.data.shards])
+    finetune = replace(
+        cfg.finetune,
+        output_dir=_absolute(cfg.finetune.output_dir, base),
+        scene_table=_absolute(cfg.finetune.scene_table, base),
+    )
+    sources = [replace(s, root=_absolute(s.root, base)) for s in cfg.data.sources]  # the scene table's
+    data = replace(cfg.data, shards=[_absolute(s, base) for s in cfg.data.shards], sources=sources)
     return replace(cfg, sweep=sweep, finetune=finetune, data=data)
 
 

@@ -61,6 +61,18 @@ def sweep_config(tmp_path, *extra: str):
     return prepare_config(load_sweep_config(config_path("tiny.yaml"), over), tmp_path)
 
 
+def test_paths_a_trial_reads_become_absolute_before_tune_moves_it_to_another_directory(tmp_path):
+    cfg = sweep_config(
+        tmp_path,
+        "data.sources.0.root=rel/nuscenes",
+        "finetune.scene_table=rel/scene.json",
+        "data.shards=[sh]",
+    )  # the demo's relative nuScenes root once failed every 1/2-fraction trial: no scene table found
+    assert cfg.data.sources[0].root == str(tmp_path / "rel" / "nuscenes")
+    assert cfg.finetune.scene_table == str(tmp_path / "rel" / "scene.json")
+    assert cfg.data.shards == [str(tmp_path / "sh")] and cfg.finetune.output_dir.startswith(str(tmp_path))
+
+
 def test_trial_keys_are_deterministic_distinct_and_follow_the_backbones_content(tmp_path):
     student = trained_looking_student(tiny_config())
     export_backbone(student, tiny_config(), tmp_path / "a" / "b")
