@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as tdist
-import torch.multiprocessing as mp
 
 from hvdistill import dist
-from tests.helpers.gloo import free_port, init_gloo
+from tests.helpers.gloo import fork_ranks, free_port, init_gloo
 
 SIZES = [3, 0, 5]  # unequal, including an empty rank
 BYTE_ROWS, BYTE_DIM = 512, 64  # the byte count gathers SIZES x 512 rows of 64 floats (1 MiB in all)
@@ -106,7 +105,7 @@ def _backward_bytes(rank: int) -> torch.Tensor:
 def test_all_gather_with_grad_unequal_sizes(tmp_path):
     world = len(SIZES)
     args = (world, free_port(), str(tmp_path))
-    mp.start_processes(_gather_worker, args=args, nprocs=world, start_method="fork")  # no re-import per rank
+    fork_ranks(_gather_worker, world, args, timeout=120)
     everything = torch.cat([_rows(r) for r in range(world)])
     summed_weights = sum(_weights(r) for r in range(world))  # d(sum of losses)/d(gathered)
     for r in range(world):

@@ -14,7 +14,6 @@ from dataclasses import fields
 import pytest
 import torch
 import torch.distributed as tdist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from hvdistill.config import GeometryConfig, LossConfig
@@ -22,7 +21,7 @@ from hvdistill.loss_inputs import LossInputs, pair_superpixel_ids
 from hvdistill.losses import HybridViewLoss
 from hvdistill.losses.depth import depth_loss
 from hvdistill.losses.infonce import contrast
-from tests.helpers.gloo import free_port, init_gloo
+from tests.helpers.gloo import fork_ranks, free_port, init_gloo
 
 TAU = 0.07
 LAYOUTS = {  # anchors per rank (unequal; one rank with none) and depth images per rank
@@ -150,7 +149,7 @@ def test_ranks_equal_one_process(tmp_path, layout):
     ROWS, IMAGES = LAYOUTS[layout]
     world = len(ROWS)
     args = (world, free_port(), str(tmp_path), ROWS, IMAGES)
-    mp.start_processes(_worker, args=args, nprocs=world, start_method="fork")  # no re-import per rank
+    fork_ranks(_worker, world, args, timeout=120)
     outs = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
     anchors, keys, queue, logits, targets = _data(ROWS, IMAGES)
     for tile, with_queue in VARIANTS:

@@ -4,22 +4,18 @@
 sharding's own task function (`sharding.job.convert_unit`, what each Ray task runs) and manifest
 writer, so the tests need no Ray cluster. `spawn_ranks` runs a function on several loopback
 ranks and fails (killing them) when they do not finish in time, so a collective that hangs
-fails the test instead of the suite. Ranks are forked: they inherit the test process's imports
-(spconv's import alone takes seconds) and set one torch thread before any work; the test process
-itself never holds a process group while it forks.
+fails the test instead of the suite. Ranks are forked (`tests.helpers.gloo.fork_ranks`): they
+inherit the test process's imports and set one torch thread before any work.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
-
-import torch.multiprocessing as mp
 
 from hvdistill.config import Config, SourceConfig, load_config
 from tests.helpers import config_path
-from tests.helpers.gloo import free_port
+from tests.helpers.gloo import fork_ranks, free_port
 from tests.helpers.world import NUSCENES_VERSION
 
 STORED = ["data.stored_image_width=96", "data.stored_image_height=54"]
@@ -83,18 +79,8 @@ def exact_resume_config(shards: Path, out: Path, name: str, zero: int, steps: in
 
 
 def spawn_ranks(fn, world: int, args: tuple, timeout: float) -> None:
-    """Run fn(rank, world, port, *args) on `world` spawned processes; fail past `timeout` seconds."""
-    port = free_port()
-    context = mp.start_processes(fn, args=(world, port, *args), nprocs=world, join=False, start_method="fork")
-    deadline = time.monotonic() + timeout
-    try:
-        while not context.join(timeout=max(0.1, deadline - time.monotonic())):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{world} ranks did not finish within {timeout:.0f} s (a hang?)")
-    finally:
-        for p in context.processes:
-            if p.is_alive():
-                p.kill()
+    """Run fn(rank, world, port, *args) on `world` forked processes; fail past `timeout` seconds."""
+    fork_ranks(fn, world, (world, free_port(), *args), timeout)
 
 
 def rank_env(rank: int, world: int, port: int) -> None:
