@@ -54,6 +54,10 @@ class ImageModelConfig:
     random_init_seed: int = 0  # a random teacher is the same on every rank (it is never broadcast)
     allow_partial_weights: bool = False  # load a checkpoint matching the backbone only in part
     output_stride: int = 4
+    # how the frozen backbone runs (the features are the same within float32 rounding; see
+    # hvdistill/models/image/inference.py): BatchNorm folded into its convolutions, NHWC layout
+    fold_batchnorm: bool = True
+    channels_last: bool = True
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 

@@ -4,7 +4,10 @@
 itself with the configured mean/std, so callers never duplicate the checkpoint's input
 statistics. The backbone (ResNet-50 at output stride 4 by default, ResNet-18 for CPU tests) is
 frozen: its parameters have requires_grad False, it runs under no_grad, and it stays in eval
-mode (BatchNorm statistics fixed) even when the parent module is put in train().
+mode (BatchNorm statistics fixed) even when the parent module is put in train(). What the
+forward runs is a copy prepared for inference (BatchNorm folded into the convolutions,
+channels-last; `model.image.fold_batchnorm` / `channels_last`), rebuilt whenever the backbone's
+weights change (hvdistill/models/image/inference.py).
 
 The frozen backbone is not a registered submodule: it is held in a plain attribute container
 (`FrozenModule`), so it is absent from `parameters()`, `named_parameters()`, `buffers()`,
@@ -46,6 +49,7 @@ from torch import nn
 
 from hvdistill.config import ModelConfig, PrecisionConfig
 from hvdistill.geometry.frustum import FEATURE_CELL_CENTRE
+from hvdistill.models.image.inference import InferenceCopy
 from hvdistill.models.image.resnet import ARCHITECTURES, ResNet, dilation_for_output_stride
 from hvdistill.models.image.weights import LoadReport, load_teacher_weights
 from hvdistill.precision import resolve_image_dtype
@@ -136,6 +140,8 @@ class ImageTeacher(nn.Module):
         mean: list[float] | None = None,
         std: list[float] | None = None,
         compute_dtype: torch.dtype = torch.float32,
+        fold_batchnorm: bool = True,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         if arch not in ARCHITECTURES:
@@ -145,6 +151,7 @@ class ImageTeacher(nn.Module):
         for p in backbone.parameters():
             p.requires_grad_(False)
         self.frozen = FrozenModule(backbone.eval())  # not a child: see the module docstring
+        self.inference = InferenceCopy(fold_batchnorm, channels_last)  # what forward runs (inference.py)
         self.output_stride = output_stride
         self.grid = feature_grid(backbone)
         if self.grid != (output_stride, FEATURE_CELL_CENTRE):
@@ -200,7 +207,8 @@ class ImageTeacher(nn.Module):
         x = (images.float() - self.mean) / self.std  # (N, 3, H, W)
         with autocast_context(images.device.type, self.compute_dtype):
             with torch.no_grad():
-                feats = self.backbone.features(x)  # (N, C_b, H/s, W/s) compute dtype
+                frozen = self.inference.get(self.backbone)  # folded, NHWC: same features
+                feats = frozen.features(self.inference.input(x)).contiguous()  # (N, C_b, H/s, W/s)
             del x
             if not torch.is_autocast_enabled(images.device.type):  # e.g. a float64 head; no copy else
                 feats = feats.to(self.head.weight.dtype)
@@ -238,6 +246,8 @@ def build_image_teacher(
             icfg.mean,
             icfg.std,
             resolve_image_dtype(precision_cfg, device),
+            icfg.fold_batchnorm,
+            icfg.channels_last,
         )
     if icfg.weights:
         teacher.load_report = load_teacher_weights(
