@@ -13,7 +13,10 @@ collated; then for each config the distiller and the hybrid-view loss run forwar
   high-water mark (VmHWM) reset right before the measured steps, minus the resident size then.
 
     .venv/bin/python -m benchmarks.bench_distiller [--configs configs/tiny.yaml paper]
-        [--repeats 3]
+        [--repeats 3] [--threads N] [--set precision.image_dtype=float32 ...]
+A --configs entry may carry its own overrides after the config, in one quoted word:
+"configs/demo.yaml model.image.fold_batchnorm=false"; "step vs first" is each row's step time
+over the first row's.
 "paper" means the defaults (the published recipe) with a randomly initialised ResNet-50 teacher.
 """
 
@@ -116,8 +119,10 @@ def child(args) -> None:
     from hvdistill.losses.total import build_hybrid_view_loss
     from hvdistill.models.distiller import build_distiller
 
-    overrides = ["model.image.random_init=true"] if args.child == "paper" else []
-    cfg = load_config(None if args.child == "paper" else args.child, overrides)
+    name, *own = args.child.split()  # "configs/demo.yaml key=value ...": a config and its own overrides
+    overrides = (["model.image.random_init=true"] if name == "paper" else []) + args.set + own
+    cfg = load_config(None if name == "paper" else name, overrides)
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         sample = make_sample(Path(tmp), cfg.data)
     torch.manual_seed(0)
@@ -148,15 +153,28 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--configs", nargs="+", default=["configs/tiny.yaml", "paper"])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--set", nargs="*", default=[], help="key=value overrides for every config")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per step")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {args.repeats}")
+    print(f"torch {torch.__version__}, threads {args.threads}, repeats {args.repeats}, overrides {args.set}")
     rows = []
     for config in args.configs:
         out = run_module(
-            "benchmarks.bench_distiller", ["--child", config, "--repeats", str(args.repeats)], check=False
+            "benchmarks.bench_distiller",
+            [
+                "--child",
+                config,
+                "--repeats",
+                str(args.repeats),
+                "--threads",
+                str(args.threads),
+                "--set",
+                *args.set,
+            ],
+            check=False,
         )
         lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
         if out.returncode or not lines:
@@ -164,14 +182,16 @@ def main() -> None:
             continue
         rows.append(json.loads(lines[-1]))
     comps = ["collate", "student", "teacher", "lift", "loss", "backward", "bwd student", "bwd lift"]
-    print("| config | params (M) | voxels | pairs | " + " | ".join(comps) + " | step (fwd + bwd) | peak MB |")
-    print("|---" * (len(comps) + 6) + "|")
-    for r in rows:
+    header = " | ".join(comps) + " | step (fwd + bwd) | step vs first | peak MB |"
+    print("| config | params (M) | voxels | pairs | " + header)
+    print("|---" * (len(comps) + 7) + "|")
+    steps = [sum(r["times"][c] for c in comps[:6]) for r in rows]
+    for r, step_s in zip(rows, steps):
         t = r["times"]
         print(
             f"| {r['config']} | {r['params_m']:.1f} | {r['voxels']} | {r['pairs']} | "
             + " | ".join(f"{t[c]:.2f} s" for c in comps)
-            + f" | {sum(t[c] for c in comps[:6]):.2f} s | {r['peak_mb']:.0f} |"
+            + f" | {step_s:.2f} s | {step_s / steps[0]:.2f} | {r['peak_mb']:.0f} |"
         )
 
 

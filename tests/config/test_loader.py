@@ -146,7 +146,7 @@ def test_grid_and_augmentation_consistency_checks():
         [
             "geometry.depth_step=0.7",
             "augment.crop_max_tries=0",
-            "model.image.output_stride=8",
+            "model.image.output_stride=4",  # the demo's geometry.feature_stride is 8
             "augment.crop_area=[0.0, 1.0]",
             "data.stored_image_width=0",
         ],

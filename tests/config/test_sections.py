@@ -78,8 +78,8 @@ def test_a_bad_model_config_fails_when_the_config_loads():
 
 def test_cross_section_rules_sit_with_the_section_of_the_dependent_key():
     cfg = load_config(DEMO)
-    cfg.model.image.output_stride = 8  # a model key checked against geometry.feature_stride
-    cfg.loss.depth_target_pool = 8  # a loss key checked against geometry.feature_stride
+    cfg.model.image.output_stride = 4  # a model key checked against geometry.feature_stride (8)
+    cfg.loss.depth_target_pool = 4  # a loss key checked against geometry.feature_stride
     assert problems(cfg, ["geometry"]) == []
     assert [p.split(":")[0] for p in problems(cfg, ["model"])] == ["model.image.output_stride"]
     assert [p.split(":")[0] for p in problems(cfg, ["loss"])] == ["loss.depth_target_pool"]
