@@ -17,10 +17,17 @@ most 32 taps, Native above); it walks the modules only when the device type chan
 choice, `None`, otherwise); it is replaced at the first forward. spconv stores every weight in
 the same KRSC layout (out, kz, ky, kx, in) whatever the algorithm, so weights and state dicts
 move freely between devices.
+
+`spconv.SparseConvTensor` is a torch.fx proxyable class, so building one asks torch whether fx is
+tracing, and torch logs once per process a notice meant for code that calls `is_fx_tracing`
+itself ("is_fx_tracing will return true for both fx.symbolic_trace and torch.export..."). It
+said nothing a user could act on and appeared in every pretraining and fine-tuning process, so
+that one message of torch's fx logger is filtered out here (`FX_TRACING_NOTICE`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -30,6 +37,17 @@ from spconv.pytorch.conv import SparseConvolution
 from torch import nn
 
 IMPLICIT_GEMM_MAX_TAPS = 32  # spconv's own default: implicit GEMM up to 32 kernel taps, Native above
+FX_TRACING_NOTICE = "is_fx_tracing will return true"  # start of torch's notice (see the docstring)
+
+
+class _DropFxTracingNotice(logging.Filter):
+    """Drops torch's is_fx_tracing notice that every SparseConvTensor triggers; nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(FX_TRACING_NOTICE)
+
+
+logging.getLogger("torch.fx._symbolic_trace").addFilter(_DropFxTracingNotice())
 
 
 def conv_algo(device: torch.device | str) -> spconv.ConvAlgo | None:

@@ -152,3 +152,12 @@ def test_conv_algo_is_native_on_cpu_only():
     assert conv_algo("cpu") == NATIVE
     assert conv_algo(torch.device("cpu")) == NATIVE
     assert conv_algo("cuda") is None
+
+
+def test_torchs_fx_tracing_notice_is_dropped_and_other_fx_warnings_are_not(caplog):
+    import torch.fx._symbolic_trace as fx_trace
+
+    with caplog.at_level("WARNING", logger="torch.fx._symbolic_trace"):
+        fx_trace.is_fx_tracing_warning.__wrapped__()  # what building a SparseConvTensor logs once
+        fx_trace.log.warning("another fx warning")
+    assert [r.getMessage() for r in caplog.records] == ["another fx warning"]
