@@ -33,10 +33,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from hvdistill import storage
 from hvdistill.config import RUN_SECTIONS, Config, ConfigError, load_config
 from hvdistill.config.downstream import RANDOM_INIT
 from hvdistill.config.study import VARIANTS
-from hvdistill.storage import write_atomic
 
 RUN_PREFIX = "study-"  # pretraining run names: study-full, study-ipv_depth, study-ipv
 FINETUNE_SWEEP, PROBE_SWEEP, SUMMARY = "finetune", "probe", "study"
@@ -117,27 +117,43 @@ def variant_config(cfg: Config, variant: str) -> Config:
     return replace(cfg, loss=loss, train=replace(cfg.train, run_name=RUN_PREFIX + variant))
 
 
+def finished_pretraining(summary: Path) -> dict[str, Any] | None:
+    """The summary of a variant's earlier pretraining when its backbone is still in the run's
+    storage; None (pretrain again, which resumes) when the summary is missing or damaged or the
+    backbone is gone."""
+    try:
+        info = json.loads(summary.read_text(encoding="utf-8"))
+        backbone = storage.Location(info["storage"]) / "backbone.pt"
+        return info if isinstance(info, dict) and backbone.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if summary.exists():
+            print(f"study: {summary} unusable ({exc}); pretraining again")
+        return None
+
+
 def pretrain_variant(cfg: Config, variant: str, address: str | None) -> dict[str, Any]:
-    """Stage 4 for one variant, skipped when its backbone exists; its run dir and last metrics."""
+    """Stage 4 for one variant, skipped when its backbone is in the run's storage; its run's
+    storage (where the sweeps read the backbone from: no shared disk needed), run dir and metrics."""
     from launch.train import train_on_ray
 
     vcfg = variant_config(cfg, variant)
-    run_dir = Path(cfg.train.output_dir) / vcfg.train.run_name
-    summary = run_dir / "study-pretrain.json"
-    if (run_dir / "backbone.pt").is_file() and summary.is_file():
-        print(f"study: pretraining {variant} done before ({run_dir}); kept")
-        return json.loads(summary.read_text())
+    summary = Path(cfg.train.output_dir) / vcfg.train.run_name / "study-pretrain.json"
+    kept = finished_pretraining(summary)
+    if kept is not None:
+        print(f"study: pretraining {variant} done before ({kept['storage']}); kept")
+        return kept
     print(f"\n=== study: pretrain {variant} (loss terms {'+'.join(VARIANTS[variant])}) ===", flush=True)
     result = train_on_ray(vcfg, address)
     info = {
         "variant": variant,
+        "storage": result.storage,
         "run_dir": str(result.run_dir),
         "steps": result.steps,
         "metrics": result.metrics,
         "mlflow_run_id": result.tracking_run_id,
         "mlflow_uri": result.tracking_uri,
     }
-    write_atomic(summary, json.dumps(info, indent=1) + "\n")  # the marker a re-run skips this variant by
+    storage.write_atomic(summary, json.dumps(info, indent=1) + "\n")  # a re-run skips this variant by it
     return info
 
 
@@ -200,7 +216,7 @@ def write_summary(out: Path, facts: dict[str, Any], ft: Any, probe: Any, name: s
                 "plot": str(result.paths.get("plot", "")),
                 "per_class_md": str(result.paths.get("per_class_md", "")),
             }
-    write_atomic(out / f"{name}.json", json.dumps(facts, indent=1, default=str) + "\n")
+    storage.write_atomic(out / f"{name}.json", json.dumps(facts, indent=1, default=str) + "\n")
     lines = ["# Study summary", "", "mIoU (%) mean +- std over seeds", "", table]
     t = facts["teacher"].get("val", {})
     lines.append(
@@ -218,7 +234,7 @@ def write_summary(out: Path, facts: dict[str, Any], ft: Any, probe: Any, name: s
             lines.append(f"{key}: {s['dir']} (MLflow parent {s['mlflow_parent_run_id']}), plot {s['plot']}")
     lines.append(f"stage wall times (s): {facts['seconds']}")
     path = out / f"{name}.md"
-    write_atomic(path, "\n".join(lines) + "\n")
+    storage.write_atomic(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -239,7 +255,7 @@ def run_study(cfg: Config, config_path: str, overrides: list[str], out: Path, ar
     timed("shards", make_shards, config_path, overrides, out, args.workers)
     teacher = timed("teacher", make_teacher, config_path, overrides, cfg)
     runs = [timed(f"pretrain {v}", pretrain_variant, cfg, v, args.address) for v in cfg.study.variants]
-    checkpoints = [RANDOM_INIT, *(r["run_dir"] for r in runs)]
+    checkpoints = [RANDOM_INIT, *(r["storage"] for r in runs)]  # backbones in the runs' storage
     tag = cfg.study.tag
     ft_cfg = sweep_config(cfg, tagged(FINETUNE_SWEEP, tag), checkpoints, False)
     ft = timed("finetune sweep", run_sweep, ft_cfg, args.address)

@@ -13,7 +13,8 @@ import pytest
 
 from hvdistill.config import RUN_SECTIONS, ConfigError, load_config
 from hvdistill.config.study import VARIANTS
-from launch.study import study_overrides, study_table, sweep_config, variant_config
+from hvdistill.storage import Location
+from launch.study import finished_pretraining, study_overrides, study_table, sweep_config, variant_config
 from tests.helpers import REPO_ROOT, config_path
 
 
@@ -164,3 +165,19 @@ def test_options_may_come_before_or_after_the_overrides(tmp_path, capsys):
     assert "study.variants" in capsys.readouterr().err
     assert sweep_main([config_path("study.yaml"), "--address", "auto", "sweep.max_concurrent=-1"]) == 2
     assert "sweep.max_concurrent" in capsys.readouterr().err
+
+
+def test_a_variant_is_kept_only_while_its_backbone_is_in_the_runs_storage(tmp_path, s3_bucket, capsys):
+    summary = tmp_path / "study-full" / "study-pretrain.json"
+    assert finished_pretraining(summary) is None  # never pretrained
+    summary.parent.mkdir()
+    run_storage = f"{s3_bucket}/runs/study-full"  # no shared disk: the sweeps read it from there
+    info = {"variant": "full", "storage": run_storage, "run_dir": str(tmp_path / "elsewhere")}
+    summary.write_text(json.dumps(info))
+    assert finished_pretraining(summary) is None  # the backbone is not (or no longer) there
+    Location(f"{run_storage}/backbone.pt").write_bytes(b"weights")
+    assert finished_pretraining(summary) == info
+    for damaged in ("{", "[]", json.dumps({"variant": "full"})):  # e.g. a summary of an older version
+        summary.write_text(damaged)
+        assert finished_pretraining(summary) is None
+        assert "unusable" in capsys.readouterr().out
