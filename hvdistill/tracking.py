@@ -28,25 +28,26 @@ code that never tracks (non-main ranks, `tracking.enabled=false`) never pays for
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import platform
-import posixpath
 import re
 import shlex
 import shutil
-import subprocess
 import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from hvdistill import __version__
 from hvdistill.config import TrackingConfig
+from hvdistill.tracking_values import (
+    check_metric_name,
+    chunks,
+    param_value,
+    truncated,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -58,15 +59,11 @@ STATUSES = ("FINISHED", "FAILED", "KILLED")
 DB_NAME = "mlruns.db"  # the default store's file in the run directory
 ARTIFACT_DIR = "mlartifacts"  # beside a sqlite store: its experiments' artifacts
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI groups children under it)
-GIT_COMMIT_TAG = "mlflow.source.git.commit"  # shown by the MLflow UI
 RESUMES_TAG = "hvdistill.resumes"
 RESUMED_FROM_TAG = "hvdistill.resumed_from"
 CHANGED_PARAM_PREFIX = "param_changed."
 TRUNCATED_DIR = "params_truncated"
-GIT_TIMEOUT_S = 10.0  # `git` on a slow shared disk; past it the commit tag is left out
 _RUN_ID = re.compile(r"[0-9A-Za-z_-]+")
-_METRIC_NAME = re.compile(r"[/\w.\- :]+")
-_T = TypeVar("_T")
 
 
 class Tracker(ABC):
@@ -184,7 +181,7 @@ class MlflowTracker(Tracker):
         from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_METRICS_PER_BATCH
 
         for key in metrics:
-            _check_metric_name(key, MAX_ENTITY_KEY_LENGTH)
+            check_metric_name(key, MAX_ENTITY_KEY_LENGTH)
         stamp = int(time.time() * 1000)
         entries = [Metric(k, float(v), stamp, int(step)) for k, v in metrics.items()]
         with self._lock:
@@ -314,29 +311,6 @@ def ui_command(uri: str, port: int = 5000) -> str:
     return f"mlflow ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1 --port {port}"
 
 
-def default_tags(world_size: int) -> dict[str, str]:
-    """Tags every run carries: world size, host, hardware, torch, and the git commit when known."""
-    import torch
-
-    tags = {
-        "world_size": str(world_size),
-        "host": platform.node(),
-        "hardware.cpu": _cpu_model(),
-        "hardware.cpu_count": str(os.cpu_count()),
-        "hardware.gpu": "none",
-        "torch.version": torch.__version__,
-        "hvdistill.version": __version__,
-    }
-    if torch.cuda.is_available():
-        tags["hardware.gpu"] = torch.cuda.get_device_name(0)
-        tags["hardware.gpu_count"] = str(torch.cuda.device_count())
-        tags["torch.cuda"] = str(torch.version.cuda)
-    git = _git_state()
-    if git is not None:
-        tags[GIT_COMMIT_TAG], tags["git.dirty"] = git
-    return tags
-
-
 def run_record(uri: str, run_id: str) -> dict[str, Any]:
     """One run as a plain dict: ids, name, status, times (ms), params, latest metrics, tags."""
     return _record(_get_run(_client(uri), run_id, uri))
@@ -393,46 +367,9 @@ def download_artifact(uri: str, run_id: str, artifact_path: str, dst_dir: Path) 
     return Path(local)
 
 
-def param_value(value: Any) -> str:
-    """A config value as an MLflow param: strings as they are, lists and dicts as JSON."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list | tuple | dict):
-        return json.dumps(value, sort_keys=True, default=str)
-    return str(value)
-
-
-def truncated(text: str, limit: int) -> str:
-    """`text` cut to `limit` characters with a visible marker saying how long it was."""
-    if len(text) <= limit:
-        return text
-    marker = f"...[truncated: {len(text)} chars]"
-    return text[: limit - len(marker)] + marker
-
-
-def chunks(items: Sequence[_T], size: int) -> Iterator[list[_T]]:
-    """`items` in consecutive lists of at most `size` (MLflow's per-call batch limits)."""
-    for i in range(0, len(items), size):
-        yield list(items[i : i + size])
-
-
 def _check_status(status: str) -> None:
     if status not in STATUSES:
         raise ValueError(f"tracking: run status {status!r} is not one of {STATUSES}")
-
-
-def _check_metric_name(name: str, limit: int) -> None:
-    """MLflow's rule for a metric name (POSIX), checked here so a store error can only mean the store."""
-    norm = posixpath.normpath(name)
-    if (
-        not (_METRIC_NAME.fullmatch(name) and len(name) <= limit)
-        or norm != name
-        or norm.startswith(("..", "/"))
-    ):
-        raise ValueError(
-            f"tracking: metric name {name!r} is not valid in MLflow (at most {limit} of letters, digits, "
-            f"_ - . : space and /; a normal relative path not starting with '..')"
-        )
 
 
 def _sqlite_path(uri: str) -> tuple[Path | None, str]:
@@ -584,33 +521,3 @@ def _link_new(src: Path, dst: Path) -> None:
     except OSError:  # a filesystem without hard links
         if not dst.exists():
             os.replace(src, dst)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_state() -> tuple[str, str] | None:
-    """(commit, "true"/"false" for uncommitted changes) of the repo holding this package, if any."""
-    root = Path(__file__).resolve().parents[1]
-
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=GIT_TIMEOUT_S, check=True
-        )
-        return done.stdout.strip()
-
-    try:
-        if Path(git("rev-parse", "--show-toplevel")).resolve() != root:
-            return None  # installed into some other repository's tree
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit, str(dirty).lower()

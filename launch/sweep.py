@@ -196,7 +196,8 @@ def read_sweep_file(path: Path) -> dict[str, Any]:
 def open_parent(cfg: Config, sweep_dir: Path, previous: dict[str, Any]) -> tuple[Any, str]:
     """(parent tracker, store uri): the run recorded in sweep.json reopened, else a new one; sweep.json
     (re)written atomically with the settings every trial shares."""
-    from hvdistill.tracking import default_tags, prepare_tracking, start_tracker
+    from hvdistill.tracking import prepare_tracking, start_tracker
+    from hvdistill.tracking_values import default_tags
 
     uri = prepare_tracking(cfg.tracking, sweep_dir)
     tracking = replace(cfg.tracking, uri=uri)

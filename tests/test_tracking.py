@@ -21,7 +21,6 @@ from hvdistill.tracking import (
     NullTracker,
     artifact_paths,
     child_runs,
-    default_tags,
     download_artifact,
     metric_history,
     prepare_tracking,
@@ -30,6 +29,7 @@ from hvdistill.tracking import (
     tracking_uri,
     ui_command,
 )
+from hvdistill.tracking_values import default_tags
 from tests.helpers import REPO_ROOT
 
 METRICS = ("loss/total", "loss/ipv", "loss/depth", "loss/bev", "lr", "grad_norm", "samples_per_s")

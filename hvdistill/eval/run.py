@@ -145,7 +145,8 @@ def run(cfg: Config, parent_run_id: str | None = None, tags: dict[str, str] | No
 def _tracked(
     cfg: Config, run_dir: Path, prepared: Any, parent_run_id: str | None, tags: dict[str, str] | None
 ) -> FinetuneResult:
-    from hvdistill.tracking import default_tags, prepare_tracking, start_tracker
+    from hvdistill.tracking import prepare_tracking, start_tracker
+    from hvdistill.tracking_values import default_tags
 
     uri = prepare_tracking(cfg.tracking, run_dir)
     all_tags = {

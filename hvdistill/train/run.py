@@ -167,6 +167,7 @@ def seed_everything(cfg: Config) -> None:
 def start_tracking(cfg: Config, run_dir: Path, ctx: DistContext, resume_from: Path | None) -> tuple[Any, str]:
     """(tracker, store URI): MLflow on rank 0, continuing the previous run id; NullTracker elsewhere."""
     from hvdistill import tracking
+    from hvdistill.tracking_values import default_tags
 
     if not (cfg.tracking.enabled and ctx.is_main):
         return tracking.NullTracker(), ""
@@ -177,7 +178,7 @@ def start_tracking(cfg: Config, run_dir: Path, ctx: DistContext, resume_from: Pa
         is_main=True,
         resume_run_id=previous_run_id(run_dir, resume_from, TRACKING_FILE),
         run_name=run_dir.name,
-        tags=tracking.default_tags(ctx.world_size),
+        tags=default_tags(ctx.world_size),
     )
     record = {"run_id": tracker.run_id, "uri": uri, "experiment": cfg.tracking.experiment}
     write_atomic(run_dir / TRACKING_FILE, json.dumps(record))

@@ -1,6 +1,6 @@
 """The learning rate of every optimizer step: batch-size scaling, the large-batch rule, warm-up, decay.
 
-Scaling rule (METHOD.md section 6: "scale the learning rate with the global batch"): with
+Scaling rule (the published recipe scales the learning rate with the global batch; docs/method.md): with
 `optim.scale_lr` the peak rate is `optim.lr * train.global_batch / optim.reference_batch`, linear in
 the global batch, so the published 0.5 at 16 samples (4 GPUs x 4) becomes 1.0 at 32 and 4.0 at 128.
 Without `scale_lr` the peak is `optim.lr` as given.
