@@ -6,7 +6,7 @@ and bias (w' = w * g / sqrt(v + eps), b' = beta - m * g / sqrt(v + eps), compute
 one pass over each feature map fewer. Channels-last (NHWC) lets oneDNN on CPU and cuDNN on GPU
 pick their faster convolution layouts. Both change only the order of floating-point operations:
 the features equal the plain backbone's within float32 rounding (tests/models/image/test_inference.py);
-docs/benchmarks.md ("Teacher on an fp32 CPU") measures what each pays.
+docs/benchmarks.md ("The demo on a CPU without native bf16") measures what each pays.
 
 `InferenceCopy` keeps the prepared copy beside the backbone it was made from, which stays the
 one that weights load into and `teacher.backbone` returns. The copy is rebuilt whenever any of
@@ -41,22 +41,18 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     conv.bias = nn.Parameter(folded.to(conv.weight.dtype), requires_grad=False)
 
 
-def _fold_children(module: nn.Module) -> int:
-    """Fold `module`'s own conv/bn pairs (and a [conv, bn] downsample) into its convs; the count."""
-    folded = 0
+def _fold_children(module: nn.Module) -> None:
+    """Fold `module`'s own conv/bn pairs (and a [conv, bn] downsample) into its convs."""
     children = dict(module.named_children())
     for conv_name, bn_name in CONV_BN_PAIRS:
         conv, bn = children.get(conv_name), children.get(bn_name)
         if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
             fold_batchnorm(conv, bn)
             setattr(module, bn_name, nn.Identity())
-            folded += 1
     down = children.get("downsample")
     if isinstance(down, nn.Sequential) and len(down) == 2 and isinstance(down[1], nn.BatchNorm2d):
         fold_batchnorm(down[0], down[1])
         down[1] = nn.Identity()
-        folded += 1
-    return folded
 
 
 def prepare_for_inference(backbone: ResNet, fold: bool, channels_last: bool) -> ResNet:
