@@ -112,10 +112,17 @@ def run_verb(verb: str, module_name: str, argv: list[str]) -> int:
         print(f"hvdistill {verb}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
-        if not is_user_error(exc) or os.environ.get(TRACEBACK_ENV) == "1":
-            raise
-        print(f"hvdistill {verb}: {describe(exc)}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return user_error_exit(verb, exc)
+
+
+def user_error_exit(verb: str, exc: Exception) -> int:
+    """Inside an `except`: re-raise `exc` unless it is a user error (or tracebacks are asked for);
+    else print its one line and return the exit status. Verbs whose `main` catches its own
+    failures call this too, so they keep the boundary's rule."""
+    if not is_user_error(exc) or os.environ.get(TRACEBACK_ENV) == "1":
+        raise exc
+    print(f"hvdistill {verb}: {describe(exc)}", file=sys.stderr)
+    return EXIT_USER_ERROR
 
 
 def main(argv: list[str] | None = None) -> int:

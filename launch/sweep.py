@@ -371,9 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         config, overrides = None, [config, *overrides]
     try:
         result = run_sweep(load_sweep_config(config, overrides), args.address)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
-        print(f"hvdistill sweep: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # a user mistake: one line; anything else: its traceback
+        from hvdistill.cli import user_error_exit
+
+        return user_error_exit("sweep", exc)
     return finish(result)
 
 

@@ -186,10 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_finetune_config(config, overrides)
         result = run(cfg)
-    except (ConfigError, ValueError, OSError) as exc:  # user mistakes (hvdistill/cli.py's rule)
-        log.debug("fine-tuning stopped", exc_info=True)
-        print(f"hvdistill finetune: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # a user mistake: one line; anything else: its traceback
+        from hvdistill.cli import user_error_exit
+
+        return user_error_exit("finetune", exc)
     m = result.metrics
     print(
         f"mIoU {100 * result.miou:.2f} over {m['classes_in_mean']} classes, {m['points']} points "

@@ -255,3 +255,18 @@ def test_unusable_val_scans_past_the_tolerated_fraction_stop_the_run(labelled_sh
     cfg.finetune.max_bad_fraction = 0.5
     result = finetune(cfg, tmp_path / "tolerant")
     assert (result.metrics["scans"], result.metrics["bad_scans"]) == (2, 1)
+
+
+def test_a_bug_inside_fine_tuning_keeps_its_traceback(monkeypatch, capsys):
+    """main's own catch follows the CLI boundary's rule: a ValueError raised inside a library (a
+    bug, not a user mistake) propagates instead of becoming a one-line exit 2."""
+    import hvdistill.eval.run as ft_run
+
+    def broken(cfg):
+        return np.zeros(2).reshape(3)  # numpy raises ValueError
+
+    monkeypatch.setattr(ft_run, "load_finetune_config", lambda config, overrides: None)
+    monkeypatch.setattr(ft_run, "run", broken)
+    with pytest.raises(ValueError, match="reshape"):
+        main(["finetune.max_steps=1"])
+    assert "hvdistill finetune:" not in capsys.readouterr().err
