@@ -56,8 +56,6 @@ from launch.local_ray import ray_session
 
 RUN_ENTRY = "hvdistill.train.run:run"  # module:function called on every worker as f(cfg, hooks)
 RAY_STORAGE_DIR = "ray"  # default dist.storage_path under train.output_dir
-METRICS_FILE = "metrics.jsonl"  # hvdistill/train/loop.py's metrics record in the run directory
-_META_LIMIT = 64 << 20  # bytes read at most from a checkpoint's meta.json / tracking.json
 
 
 class LaunchError(RuntimeError):
@@ -227,24 +225,25 @@ def prepare_tracking_for(cfg: Config, run_dir: Path) -> str:
 
 
 def existing_checkpoints(cfg: Config) -> list[str]:
-    """Names of the checkpoints already in the run's storage of a prepared config."""
-    from hvdistill.train.checkpoint import STEP_DIR
+    """Names of the checkpoints already in the run's storage of a prepared config, newest first."""
+    from hvdistill.train.resume import storage_candidates
 
-    return [loc.name for loc in storage.Location(run_storage_of(cfg)).iterdir() if STEP_DIR.match(loc.name)]
+    return [loc.name for loc in storage_candidates(storage.Location(run_storage_of(cfg)))]
 
 
 def _result(cfg: Config, ray_result: Any, run_dir: Path, uri: str) -> RayTrainResult:
     """What the run left in its storage: its newest checkpoint, steps, MLflow run and backbone."""
     from hvdistill.train.checkpoint import BACKBONE, META
+    from hvdistill.train.resume import META_LIMIT
     from hvdistill.train.run import TRACKING_FILE
 
     store = storage.Location(run_storage_of(cfg))
     checkpoint = store / Path(ray_result.checkpoint.path).name if ray_result.checkpoint else None
     steps, run_id = 0, None
     if checkpoint is not None:
-        steps = int(json.loads((checkpoint / META).read_bytes(limit=_META_LIMIT)).get("step", 0))
+        steps = int(json.loads((checkpoint / META).read_bytes(limit=META_LIMIT)).get("step", 0))
     if (store / TRACKING_FILE).is_file():
-        run_id = json.loads((store / TRACKING_FILE).read_bytes(limit=_META_LIMIT)).get("run_id")
+        run_id = json.loads((store / TRACKING_FILE).read_bytes(limit=META_LIMIT)).get("run_id")
     backbone = store / BACKBONE
     return RayTrainResult(
         run_dir=run_dir,
@@ -289,6 +288,8 @@ def train_on_ray(cfg: Config, address: str | None = None, *, entry: str = RUN_EN
         try:
             result = build_trainer(cfg, entry).fit()
         except ray.train.TrainingFailedError as exc:
+            from hvdistill.train.loop import METRICS_FILE
+
             if created and not existing_checkpoints(cfg) and not (run_dir / METRICS_FILE).exists():
                 shutil.rmtree(created, ignore_errors=True)  # nothing trained: leave no directory behind
             raise LaunchError(f"the Ray run {cfg.train.run_name} failed for good: {exc}") from exc

@@ -14,16 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hvdistill.dirlock import OutputLocked, directory_lock, lock_location
+from hvdistill.dirlock import OutputLocked, directory_lock
 from hvdistill.storage import Location
 
-__all__ = ["OutputLocked", "job_lock", "lock_path"]
+__all__ = ["OutputLocked", "job_lock"]
 WHAT = "shard job"  # how the holder is named in the refusal
-
-
-def lock_path(out_dir: str | Path | Location) -> Location:
-    """Where the lock of `out_dir` lives (`_state/job.lock`)."""
-    return lock_location(out_dir)
 
 
 @contextmanager

@@ -22,7 +22,8 @@ The class set of the mIoU is fixed by the evaluated data, never by the predictio
 `classes_in_mean` (how many classes were averaged) and `miou_classes` (the rule) go with every
 mIoU; `predicted_absent_classes` names the classes predicted but absent from the ground truth.
 (SLidR's code and nuscenes-devkit average the classes of ground truth or predictions, a set that
-changes with the predictions: on a small split one stray point turned an mIoU of 1.0 into 0.745.)
+changes with the predictions: on a split of two classes one stray point predicted as an absent third
+class turns an mIoU of 1.0 into 0.66 under that rule, 0.99 under this one.)
 """
 
 from __future__ import annotations
@@ -92,12 +93,6 @@ def iou_per_class(counts: np.ndarray, ignore_index: int = 0) -> np.ndarray:
     out[present] = tp[present] / union[present]
     out[ignore_index] = np.nan
     return out
-
-
-def mean_iou(per_class: np.ndarray) -> float:
-    """Mean of the classes that have an IoU (NaN entries left out); NaN when none has one."""
-    valid = ~np.isnan(per_class)
-    return float(per_class[valid].mean()) if valid.any() else math.nan
 
 
 CLASS_SETS = ("ground_truth", "all")

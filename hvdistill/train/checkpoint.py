@@ -86,11 +86,6 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1][1] if found else None
-
-
 # ---- RNG states as tensors and lists of ints ----
 def rng_state() -> dict[str, Any]:
     """This process's torch, CUDA, numpy and python RNG states (weights-only serialisable)."""
@@ -261,11 +256,11 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def needed_files(meta: dict[str, Any], rank: int) -> list[str]:
-    """The files rank `rank` reads when loading a checkpoint with metadata `meta` (at any world size)."""
+def needed_files(meta: dict[str, Any], rank: int, world: int) -> list[str]:
+    """The files rank `rank` of `world` ranks reads to load a checkpoint with metadata `meta`."""
     saved = int(meta.get("world_size", 1))
     names = {MODEL, rank_file(rank % saved), rank_file(0)}  # ZeRO-0: the whole optimizer lives on rank 0
-    if meta.get("zero_stage") != 0:
+    if meta.get("zero_stage") != 0 and saved != world:
         names.update(rank_file(r) for r in range(saved))  # every rank's partition, re-partitioned
     return sorted(names)
 
@@ -313,8 +308,12 @@ def load_checkpoint(path: Path, engine: Engine, loss_fn: nn.Module) -> dict[str,
     if zero == 0:
         engine.load_optimizer_state([own["optimizer"] if rank == 0 else load(rank_file(0))["optimizer"]])
     else:
-        parts = [own if r == rank % saved_world else load(rank_file(r)) for r in range(saved_world)]
-        engine.load_optimizer_state([p["optimizer"] for p in parts])
+        if world == saved_world:  # a rank reads only its own partition (load_optimizer_state)
+            states = [own["optimizer"] if r == rank else None for r in range(saved_world)]
+        else:
+            parts = [own if r == rank % saved_world else load(rank_file(r)) for r in range(saved_world)]
+            states = [part["optimizer"] for part in parts]
+        engine.load_optimizer_state(states)
     engine.load_scheduler_state(meta["scheduler"])
     counters = dict(meta["engine"])
     if world != saved_world:  # micro-steps count this rank's micro-batches: re-derived for the new split

@@ -204,15 +204,13 @@ def check_precision(cfg: Config, device: torch.device) -> None:
         raise ConfigError(["precision.image_dtype: float16 is refused on CPU; use auto, bfloat16 or float32"])
 
 
-def apply_tf32(cfg: Config, device: torch.device) -> bool:
+def apply_tf32(cfg: Config, device: torch.device) -> None:
     """TF32 for fp32 matmuls and cuDNN convolutions on a CUDA device as `dist.allow_tf32` says
-    (process-wide flags); nothing on CPU. True when the flags were set. The legacy flags are set:
-    torch 2.13 refuses to read a legacy flag after the newer `fp32_precision` API has set it."""
-    if device.type != "cuda":
-        return False
-    torch.backends.cuda.matmul.allow_tf32 = cfg.dist.allow_tf32
-    torch.backends.cudnn.allow_tf32 = cfg.dist.allow_tf32
-    return True
+    (process-wide flags); nothing on CPU. The legacy flags are set: torch 2.13 refuses to read a
+    legacy flag after the newer `fp32_precision` API has set it."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = cfg.dist.allow_tf32
+        torch.backends.cudnn.allow_tf32 = cfg.dist.allow_tf32
 
 
 def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
@@ -351,10 +349,11 @@ class Engine:
         """This rank's optimizer state (ZeRO: its partition) without unpicklable entries."""
         return plain_state(self.ds.optimizer.state_dict())
 
-    def load_optimizer_state(self, states: list[dict[str, Any]]) -> None:
+    def load_optimizer_state(self, states: list[dict[str, Any] | None]) -> None:
         """ZeRO-0: `states` is [the whole optimizer state]. ZeRO-1/2: every saved rank's partition, in
-        rank order, however many ranks saved them: this rank's own at the same world size (exact),
-        else its share of all of them re-cut for the current ranks (hvdistill/train/partitions.py)."""
+        rank order, however many ranks saved them: this rank's own at the same world size (exact;
+        the other entries are not read and may be None), else its share of all of them re-cut for
+        the current ranks (hvdistill/train/partitions.py)."""
         live = self.ds.optimizer.state_dict()
         if self.zero_stage == 0:
             self.ds.optimizer.load_state_dict({**live, **states[0]})

@@ -26,7 +26,7 @@ from hvdistill.train import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
 RESTORE_DIR = ".restore"  # node-local copies of checkpoints read from a run's storage
-_META_LIMIT = 64 << 20  # bytes: meta.json holds the config and the file records, never tensors
+META_LIMIT = 64 << 20  # bytes: meta.json holds the config and the file records, never tensors
 
 
 class CheckpointError(RuntimeError):
@@ -54,8 +54,8 @@ def _meta(local: Path, source: Location) -> dict[str, Any]:
     if source.remote:
         (source / ckpt.META).download(local / ckpt.META)
     text = (local / ckpt.META).read_bytes()
-    if len(text) > _META_LIMIT:
-        raise ValueError(f"{ckpt.META} is larger than {_META_LIMIT} bytes")
+    if len(text) > META_LIMIT:
+        raise ValueError(f"{ckpt.META} is larger than {META_LIMIT} bytes")
     meta = json.loads(text)
     if not isinstance(meta, dict) or meta.get("format") != ckpt.FORMAT:
         raise ValueError(f"{ckpt.META} is not an hvdistill checkpoint's ({ckpt.FORMAT})")
@@ -68,10 +68,12 @@ def _problem(source: Location, run_dir: Path, rank: int) -> tuple[Path, str]:
     try:
         meta = _meta(local, source)
         records = meta.get("files") if isinstance(meta.get("files"), dict) else {}
-        for name in ckpt.needed_files(meta, rank):
-            if source.remote and ckpt.file_problem(local / name, records.get(name)):
+        for name in ckpt.needed_files(meta, rank, dist.world_size()):
+            problem = ckpt.file_problem(local / name, records.get(name))
+            if problem and source.remote:
                 (source / name).download(local / name)  # absent or stale locally: fetch it
-            if problem := ckpt.file_problem(local / name, records.get(name)):
+                problem = ckpt.file_problem(local / name, records.get(name))
+            if problem:
                 return local, problem
         if rank == 0:
             for name, record in records.items():

@@ -415,7 +415,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides, sections=RUN_SECTIONS["pretrain"])
         result = run(cfg)
-    except (ConfigError, CheckpointError, StorageProbeError, OutputLocked, StorageError) as exc:
+    except (
+        ConfigError,
+        CheckpointError,
+        ckpt.CheckpointMismatch,
+        StorageProbeError,
+        OutputLocked,
+        StorageError,
+    ) as exc:
         print(f"hvdistill pretrain: {exc}", file=sys.stderr)  # a user's fix, not a bug: one line
         return 2
     if main_rank:

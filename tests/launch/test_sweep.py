@@ -120,8 +120,8 @@ def test_checkpoints_are_found_and_hashed_before_anything_is_created(tmp_path):
     ],
 )
 def test_checkpoint_labels_never_leave_the_trials_directory(checkpoint, label):
-    assert checkpoint_labels([checkpoint]) == [label]
-    assert "/" not in label and label not in (".", "..")
+    [got] = checkpoint_labels([checkpoint])
+    assert got == label and "/" not in got and got not in (".", "..")
 
 
 def test_only_finished_trials_that_logged_their_miou_count_as_done(tmp_path):

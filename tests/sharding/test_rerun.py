@@ -19,8 +19,9 @@ import ray
 from hvdistill.config import DataConfig, SourceConfig
 from hvdistill.data.sources import build_source
 from hvdistill.data.sources.nuscenes import NuScenesSource
+from hvdistill.dirlock import lock_location
 from sharding.job import ShardingError, convert_unit, plan_units, run_sharding
-from sharding.lock import OutputLocked, lock_path
+from sharding.lock import OutputLocked
 from sharding.verify import verify_directory
 
 from .conftest import NUSCENES_VERSION, split_with_data
@@ -147,7 +148,7 @@ def test_second_job_on_the_same_directory_fails_at_once(nuscenes_root, reference
     first.start()  # the first job, in this process (flock locks of two open files conflict too)
     try:
         deadline = time.monotonic() + 120
-        while not (lock_path(out).exists() and lock_path(out).read_text()):
+        while not (lock_location(out).exists() and lock_location(out).read_text()):
             assert first.is_alive() and time.monotonic() < deadline, "the first job never took the lock"
             time.sleep(0.005)
         with pytest.raises(OutputLocked, match=rf"another shard job \(pid {os.getpid()} on "):

@@ -11,7 +11,6 @@ import torch
 
 from hvdistill.train.checkpoint import (
     FORMAT,
-    latest_checkpoint,
     list_checkpoints,
     read_meta,
     rng_state,
@@ -27,7 +26,7 @@ def _complete(root, step: int) -> None:
 
 
 def test_only_complete_step_directories_count(tmp_path):
-    assert latest_checkpoint(tmp_path) is None
+    assert list_checkpoints(tmp_path) == []
     _complete(tmp_path, 5)
     _complete(tmp_path, 40)
     half = tmp_path / "checkpoints/.tmp-step-000050"  # a save that died before its rename
@@ -36,8 +35,8 @@ def test_only_complete_step_directories_count(tmp_path):
     (tmp_path / "checkpoints/step-000060").mkdir()  # no meta.json: never a committed checkpoint
     (tmp_path / "checkpoints/step-7").mkdir()  # not the writer's name
     assert [s for s, _ in list_checkpoints(tmp_path)] == [5, 40]
-    assert latest_checkpoint(tmp_path).name == "step-000040"
-    assert read_meta(latest_checkpoint(tmp_path))["step"] == 40
+    newest = list_checkpoints(tmp_path)[-1][1]
+    assert newest.name == "step-000040" and read_meta(newest)["step"] == 40
     (tmp_path / "checkpoints/step-000005/meta.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(ValueError, match="not an hvdistill checkpoint"):
         read_meta(tmp_path / "checkpoints/step-000005")

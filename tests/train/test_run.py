@@ -91,3 +91,13 @@ def test_a_launcher_run_id_names_the_run_and_a_nameless_multi_rank_launch_is_ref
         launcher_run_name(2)
     monkeypatch.delenv("TORCHELASTIC_RUN_ID")
     assert launcher_run_name(1) == ""  # one process: a generated name is fine
+
+
+@pytest.mark.slow  # two tiny runs, ~6 s
+def test_resuming_across_zero_families_ends_in_one_line(train_shards, tmp_path, capsys):
+    common = ("train.run_name=family", "train.global_batch=1", "train.checkpoint_every=1")
+    assert _pretrain(train_shards, tmp_path, *common, "train.max_steps=1", "dist.zero_stage=0") == 0
+    capsys.readouterr()
+    assert _pretrain(train_shards, tmp_path, *common, "train.max_steps=2", "dist.zero_stage=2") == 2
+    err = capsys.readouterr().err
+    assert "not between ZeRO-0 and ZeRO-1/2" in err and "Traceback" not in err
