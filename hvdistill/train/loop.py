@@ -7,8 +7,9 @@ rank together (no backward, no engine step; the BN statistics and the loss's key
 touched are put back), so no rank waits in a collective the others skipped; past
 `train.max_nonfinite_steps` skipped micro-batches every rank raises `NonFiniteLossError`
 (step and terms). Otherwise: backward of world_size x the share and an engine step (an optimizer
-step at the accumulation boundary). Reading the verdict is the micro-batch's ONE host sync; the
-loss values are summed on the device (`Meter`) and reach the host once per logging interval.
+step at the accumulation boundary). Reading the verdict is the loop's one host sync per
+micro-batch (the engine also reads the gradient norm once per optimizer step); the loss values
+are summed on the device (`Meter`) and reach the host once per logging interval.
 
 Per optimizer step, every `train.log_every` steps: the loss terms (mean over the window),
 `lr`, `grad_norm`, `samples_per_s`, `data_wait_fraction` (time blocked on the DataLoader / wall
