@@ -67,6 +67,9 @@ class FinetuneConfig:
     # truth (fixed by the split, never by the predictions); all = every class of the label map, an
     # absent one counting 0 (semantic-kitti-api's iouEval); docs/finetuning.md
     miou_classes: Literal["ground_truth", "all"] = "ground_truth"
+    # horizontal distances (m) from the LiDAR origin binning every evaluation's range strata
+    # (hvdistill/eval/strata.py): [20, 40] = 0-20, 20-40, 40+ m; strictly increasing, all > 0
+    range_edges: list[float] = field(default_factory=lambda: [20.0, 40.0])
 
 
 RANDOM_INIT = "random"  # the sweep.checkpoints entry that means a randomly initialised backbone
@@ -166,6 +169,11 @@ def finetune_problems(cfg: Config) -> list[str]:
         p.append(
             f"finetune.train_split / finetune.val_split: {ft.train_split!r} and {ft.val_split!r} must be "
             f"two different shard splits"
+        )
+    edges = ft.range_edges
+    if not all(0 < e < float("inf") for e in edges) or any(a >= b for a, b in zip(edges, edges[1:])):
+        p.append(
+            f"finetune.range_edges: {edges} must be strictly increasing distances > 0 (e.g. [20.0, 40.0])"
         )
     return p
 

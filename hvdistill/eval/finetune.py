@@ -43,7 +43,7 @@ from hvdistill.eval.backbone import load_backbone
 from hvdistill.eval.classes import class_map
 from hvdistill.eval.evaluate import evaluate
 from hvdistill.eval.lovasz import lovasz_softmax
-from hvdistill.eval.metrics import save_scores, scores
+from hvdistill.eval.metrics import evaluation_scores, save_evaluation, scores, stratum_metrics
 from hvdistill.eval.scans import ScanDataset, index_split, scan_refs
 from hvdistill.eval.segmentation import SegmentationModel, build_segmentation_model
 from hvdistill.eval.splits import (
@@ -250,9 +250,11 @@ def _final_scores(
     run_dir: Path,
     run_info: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Path]]:
-    """Score the whole val split per point; write metrics.json (scores + run facts) and the CSVs."""
+    """Score the whole val split per point; write metrics.json (scores, strata, run facts), the CSVs
+    and the per-scan matrices. The result's "tracked" holds the flat metrics to log (`stratum_metrics`)."""
     ft, cmap = cfg.finetune, class_map(cfg.finetune.dataset)
-    cm, stats = evaluate(model, val_loader, cmap.num_classes, ft.ignore_index, device)
+    ev = evaluate(model, val_loader, cmap.num_classes, ft.ignore_index, device, ft.range_edges)
+    stats = ev.stats
     _check_bad(stats["bad_scans"], stats["bad_scans"] + stats["scans"], ft.max_bad_fraction, "validation")
     if stats["scans"] == 0:
         raise ValueError(
@@ -267,8 +269,9 @@ def _final_scores(
         "linear_probe": ft.linear_probe,
         "backbone": ft.backbone or "random",
     }
-    paths = save_scores(run_dir, cm, cmap.names, extra, ft.miou_classes)
-    result = {**scores(cm, cmap.names, ft.miou_classes), **extra}
+    paths = save_evaluation(run_dir, ev, cmap.names, extra, ft.miou_classes)
+    result = {**evaluation_scores(ev, cmap.names, ft.miou_classes), **extra}
+    result["tracked"] = stratum_metrics(ev, ft.miou_classes)
     log.info(
         "mIoU %.4f over %d classes, %d points scored",
         result["miou"],
@@ -335,8 +338,8 @@ def finetune(
                 log_metrics({**terms, **lrs, "epoch": epoch}, step)
                 log.info("step %d/%d epoch %d loss %.4f", step, total, epoch, terms["loss/total"])
             if ft.eval_every and step % ft.eval_every == 0 and step < total:
-                cm, _ = evaluate(model, val_loader, cmap.num_classes, ft.ignore_index, device)
-                s = scores(cm, cmap.names, ft.miou_classes)
+                ev = evaluate(model, val_loader, cmap.num_classes, ft.ignore_index, device, ft.range_edges)
+                s = scores(ev.confusion, cmap.names, ft.miou_classes)
                 log_metrics({"val/miou": s["miou"], "val/classes_in_mean": s["classes_in_mean"]}, step)
                 log.info("step %d val mIoU %.4f over %d classes", step, s["miou"], s["classes_in_mean"])
             if step >= total:
@@ -350,6 +353,5 @@ def finetune(
     run_info = {**ready.data_info, "steps": step, "epochs_started": epoch, "bad_train_scans": bad}
     run_info["train_seconds"] = round(time.perf_counter() - started, 3)
     result, paths = _final_scores(cfg, model, val_loader, device, run_dir, run_info)
-    final = {"val/miou": result["miou"], "val/accuracy": result["accuracy"]}
-    log_metrics({**final, "val/classes_in_mean": result["classes_in_mean"]}, step)
+    log_metrics(result["tracked"], step)  # val/miou, val/accuracy, val/loss, per stratum (metrics.py)
     return FinetuneResult(run_dir, result["miou"], step, result, paths, model)

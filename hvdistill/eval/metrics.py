@@ -24,26 +24,44 @@ mIoU; `predicted_absent_classes` names the classes predicted but absent from the
 (SLidR's code and nuscenes-devkit average the classes of ground truth or predictions, a set that
 changes with the predictions: on a split of two classes one stray point predicted as an absent third
 class turns an mIoU of 1.0 into 0.66 under that rule, 0.99 under this one.)
+
+An `Evaluation` (hvdistill/eval/evaluate.py) adds strata and per-scan matrices. A stratum's mIoU
+follows the same class-set rule on the stratum's own matrix (under `ground_truth`: the classes
+labelled in that stratum), reported with its `classes_in_mean` and `points`; an empty stratum has
+mIoU NaN (null in JSON). `save_evaluation` writes them into metrics.json ("strata") and the
+per-scan matrices as confusion_per_scan.npy ((S, C, C) int64, never pickled) with
+confusion_per_scan.json (the S keys in row order, C and the .npy's SHA-256, so a pair of files
+from two different saves is refused); `load_per_scan` reads them back checking all of it.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from hvdistill.data.sample_checks import SchemaError
+from hvdistill.data.schema import decode_npy
 from hvdistill.storage import write_atomic
+from hvdistill.tracking_values import check_metric_name
+
+if TYPE_CHECKING:
+    from hvdistill.eval.evaluate import Evaluation
 
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.csv"
 PER_CLASS_FILE = "per_class_iou.csv"
+PER_SCAN_FILE = "confusion_per_scan.npy"
+PER_SCAN_KEYS_FILE = "confusion_per_scan.json"
+METRIC_NAME_LIMIT = 250  # MLflow's MAX_ENTITY_KEY_LENGTH (mlflow is imported only by tracking.py)
 
 
 class ConfusionMatrix:
@@ -209,3 +227,106 @@ def load_confusion(path: Path, ignore_index: int = 0) -> tuple[ConfusionMatrix, 
     if cm.counts.shape != (len(names), len(names)):
         raise ValueError(f"{path}: not a {len(names)} x {len(names)} confusion matrix")
     return cm, names
+
+
+def stratum_scores(cm: ConfusionMatrix, class_set: str = "ground_truth") -> dict[str, Any]:
+    """{"miou", "classes_in_mean", "points"} of one stratum's matrix (mIoU NaN when it is empty)."""
+    chosen = classes_in_mean(cm.counts, cm.ignore_index, class_set)
+    return {
+        "miou": set_mean_iou(cm.counts, cm.ignore_index, class_set),
+        "classes_in_mean": int(chosen.sum()),
+        "points": cm.points,
+    }
+
+
+def evaluation_scores(
+    ev: Evaluation, class_names: Sequence[str], class_set: str = "ground_truth"
+) -> dict[str, Any]:
+    """`scores` of the overall matrix plus {"strata": {name: stratum_scores}}."""
+    strata = {name: stratum_scores(cm, class_set) for name, cm in ev.strata.items()}
+    return {**scores(ev.confusion, class_names, class_set), "strata": strata}
+
+
+def stratum_metrics(ev: Evaluation, class_set: str = "ground_truth", prefix: str = "val") -> dict[str, float]:
+    """Flat MLflow metrics: <prefix>/miou, accuracy, classes_in_mean, loss, and per stratum
+    <prefix>/miou_<stratum> and <prefix>/points_<stratum>. NaN where undefined (an empty split or
+    stratum): the caller decides whether to log it."""
+    overall = stratum_scores(ev.confusion, class_set)
+    counts = ev.confusion.counts
+    out = {
+        f"{prefix}/miou": overall["miou"],
+        f"{prefix}/accuracy": float(np.trace(counts) / overall["points"]) if overall["points"] else math.nan,
+        f"{prefix}/classes_in_mean": float(overall["classes_in_mean"]),
+        f"{prefix}/loss": float(ev.stats.get("loss", math.nan)),
+    }
+    for name, cm in ev.strata.items():
+        stratum = stratum_scores(cm, class_set)
+        out[f"{prefix}/miou_{name}"] = stratum["miou"]
+        out[f"{prefix}/points_{name}"] = float(stratum["points"])
+    for name in out:
+        check_metric_name(name, METRIC_NAME_LIMIT)
+    return out
+
+
+def save_evaluation(
+    out_dir: Path,
+    ev: Evaluation,
+    class_names: Sequence[str],
+    extra: dict[str, Any] | None = None,
+    class_set: str = "ground_truth",
+) -> dict[str, Path]:
+    """`save_scores` with the strata in metrics.json, after the per-scan files (metrics.json last).
+    Returns save_scores' paths plus "confusion_per_scan" and "confusion_per_scan_keys"."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    c = ev.confusion.num_classes
+    keys = list(ev.per_scan)
+    counts = np.zeros((len(keys), c, c), dtype=np.int64)  # (S, C, C)
+    for i, key in enumerate(keys):
+        counts[i] = ev.per_scan[key]
+    buffer = io.BytesIO()
+    np.save(buffer, counts, allow_pickle=False)
+    data = buffer.getvalue()
+    index = {"keys": keys, "scans": len(keys), "num_classes": c, "sha256": hashlib.sha256(data).hexdigest()}
+    paths = {
+        "confusion_per_scan": out_dir / PER_SCAN_FILE,
+        "confusion_per_scan_keys": out_dir / PER_SCAN_KEYS_FILE,
+    }
+    write_atomic(paths["confusion_per_scan"], data)
+    write_atomic(paths["confusion_per_scan_keys"], json.dumps(index, indent=1) + "\n")
+    strata = {name: stratum_scores(cm, class_set) for name, cm in ev.strata.items()}
+    return {
+        **save_scores(out_dir, ev.confusion, class_names, {"strata": strata, **(extra or {})}, class_set),
+        **paths,
+    }
+
+
+def load_per_scan(run_dir: Path) -> tuple[list[str], np.ndarray]:
+    """(scan keys, (S, C, C) int64 counts) written by `save_evaluation`; ValueError naming the file
+    and the defect for anything else (unreadable, pickled, wrong dtype or shape, negative counts,
+    keys repeated or not matching the rows, the two files from different saves)."""
+    index_path, npy_path = Path(run_dir) / PER_SCAN_KEYS_FILE, Path(run_dir) / PER_SCAN_FILE
+    try:
+        index = json.loads(index_path.read_bytes())
+        data = npy_path.read_bytes()
+    except (OSError, ValueError, RecursionError) as e:
+        raise ValueError(f"{run_dir}: per-scan confusion files unreadable: {type(e).__name__}: {e}") from e
+    keys = index.get("keys") if isinstance(index, dict) else None
+    c = index.get("num_classes") if isinstance(index, dict) else None
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or type(c) is not int or c < 2:
+        raise ValueError(f"{index_path}: not a per-scan index (keys: list of str, num_classes: int >= 2)")
+    if len(set(keys)) != len(keys) or index.get("scans") != len(keys):
+        raise ValueError(
+            f"{index_path}: {len(keys)} keys, {len(set(keys))} distinct, index says {index.get('scans')}"
+        )
+    if index.get("sha256") != hashlib.sha256(data).hexdigest():
+        raise ValueError(f"{npy_path}: its SHA-256 is not the one {index_path.name} records (another save?)")
+    try:
+        counts = decode_npy(data, np.int64, 3, member=PER_SCAN_FILE)  # (S, C, C)
+    except SchemaError as e:
+        raise ValueError(f"{npy_path}: {e}") from e
+    if counts.shape != (len(keys), c, c):
+        raise ValueError(f"{npy_path}: shape {counts.shape}, expected ({len(keys)}, {c}, {c}) for its keys")
+    if (counts < 0).any():
+        raise ValueError(f"{npy_path}: negative counts")
+    return keys, counts

@@ -14,10 +14,15 @@ drop 99% of them); it pre-selects records instead, with the reader's own safe pi
 - `scan_refs`: the scene / sequence and frame of every record, from its `meta.json` member only
   (for the label-fraction split, hvdistill/eval/splits.py);
 - `ScanDataset`: a map-style dataset over the kept `RecordRef`s (any subset, shuffled by the
-  DataLoader) that reads only `points.npy`, `labels.npy` and `meta.json` of a record by offset
-  and decodes them with the schema's own checked decoders (npy headers checked against the
-  member size, never unpickled), then checks what fine-tuning relies on: finite points, one
-  label per point, every label a class of the dataset's map, the map named in the meta.
+  DataLoader) that reads only `points.npy`, `labels.npy`, `pairs.npy` and `meta.json` of a
+  record by offset and decodes them with the schema's own checked decoders (npy headers checked
+  against the member size, never unpickled), then checks what fine-tuning relies on: finite
+  points, one label per point, every label a class of the dataset's map, the map named in the
+  meta, and pair point indices that are integers in [0, N). `pairs.npy` gives each point's
+  camera view (`in_view`: the point projects into some image; hvdistill/eval/strata.py); a
+  record without it is still a good scan, of unknown view (`in_view` None): evaluation keeps
+  it in the overall and range scores, leaves it out of the view strata and counts it in
+  `scans_without_pairs`.
 A record that fails is a bad scan: logged, counted by the loop (`None` in the batch), never
 raised. Evaluation reads every record of its split; the label fraction only touches training.
 """
@@ -37,7 +42,7 @@ from torch.utils.data import Dataset
 
 from hvdistill.config import DataConfig
 from hvdistill.data.sample_checks import SchemaError
-from hvdistill.data.schema import LABELS, META, POINTS, decode_npy
+from hvdistill.data.schema import LABELS, META, PAIRS, POINTS, decode_npy
 from hvdistill.data.shard_fetch import Fetch, fetch_limit, prefetched
 from hvdistill.data.shard_index import ShardEntry, resolve_shards
 from hvdistill.data.shard_tar import RecordRef, ShardError, scan_bytes, scan_shard
@@ -56,6 +61,7 @@ class LabelledScan:
     key: str
     points: np.ndarray  # (N, 4) float32 x, y, z, intensity (LiDAR frame)
     labels: np.ndarray  # (N,) uint8 training classes, 0 = ignore
+    in_view: np.ndarray | None = None  # (N,) bool point projects into a camera; None = no pairs.npy
 
 
 @dataclass
@@ -150,7 +156,7 @@ def scan_refs(refs: list[RecordRef]) -> tuple[list[ScanRef], int]:
 
 def decode_scan(ref: RecordRef, cmap: ClassMap) -> LabelledScan:
     """Points and labels of one record, checked; SchemaError names what is wrong."""
-    members = read_members(ref, (POINTS, LABELS, META))
+    members = read_members(ref, (POINTS, LABELS, PAIRS, META))
     meta = _meta(ref, members.get(META))
     if LABELS not in members:
         raise SchemaError(f"{LABELS}: missing (an unlabelled scan cannot be fine-tuned or evaluated on)")
@@ -169,7 +175,21 @@ def decode_scan(ref: RecordRef, cmap: ClassMap) -> LabelledScan:
         raise SchemaError(
             f"{LABELS}: class {int(labels.max())} is not one of {cmap.label_map}'s {cmap.num_classes}"
         )
-    return LabelledScan(ref.key, points, labels)
+    in_view = _in_view(members[PAIRS], len(points)) if PAIRS in members else None
+    return LabelledScan(ref.key, points, labels, in_view)
+
+
+def _in_view(member: bytes, n: int) -> np.ndarray:
+    """(N,) bool: the points whose index column 0 of the (M, 5) pairs names; SchemaError if an
+    index is not an integer in [0, n)."""
+    index = decode_npy(member, np.float32, 2, columns=5, member=PAIRS)[:, 0]  # (M,) float32
+    if len(index) and not (np.all(index == np.round(index)) and index.min() >= 0 and index.max() < n):
+        raise SchemaError(
+            f"{PAIRS}: point indices must be integers in [0, {n}); got {index.min()}..{index.max()}"
+        )
+    in_view = np.zeros(n, dtype=bool)
+    in_view[index.astype(np.int64)] = True
+    return in_view
 
 
 class ScanDataset(Dataset):

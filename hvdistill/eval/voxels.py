@@ -13,6 +13,10 @@ SLidR does); evaluation is per point.
 
 `collate_scans` offsets voxel and point indices per scan, writes voxel coordinates in spconv's
 (batch, z, y, x) order with spatial shape [Z, Y, X] and drops bad scans (`None`), counting them.
+Each point also carries what the stratified scores need (hvdistill/eval/strata.py): its scan
+(`point_scan`, an index into `keys`), its horizontal distance from the LiDAR origin in the stored,
+unaugmented frame (`point_distance`), and whether it projects into a camera (`point_in_view`);
+a scan without pairs.npy has every point's `point_in_view` False and `scan_has_view` False.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 
 from hvdistill.config import FinetuneConfig
 from hvdistill.eval.scans import LabelledScan
+from hvdistill.eval.strata import horizontal_distance
 from hvdistill.geometry.voxel import grid_shape, voxelize
 
 
@@ -38,6 +43,9 @@ class VoxelScan:
     voxel_labels: np.ndarray  # (V,) int64 label of the kept point
     point_to_voxel: np.ndarray  # (N,) int64 voxel of each point, -1 outside finetune.point_range
     point_labels: np.ndarray  # (N,) int64 every point's label
+    point_distance: np.ndarray  # (N,) float32 sqrt(x^2 + y^2) of the stored (unaugmented) point
+    point_in_view: np.ndarray  # (N,) bool projects into a camera (all False when `has_view` is False)
+    has_view: bool  # the record had pairs.npy: `point_in_view` is known
 
 
 @dataclass
@@ -51,14 +59,15 @@ class SegBatch:
     point_labels: torch.Tensor  # (P,) int64
     spatial_shape: list[int]  # [Z, Y, X]
     batch_size: int
+    point_scan: torch.Tensor  # (P,) int64 index of each point's scan in `keys`
+    point_distance: torch.Tensor  # (P,) float32 horizontal distance from the LiDAR origin
+    point_in_view: torch.Tensor  # (P,) bool projects into a camera (False where the view is unknown)
+    scan_has_view: torch.Tensor  # (B,) bool the scan had pairs.npy
     keys: list[str] = field(default_factory=list)
     bad: int = 0  # scans of this batch that could not be used
 
     def to(self, device: torch.device | str) -> SegBatch:
-        moved = {
-            name: getattr(self, name).to(device)
-            for name in ("voxel_coords", "voxel_features", "voxel_labels", "point_to_voxel", "point_labels")
-        }
+        moved = {name: getattr(self, name).to(device) for name in _TENSORS}
         return SegBatch(
             **moved,
             spatial_shape=self.spatial_shape,
@@ -66,6 +75,19 @@ class SegBatch:
             keys=self.keys,
             bad=self.bad,
         )
+
+
+_TENSORS = (  # the SegBatch fields `to` moves
+    "voxel_coords",
+    "voxel_features",
+    "voxel_labels",
+    "point_to_voxel",
+    "point_labels",
+    "point_scan",
+    "point_distance",
+    "point_in_view",
+    "scan_has_view",
+)
 
 
 def augment_xyz(xyz: np.ndarray, ft: FinetuneConfig, rng: np.random.Generator) -> np.ndarray:
@@ -96,6 +118,7 @@ def voxelize_scan(
     point_to_voxel = np.full(len(xyz), -1, dtype=np.int64)
     point_to_voxel[vox.point_index] = vox.inverse
     labels = scan.labels.astype(np.int64)
+    has_view = scan.in_view is not None
     return VoxelScan(
         key=scan.key,
         coords=vox.coords,
@@ -103,6 +126,9 @@ def voxelize_scan(
         voxel_labels=labels[vox.kept],
         point_to_voxel=point_to_voxel,
         point_labels=labels,
+        point_distance=horizontal_distance(scan.points),
+        point_in_view=scan.in_view.copy() if has_view else np.zeros(len(labels), dtype=bool),
+        has_view=has_view,
     )
 
 
@@ -144,6 +170,10 @@ def collate_scans(items: list[VoxelScan | None], voxel_size: float, point_range:
         voxel_labels=cat([s.voxel_labels for s in scans], torch.int64),
         point_to_voxel=cat(p2v, torch.int64),
         point_labels=cat([s.point_labels for s in scans], torch.int64),
+        point_scan=cat([np.full(len(s.point_labels), b) for b, s in enumerate(scans)], torch.int64),
+        point_distance=cat([s.point_distance for s in scans], torch.float32),
+        point_in_view=cat([s.point_in_view for s in scans], torch.bool),
+        scan_has_view=torch.tensor([s.has_view for s in scans], dtype=torch.bool),
         spatial_shape=[nz, ny, nx],
         batch_size=len(scans),
         keys=[s.key for s in scans],

@@ -53,9 +53,10 @@ def test_a_damaged_scan_is_skipped_and_counted_in_evaluation(labelled_shards, tm
     dataset = ScanDataset(refs, NUSCENES, voxelizer)
     batches = [collate_scans([dataset[i] for i in range(len(refs))], 0.1, cfg.finetune.point_range)]
     model = build_segmentation_model(cfg.model.lidar, NUSCENES.num_classes)
-    cm, stats = evaluate(model, batches, NUSCENES.num_classes, 0, "cpu")
+    ev = evaluate(model, batches, NUSCENES.num_classes, 0, "cpu")
+    stats = ev.stats
     assert (stats["scans"], stats["bad_scans"]) == (2, 1) and f"skipping bad scan {key}" in caplog.text
-    assert cm.points == stats["points_scored"]
+    assert ev.confusion.points == stats["points_scored"] and key not in ev.per_scan and len(ev.per_scan) == 2
 
 
 def test_remote_records_index_and_decode_like_local_ones(labelled_shards, s3_bucket, s3_server):
@@ -159,8 +160,8 @@ def test_scores_do_not_depend_on_how_scans_are_batched_on_the_full_grid(labelled
     model = build_segmentation_model(cfg.model.lidar, NUSCENES.num_classes)
     whole = collate_scans(items, 0.1, cfg.finetune.point_range)
     assert whole.spatial_shape == [192, 2048, 2048] and whole.batch_size == 3
-    cm_whole, _ = evaluate(model, [whole], NUSCENES.num_classes, 0, "cpu")
+    cm_whole = evaluate(model, [whole], NUSCENES.num_classes, 0, "cpu").confusion
     singles = [collate_scans([item], 0.1, cfg.finetune.point_range) for item in items]
-    cm_singles, _ = evaluate(model, singles, NUSCENES.num_classes, 0, "cpu")
+    cm_singles = evaluate(model, singles, NUSCENES.num_classes, 0, "cpu").confusion
     assert np.array_equal(cm_whole.counts, cm_singles.counts) and cm_whole.points > 0
     assert (cm_whole.counts.sum(0) > 0).sum() > 2  # several classes predicted: the comparison has teeth
