@@ -7,7 +7,7 @@ one `ConfigError` that names each key and says how to fix it. `flatten()` gives 
 `{"a.b": value}` dict used for MLflow params and Ray Tune search spaces.
 
 Each section's dataclasses and checks live in one module beside this one (data, synth,
-geometry, model, train, downstream, teacher, study); a check that reads keys of several sections
+geometry, model, train, downstream, teacher, study, probe); a check that reads keys of several sections
 lives with the section that owns the dependent key. `validate` composes them, for every
 section or only the sections a kind of run uses (`RUN_SECTIONS`). The machinery (YAML
 reading, overrides, type checks, nearest-name suggestions) lives in hvdistill/config/loader.py.
@@ -37,6 +37,7 @@ from hvdistill.config.model import (
     ModelConfig,
     model_problems,
 )
+from hvdistill.config.probe import ProbeConfig, probe_problems
 from hvdistill.config.study import StudyConfig, study_problems
 from hvdistill.config.synth import SynthConfig, synth_problems
 from hvdistill.config.teacher import TeacherTrainConfig, teacher_train_problems
@@ -73,6 +74,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "PrecisionConfig",
+    "ProbeConfig",
     "SourceConfig",
     "StudyConfig",
     "SuperpixelConfig",
@@ -109,6 +111,7 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     teacher_train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
 # section -> its checks (each reads the whole config; cross-section checks sit with the owner)
@@ -128,19 +131,23 @@ CHECKS: dict[str, Callable[[Config], list[str]]] = {
     "sweep": sweep_problems,
     "teacher_train": teacher_train_problems,
     "study": study_problems,
+    "probe": probe_problems,
 }
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
 
-_PRETRAIN = tuple(s for s in SECTIONS if s not in ("synth", "finetune", "sweep", "teacher_train", "study"))
+_PRETRAIN = tuple(
+    s for s in SECTIONS if s not in ("synth", "finetune", "sweep", "teacher_train", "study", "probe")
+)
 # kind of run -> the sections it reads: validated when it loads, and the parameters it records
 RUN_SECTIONS: dict[str, tuple[str, ...]] = {
     "synth": ("synth",),
     "shard": ("data",),
     "pretrain": _PRETRAIN,
     # fine-tuning reads the data, geometry and tracking sections and `finetune` (plus model.lidar,
-    # checked on its own by hvdistill/eval/run.py): the teacher's settings do not matter to it
-    "finetune": ("data", "geometry", "tracking", "finetune"),
-    "sweep": ("data", "geometry", "tracking", "finetune", "sweep"),
+    # checked on its own by hvdistill/eval/run.py) and `probe` (the frozen-feature probe's numbers):
+    # the teacher's settings do not matter to it
+    "finetune": ("data", "geometry", "tracking", "finetune", "probe"),
+    "sweep": ("data", "geometry", "tracking", "finetune", "probe", "sweep"),
     "teacher": ("data", "geometry", "augment", "teacher_train"),  # `hvdistill teacher train`
     "study": SECTIONS,  # `hvdistill study`: every stage, world to report
     "all": SECTIONS,
