@@ -100,6 +100,14 @@ def run_pretraining(cfg: Config, shards: str, address: str | None) -> tuple[Any,
     return result, swept
 
 
+RANDOM_TEACHER_NOTE = (
+    "\nnote: this teacher is a random, untrained image network (model.image.random_init: true), so the\n"
+    "table shows what contrastive pretraining on superpixels and LiDAR depth gives by itself, not an\n"
+    "image model's knowledge; `hvdistill study configs/study.yaml` measures both, trained teacher vs\n"
+    "random teacher (docs/results.md)."
+)
+
+
 def print_summary(out: Path, trained: Any, swept: Any) -> None:
     """Where everything is: the report's table and plot, the backbone and both MLflow runs."""
     from hvdistill.tracking import ui_command
@@ -190,5 +198,7 @@ def _run(cfg: Config, out: Path, args: argparse.Namespace, overrides: list[str])
     trained, swept = run_pretraining(cfg, shards, args.address)
     _done(t)
     print_summary(out, trained, swept)
+    if cfg.model.image.random_init:
+        print(RANDOM_TEACHER_NOTE)
     print(f"\nhvdistill demo: all stages passed in {time.perf_counter() - start:.0f} s; outputs in {out}/")
     return 0

@@ -1,31 +1,36 @@
-"""`hvdistill study CONFIG [key=value ...] [--out DIR] [--address ADDR]`: the label-efficiency study.
+"""`hvdistill study CONFIG [key=value ...] [--out DIR] [--address ADDR] [--stop-after STAGE]`.
 
 Does pretraining help, and what does each part of the method contribute? On the synthetic world,
 every stage through the system's own commands and on one Ray session (docs/results.md):
 
-  1. world     `hvdistill synth` with the renderer's class maps (the teacher's labels)
+  1. world     `hvdistill synth` with the renderer's side outputs (the teachers' targets)
   2. shards    `hvdistill shard` of every data.sources entry
-  3. teacher   `hvdistill teacher train`: the image network distilled from (docs/teacher.md)
-  4. pretrain  one Ray Train run per `study.variants` entry, all from that teacher:
-               full (IPV + depth + BEV), ipv_depth (no BEV), ipv (SLidR-like: IPV only)
-  5. finetune  a sweep (Ray Tune): random init and each pretrained backbone x
-               `sweep.label_fractions` x `sweep.seeds`
-  6. probe     a sweep of linear probes (frozen backbone) at `study.probe_fractions` x seeds
-  7. summary   `<out>/study.md` and `study.json` (`study-<tag>.*` with `study.tag`): one table
-               (mIoU mean +- std per method and setting), the plots, the teacher's score, each
-               pretraining's last losses, the MLflow run ids and the wall time of every stage
+  3. teacher   `hvdistill teacher train` with `teacher_train.target=<study.teacher>` (docs/teacher.md)
+  4. pretrain  one Ray Train run per `study.variants` entry and `study.pretrain_seeds` seed, all
+               from that teacher: full (IPV + depth + BEV), ipv_depth (no BEV), ipv (SLidR-like);
+               plus the control `<variant>_random_teacher` for each of `study.random_teacher`: the
+               same pretraining from a random, untrained teacher
+  5. finetune  per seed s, a sweep (Ray Tune) of random init and every backbone of seed s at
+               `sweep.label_fractions`, fine-tuning seed s: the readouts are paired by seed
+  6. probe     per seed s, a sweep of frozen-feature probes at `study.probe_fractions`
+  7. summary   `<out>/<teacher>/study.md` and `study.json` (`study-<tag>.*` with `study.tag`):
+               the paired-difference tables (hvdistill/eval/study_report.py; `hvdistill report
+               --study DIR` rebuilds them from MLflow), the teacher's score, each pretraining's
+               losses, the MLflow run ids and the wall time of every stage
 
+The world and shards live in `<out>/world` and `<out>/shards`; everything that depends on the
+teacher in `<out>/<study.teacher>/` (teacher, runs, sweeps), so both teachers can share a world.
 Re-running with the same `--out` resumes: the world, the teacher and finished pretraining runs
 are kept (an interrupted pretraining resumes from its last checkpoint), sharding skips finished
-units, and each sweep runs only its missing trials. `study.tag` runs a second set of sweeps
-(say, longer fine-tuning) on the same world, teacher and pretrainings: `finetune-<tag>`,
-`probe-<tag>`, `study-<tag>.md`; a sweep resumed with other fine-tuning settings is refused.
+units, and each sweep runs only its missing trials. `--stop-after pretrain` ends after stage 4
+(say, to read out later with other settings). `study.tag` runs a second set of readouts on the
+same pretrainings: `finetune-<tag>-s<seed>`, `study-<tag>.md`; a sweep resumed with other
+fine-tuning settings is refused.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -36,10 +41,11 @@ from typing import Any
 from hvdistill import storage
 from hvdistill.config import RUN_SECTIONS, Config, ConfigError, load_config
 from hvdistill.config.downstream import RANDOM_INIT
-from hvdistill.config.study import VARIANTS
+from hvdistill.config.study import RANDOM_TEACHER_SUFFIX, VARIANTS
 
-RUN_PREFIX = "study-"  # pretraining run names: study-full, study-ipv_depth, study-ipv
+RUN_PREFIX = "study-"  # pretraining run names: study-<method>-s<seed>
 FINETUNE_SWEEP, PROBE_SWEEP, SUMMARY = "finetune", "probe", "study"
+STAGES = ("world", "shards", "teacher", "pretrain", "readout")
 
 
 def tagged(name: str, tag: str) -> str:
@@ -52,10 +58,16 @@ def _check(rc: int, what: str) -> None:
         raise SystemExit(f"hvdistill study: {what} failed (exit {rc})")
 
 
+def teacher_dir(cfg: Config, out: Path) -> Path:
+    """Where everything that depends on the study's teacher lives: <out>/<study.teacher>."""
+    return out / cfg.study.teacher
+
+
 def study_overrides(cfg: Config, out: Path) -> list[str]:
     """Everything the study writes lives under `out`: the world, shards, teacher, runs, sweeps."""
     roots = [f"data.sources.{i}.root={out / 'world'}" for i in range(len(cfg.data.sources))]
-    teacher = out / "teacher" / "teacher.pt"
+    own = teacher_dir(cfg, out)
+    teacher = own / "teacher" / "teacher.pt"
     return [
         *roots,
         f"data.shards=[{out / 'shards'}]",
@@ -63,9 +75,10 @@ def study_overrides(cfg: Config, out: Path) -> list[str]:
         f"model.image.weights={teacher}",
         "model.image.weights_format=torchvision",
         "model.image.random_init=false",
-        f"train.output_dir={out / 'runs'}",
-        f"finetune.output_dir={out / 'sweeps'}",
+        f"train.output_dir={own / 'runs'}",
+        f"finetune.output_dir={own / 'sweeps'}",
         "sweep.after_pretrain=false",
+        *([f"teacher_train.target={cfg.study.teacher}"] if cfg.study.teacher != "classes" else []),
     ]
 
 
@@ -106,21 +119,32 @@ def make_teacher(config_path: str, overrides: list[str], cfg: Config) -> dict[st
     return json.loads(info.read_text())
 
 
-def variant_config(cfg: Config, variant: str) -> Config:
-    """The pretraining config of one variant: the loss terms it drops get weight 0 (not built)."""
+def methods(cfg: Config) -> list[str]:
+    """The pretrained methods: every variant, then the random-teacher controls."""
+    return [*cfg.study.variants, *(v + RANDOM_TEACHER_SUFFIX for v in cfg.study.random_teacher)]
+
+
+def method_config(cfg: Config, method: str, seed: int) -> Config:
+    """The pretraining config of one method and seed: the loss terms the variant drops get weight 0
+    (not built); a random-teacher control swaps the trained teacher for a random one (seeded)."""
+    variant = method.removesuffix(RANDOM_TEACHER_SUFFIX)
     keep = VARIANTS[variant]
     loss = replace(
         cfg.loss,
         weight_depth=cfg.loss.weight_depth if "depth" in keep else 0.0,
         weight_bev=cfg.loss.weight_bev if "bev" in keep else 0.0,
     )
-    return replace(cfg, loss=loss, train=replace(cfg.train, run_name=RUN_PREFIX + variant))
+    image = cfg.model.image
+    if method != variant:
+        image = replace(image, weights="", random_init=True, random_init_seed=seed)
+    train = replace(cfg.train, run_name=f"{RUN_PREFIX}{method}-s{seed}", seed=seed)
+    return replace(cfg, loss=loss, train=train, model=replace(cfg.model, image=image))
 
 
 def finished_pretraining(summary: Path) -> dict[str, Any] | None:
-    """The summary of a variant's earlier pretraining when its backbone is still in the run's
-    storage; None (pretrain again, which resumes) when the summary is missing or damaged or the
-    backbone is gone."""
+    """The summary of an earlier pretraining when its backbone is still in the run's storage;
+    None (pretrain again, which resumes) when the summary is missing or damaged or the backbone
+    is gone."""
     try:
         info = json.loads(summary.read_text(encoding="utf-8"))
         backbone = storage.Location(info["storage"]) / "backbone.pt"
@@ -131,21 +155,23 @@ def finished_pretraining(summary: Path) -> dict[str, Any] | None:
         return None
 
 
-def pretrain_variant(cfg: Config, variant: str, address: str | None) -> dict[str, Any]:
-    """Stage 4 for one variant, skipped when its backbone is in the run's storage; its run's
-    storage (where the sweeps read the backbone from: no shared disk needed), run dir and metrics."""
+def pretrain_method(cfg: Config, method: str, seed: int, address: str | None) -> dict[str, Any]:
+    """Stage 4 for one method and seed, skipped when its backbone is in the run's storage; its
+    run's storage (where the sweeps read the backbone from: no shared disk needed), run dir and
+    metrics."""
     from launch.train import train_on_ray
 
-    vcfg = variant_config(cfg, variant)
-    summary = Path(cfg.train.output_dir) / vcfg.train.run_name / "study-pretrain.json"
+    mcfg = method_config(cfg, method, seed)
+    summary = Path(cfg.train.output_dir) / mcfg.train.run_name / "study-pretrain.json"
     kept = finished_pretraining(summary)
     if kept is not None:
-        print(f"study: pretraining {variant} done before ({kept['storage']}); kept")
+        print(f"study: pretraining {method} seed {seed} done before ({kept['storage']}); kept")
         return kept
-    print(f"\n=== study: pretrain {variant} (loss terms {'+'.join(VARIANTS[variant])}) ===", flush=True)
-    result = train_on_ray(vcfg, address)
+    print(f"\n=== study: pretrain {method} seed {seed} ===", flush=True)
+    result = train_on_ray(mcfg, address)
     info = {
-        "variant": variant,
+        "method": method,
+        "seed": seed,
         "storage": result.storage,
         "run_dir": str(result.run_dir),
         "steps": result.steps,
@@ -153,95 +179,59 @@ def pretrain_variant(cfg: Config, variant: str, address: str | None) -> dict[str
         "mlflow_run_id": result.tracking_run_id,
         "mlflow_uri": result.tracking_uri,
     }
-    storage.write_atomic(summary, json.dumps(info, indent=1) + "\n")  # a re-run skips this variant by it
+    storage.write_atomic(summary, json.dumps(info, indent=1) + "\n")  # a re-run skips this run by it
     return info
 
 
-def sweep_config(cfg: Config, name: str, checkpoints: list[str], probe: bool) -> Config:
-    """Stage 5 (fine-tuning) or 6 (linear probing) as a sweep of the given checkpoints."""
+def sweep_config(cfg: Config, name: str, checkpoints: list[str], seed: int, probe: bool) -> Config:
+    """Stage 5 (fine-tuning) or 6 (frozen-feature probe) of one seed as a sweep of its checkpoints."""
     ft, sw = cfg.finetune, cfg.sweep
     if probe:
-        steps = cfg.study.probe_max_steps or ft.max_steps
-        ft = replace(ft, linear_probe=True, max_steps=steps)
+        ft = replace(ft, frozen_probe=True, linear_probe=False)
         sw = replace(sw, label_fractions=list(cfg.study.probe_fractions))
-    return replace(cfg, finetune=ft, sweep=replace(sw, name=name, checkpoints=checkpoints))
+    sw = replace(sw, name=name, checkpoints=checkpoints, seeds=[seed])
+    return replace(cfg, finetune=ft, sweep=sw)
 
 
-def read_summary_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+def readouts(
+    cfg: Config, runs: list[dict[str, Any]], address: str | None, timed: Any
+) -> list[dict[str, Any]]:
+    """Stages 5-6: per pretraining seed, the fine-tuning and probe sweeps of random init and that
+    seed's backbones; what the report needs to find each sweep in MLflow."""
+    from launch.sweep import finish, run_sweep
+
+    done: list[dict[str, Any]] = []
+    kinds = [(FINETUNE_SWEEP, False)] + ([(PROBE_SWEEP, True)] if cfg.study.probe_fractions else [])
+    for seed in cfg.study.pretrain_seeds:
+        checkpoints = [RANDOM_INIT, *(r["storage"] for r in runs if r["seed"] == seed)]
+        for kind, probe in kinds:
+            name = f"{tagged(kind, cfg.study.tag)}-s{seed}"
+            result = timed(
+                f"{kind} seed {seed}", run_sweep, sweep_config(cfg, name, checkpoints, seed, probe), address
+            )
+            if finish(result) != 0:
+                raise SystemExit(
+                    "hvdistill study: sweep trials failed; re-run the same command to retry them"
+                )
+            done.append(
+                {"kind": kind, "seed": seed, "dir": str(result.sweep_dir), "uri": result.uri,
+                 "mlflow_parent_run_id": result.parent_run_id}
+            )  # fmt: skip
+    return done
 
 
-def _label(checkpoint: str) -> str:
-    return checkpoint.removeprefix(RUN_PREFIX)
+def write_summary(own: Path, facts: dict[str, Any], name: str) -> Path:
+    """`<own>/<name>.json` (what the report reads) and `<own>/<name>.md` (the report's tables)."""
+    from hvdistill.eval.study_report import study_markdown
 
-
-def study_table(finetune_rows: list[dict[str, str]], probe_rows: list[dict[str, str]]) -> str:
-    """Markdown: rows = methods, columns = fine-tuning fractions then linear-probe fractions."""
-    cols: list[tuple[str, str, list[dict[str, str]]]] = []
-    for kind, rows in (("fine-tune", finetune_rows), ("linear probe", probe_rows)):
-        for frac in sorted({r["label_fraction"] for r in rows}, key=float):
-            cols.append((kind, frac, rows))
-    methods = list(dict.fromkeys(r["checkpoint"] for r in finetune_rows + probe_rows))
-    methods.sort(key=lambda m: (m != RANDOM_INIT, m))
-    head = "| method | " + " | ".join(f"{k} {100 * float(f):g}%" for k, f, _ in cols) + " |"
-    lines = [head, "|" + "---|" * (len(cols) + 1)]
-    for m in methods:
-        cells = []
-        for _, frac, rows in cols:
-            hit = [r for r in rows if r["checkpoint"] == m and r["label_fraction"] == frac]
-            if hit:
-                r = hit[0]
-                classes = f", {r['classes_in_mean']} classes" if r.get("classes_in_mean") else ""
-                mean, std = 100 * float(r["miou_mean"]), 100 * float(r["miou_std"])
-                cells.append(f"{mean:.2f} +- {std:.2f} (n={r['n']}{classes})")
-            else:
-                cells.append("")
-        lines.append(f"| {_label(m)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_summary(out: Path, facts: dict[str, Any], ft: Any, probe: Any, name: str = SUMMARY) -> Path:
-    """`<out>/<name>.md` and `<out>/<name>.json` from the stages' results."""
-    ft_rows = read_summary_csv(ft.paths["summary_csv"])
-    probe_rows = read_summary_csv(probe.paths["summary_csv"]) if probe else []
-    table = study_table(ft_rows, probe_rows)
-    facts |= {"table_md": table, "finetune_rows": ft_rows, "probe_rows": probe_rows}
-    for kind, result in (("finetune", ft), ("probe", probe)):
-        if result is not None:
-            facts[f"{kind}_sweep"] = {
-                "dir": str(result.sweep_dir),
-                "mlflow_parent_run_id": result.parent_run_id,
-                "mlflow_uri": result.uri,
-                "plot": str(result.paths.get("plot", "")),
-                "per_class_md": str(result.paths.get("per_class_md", "")),
-            }
-    storage.write_atomic(out / f"{name}.json", json.dumps(facts, indent=1, default=str) + "\n")
-    lines = ["# Study summary", "", "mIoU (%) mean +- std over seeds", "", table]
-    t = facts["teacher"].get("val", {})
-    lines.append(
-        f"teacher: val pixel mIoU {t.get('miou', float('nan')):.3f}, accuracy {t.get('accuracy', 0):.3f}"
-    )
-    for v in facts["pretraining"]:
-        m = v["metrics"]
-        last = {k: round(float(m[k]), 4) for k in sorted(m) if k.startswith(("loss/", "val/loss/"))}
-        lines.append(
-            f"pretraining {v['variant']}: {v['steps']} steps, {last}, MLflow run {v['mlflow_run_id']}"
-        )
-    for key in ("finetune_sweep", "probe_sweep"):
-        if key in facts:
-            s = facts[key]
-            lines.append(f"{key}: {s['dir']} (MLflow parent {s['mlflow_parent_run_id']}), plot {s['plot']}")
-    lines.append(f"stage wall times (s): {facts['seconds']}")
-    path = out / f"{name}.md"
-    storage.write_atomic(path, "\n".join(lines) + "\n")
+    storage.write_atomic(own / f"{name}.json", json.dumps(facts, indent=1, default=str) + "\n")
+    path = own / f"{name}.md"
+    storage.write_atomic(path, study_markdown(own / f"{name}.json", plot=own / f"{name}-differences.png"))
     return path
 
 
-def run_study(cfg: Config, config_path: str, overrides: list[str], out: Path, args: Any) -> Path:
-    """Stages 1-7 on the Ray session the caller holds; the path of study.md."""
-    from launch.sweep import finish, run_sweep
-
+def run_study(cfg: Config, config_path: str, overrides: list[str], out: Path, args: Any) -> Path | None:
+    """Stages 1-7 on the Ray session the caller holds; the path of study.md (None with --stop-after)."""
     seconds: dict[str, float] = {}
 
     def timed(name: str, fn: Any, *a: Any) -> Any:
@@ -251,23 +241,38 @@ def run_study(cfg: Config, config_path: str, overrides: list[str], out: Path, ar
         seconds[name] = round(time.perf_counter() - t, 1)
         return value
 
+    stop = STAGES.index(args.stop_after)
     timed("world", make_world, cfg, config_path, overrides, out)
-    timed("shards", make_shards, config_path, overrides, out, args.workers)
-    teacher = timed("teacher", make_teacher, config_path, overrides, cfg)
-    runs = [timed(f"pretrain {v}", pretrain_variant, cfg, v, args.address) for v in cfg.study.variants]
-    checkpoints = [RANDOM_INIT, *(r["storage"] for r in runs)]  # backbones in the runs' storage
-    tag = cfg.study.tag
-    ft_cfg = sweep_config(cfg, tagged(FINETUNE_SWEEP, tag), checkpoints, False)
-    ft = timed("finetune sweep", run_sweep, ft_cfg, args.address)
-    probe = None
-    if cfg.study.probe_fractions:
-        probe_cfg = sweep_config(cfg, tagged(PROBE_SWEEP, tag), checkpoints, True)
-        probe = timed("probe sweep", run_sweep, probe_cfg, args.address)
-    for result in (ft, probe):
-        if result is not None and finish(result) != 0:
-            raise SystemExit("hvdistill study: sweep trials failed; re-run the same command to retry them")
-    facts = {"teacher": teacher, "pretraining": runs, "seconds": seconds, "out": str(out)}
-    return write_summary(out, facts, ft, probe, tagged(SUMMARY, tag))
+    if stop >= 1:
+        timed("shards", make_shards, config_path, overrides, out, args.workers)
+    teacher = timed("teacher", make_teacher, config_path, overrides, cfg) if stop >= 2 else None
+    if stop < 3:
+        return None
+    runs = [
+        timed(f"pretrain {m} seed {s}", pretrain_method, cfg, m, s, args.address)
+        for s in cfg.study.pretrain_seeds
+        for m in methods(cfg)
+    ]
+    if stop < 4:
+        return None
+    sweeps = readouts(cfg, runs, args.address, timed)
+    facts = {
+        "teacher": teacher,
+        "study_teacher": cfg.study.teacher,
+        "methods": methods(cfg),
+        "pretrain_seeds": cfg.study.pretrain_seeds,
+        "pretraining": runs,
+        "sweeps": sweeps,
+        "statistics": {
+            "confidence": cfg.study.confidence,
+            "bootstrap_resamples": cfg.study.bootstrap_resamples,
+            "bootstrap_seed": cfg.study.bootstrap_seed,
+            "miou_classes": cfg.finetune.miou_classes,
+        },
+        "seconds": seconds,
+        "out": str(out),
+    }
+    return write_summary(teacher_dir(cfg, out), facts, tagged(SUMMARY, cfg.study.tag))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=2, help="Ray workers for sharding")
     p.add_argument("--address", default=None, help="an existing Ray cluster; default: one local Ray")
+    p.add_argument(
+        "--stop-after", choices=STAGES, default=STAGES[-1], help="end after this stage (default: all of them)"
+    )
     return p
 
 
@@ -305,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     with ray_session(args.address, num_cpus=cpus, num_gpus=session_resources(cfg)["num_gpus"]):
         path = run_study(cfg, args.config, overrides, out, args)
+    if path is None:
+        print(f"hvdistill study: stopped after {args.stop_after} in {time.perf_counter() - start:.0f} s")
+        return 0
     print(f"\n{path.read_text()}")
     print(f"hvdistill study: done in {time.perf_counter() - start:.0f} s; summary {path}")
     return 0

@@ -3,10 +3,11 @@ and the settings every trial of a sweep shares.
 
 A trial is one fine-tuning run of the sweep's grid: a checkpoint x label fraction x seed (x
 learning rates). Its key hashes the sha256 of the checkpoint's backbone.pt ("random" for random
-init) with its coordinates and `finetune.linear_probe`, so a checkpoint pretrained again into the
-same directory gets new keys. Its directory name starts with the checkpoint's label, reduced to
-letters, digits, `.`, `_` and `-` (`safe_label`), so no label (a `runs:/` id with `/` and `..`
-in it, a run directory named oddly) leads out of `<sweep dir>/trials/`. launch/sweep.py runs
+init) with its coordinates and its readout (`finetune.linear_probe`, `finetune.frozen_probe`), so
+a checkpoint pretrained again into the same directory gets new keys. Its directory name starts
+with the checkpoint's label, reduced to letters, digits, `.`, `_` and `-` (`safe_label`), so no
+label (a `runs:/` id with `/` and `..` in it, a run directory named oddly) leads out of
+`<sweep dir>/trials/`. launch/sweep.py runs
 them; everything here is plain computation (plus reading the checkpoints to hash them).
 """
 
@@ -115,6 +116,7 @@ def trial_specs(cfg: Config, digests: dict[str, str]) -> list[dict[str, Any]]:
     )
     for (ckpt, label), fraction, seed, lt, lh in grid:
         coords = [digests[ckpt], float(fraction), int(seed), float(lt), float(lh), ft.linear_probe]
+        coords += ["frozen_probe"] if ft.frozen_probe else []  # keys of the other readouts unchanged
         key = hashlib.sha256(json.dumps(coords).encode()).hexdigest()[:KEY_CHARS]
         lr = f"-lr{lt:g}-{lh:g}" if lr_swept else ""
         name = f"{label}-f{fraction:g}-s{seed}{lr}-{key[:8]}"

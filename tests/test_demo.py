@@ -75,4 +75,5 @@ def test_demo_runs_every_stage(tmp_path, s3_server, s3_bucket):
     table = summary[0].read_text()
     assert "random" in table and "nan" not in table.lower()
     assert "all stages passed" in out
+    assert "this teacher is a random, untrained image network" in out  # what the table can show
     assert "=== where to look ===" in out and "label_efficiency.png" in out

@@ -36,9 +36,15 @@ class FinetuneConfig:
     backbone: str = ""  # "" = random init; a pretraining run dir, a backbone.pt, or runs:/<MLflow run id>
     strict_backbone: bool = True  # refuse missing / unexpected keys (shape mismatches are always refused)
     linear_probe: bool = False  # frozen backbone in eval mode; only the classifier trains, at lr_probe
+    frozen_probe: bool = False  # readout by the converged frozen-feature probe (`probe` section), no SGD
     label_fraction: float = 1.0  # keep 1 in k = 1 / label_fraction scenes (nuScenes) / scans (KITTI)
     epochs: int = 100
     max_steps: int = 0  # > 0: stop after this many steps (the cosine spans them); 0 = epochs decide
+    step_cap: int = 0  # > 0: with epochs deciding, at most this many steps (1% and 10% differ by labels)
+    # held-out loss also scored at (1 - convergence_window) of the run; a run whose held-out loss fell
+    # by less than convergence_tolerance (relative) since then counts as converged; 0 = no check
+    convergence_window: float = 0.0
+    convergence_tolerance: float = 0.02
     batch_size: int = 16
     eval_batch_size: int = 8
     eval_every: int = 0  # steps between evaluations of the val split; 0 = only the final one
@@ -147,7 +153,12 @@ def finetune_problems(cfg: Config) -> list[str]:
         check_name(p, "finetune.run_name", ft.run_name)
     if ft.epochs < 1 and ft.max_steps < 1:
         p.append("finetune.epochs / finetune.max_steps: one of them must be >= 1")
-    for key in ("epochs", "max_steps", "eval_every", "loader_workers", "ignore_index"):
+    if ft.linear_probe and ft.frozen_probe:
+        p.append("finetune.linear_probe / finetune.frozen_probe: choose one readout (set the other false)")
+    check_range(p, "finetune.convergence_window", ft.convergence_window, 0.0, 0.9)
+    if ft.convergence_tolerance <= 0:
+        p.append(f"finetune.convergence_tolerance: {ft.convergence_tolerance} must be > 0 (e.g. 0.02)")
+    for key in ("epochs", "max_steps", "step_cap", "eval_every", "loader_workers", "ignore_index"):
         if getattr(ft, key) < 0:
             p.append(f"finetune.{key}: {getattr(ft, key)} must be >= 0")
     for key in ("batch_size", "eval_batch_size", "log_every"):

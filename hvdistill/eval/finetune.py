@@ -13,10 +13,13 @@ fit), so a caller can run it before it opens tracking and remove a run directory
    `finetune.lr_trunk` and head at `finetune.lr_head` (`finetune.lr_probe` when probing), each
    following a cosine from its rate to 0 over every step of the run, updated per step;
 4. steps: cross-entropy + Lovasz-softmax on the voxels (ignore label 0), `finetune.max_steps`
-   or `finetune.epochs` passes over the kept scans (shuffled, augmented, last batch kept);
+   or `finetune.epochs` passes over the kept scans (shuffled, augmented, last batch kept), at most
+   `finetune.step_cap` (`step_budget`: the steps grow with the label fraction, as in SLidR);
 5. evaluation per point over the whole validation split every `finetune.eval_every` steps and
    at the end (mIoU over the `finetune.miou_classes` class set, hvdistill/eval/metrics.py); the
-   final scores, confusion matrix and per-class IoU written to the run directory.
+   final scores, confusion matrix and per-class IoU written to the run directory. With
+   `finetune.convergence_window` w the held-out loss is also scored at (1 - w) of the run, and
+   `convergence.json` says whether it stayed flat since then (`convergence`).
 A non-finite loss stops the run with `NonFiniteLoss` (step and loss terms); more unusable scans
 than `finetune.max_bad_fraction` stops it too.
 """
@@ -60,6 +63,7 @@ from hvdistill.storage import write_atomic
 
 log = logging.getLogger(__name__)
 LOAD_REPORT_FILE = "backbone_load.json"
+CONVERGENCE_FILE = "convergence.json"
 
 
 class NonFiniteLoss(RuntimeError):
@@ -315,10 +319,11 @@ def finetune(
     ft, run_dir = cfg.finetune, Path(run_dir)
     ready = prepared or prepare(cfg, run_dir)
     train_loader, val_loader, model, device = ready.train_loader, ready.val_loader, ready.model, ready.device
-    cmap = class_map(ft.dataset)
     if tracker is not None:
         tracker.set_tags(split_tags(ready.split))
-    total = ft.max_steps or ft.epochs * len(train_loader)
+    total = step_budget(ft, len(train_loader))
+    check_at = round(total * (1 - ft.convergence_window)) if ft.convergence_window else 0
+    held_out: dict[int, float] = {}  # step -> held-out loss (the convergence check reads it)
     optimizer, schedule = _optimizer(model, cfg, total)
     log_metrics = (lambda m, s: tracker.log_metrics(_finite(m), s)) if tracker else (lambda m, s: None)
     step, epoch, bad, seen, started = 0, 0, 0, 0, time.perf_counter()
@@ -337,11 +342,8 @@ def finetune(
                 lrs = {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}
                 log_metrics({**terms, **lrs, "epoch": epoch}, step)
                 log.info("step %d/%d epoch %d loss %.4f", step, total, epoch, terms["loss/total"])
-            if ft.eval_every and step % ft.eval_every == 0 and step < total:
-                ev = evaluate(model, val_loader, cmap.num_classes, ft.ignore_index, device, ft.range_edges)
-                s = scores(ev.confusion, cmap.names, ft.miou_classes)
-                log_metrics({"val/miou": s["miou"], "val/classes_in_mean": s["classes_in_mean"]}, step)
-                log.info("step %d val mIoU %.4f over %d classes", step, s["miou"], s["classes_in_mean"])
+            if step < total and ((ft.eval_every and step % ft.eval_every == 0) or step == check_at):
+                held_out[step] = _interim_eval(cfg, model, val_loader, device, log_metrics, step)
             if step >= total:
                 break
         _check_bad(bad, seen, ft.max_bad_fraction, "training")
@@ -353,5 +355,55 @@ def finetune(
     run_info = {**ready.data_info, "steps": step, "epochs_started": epoch, "bad_train_scans": bad}
     run_info["train_seconds"] = round(time.perf_counter() - started, 3)
     result, paths = _final_scores(cfg, model, val_loader, device, run_dir, run_info)
+    if check_at:
+        result["convergence"] = convergence(
+            held_out.get(check_at, math.nan), result["tracked"]["val/loss"], ft
+        )
+        paths["convergence"] = run_dir / CONVERGENCE_FILE
+        write_atomic(paths["convergence"], json.dumps(result["convergence"], indent=1) + "\n")
+        result["tracked"]["val/converged"] = float(result["convergence"]["converged"])
     log_metrics(result["tracked"], step)  # val/miou, val/accuracy, val/loss, per stratum (metrics.py)
     return FinetuneResult(run_dir, result["miou"], step, result, paths, model)
+
+
+def step_budget(ft: Any, steps_per_epoch: int) -> int:
+    """The run's steps: `finetune.max_steps` when set; else `finetune.epochs` passes over the
+    labelled scans (so the steps grow with the label fraction), at most `finetune.step_cap`."""
+    if ft.max_steps:
+        return ft.max_steps
+    total = ft.epochs * steps_per_epoch
+    return min(total, ft.step_cap) if ft.step_cap else total
+
+
+def _interim_eval(
+    cfg: Config, model: SegmentationModel, loader: DataLoader, device: Any, log_metrics: Any, step: int
+) -> float:
+    """Score the val split during training: log val/miou and val/loss; the held-out loss."""
+    ft, cmap = cfg.finetune, class_map(cfg.finetune.dataset)
+    ev = evaluate(model, loader, cmap.num_classes, ft.ignore_index, device, ft.range_edges)
+    s = scores(ev.confusion, cmap.names, ft.miou_classes)
+    loss = float(ev.stats["loss"])
+    log_metrics({"val/miou": s["miou"], "val/classes_in_mean": s["classes_in_mean"], "val/loss": loss}, step)
+    log.info(
+        "step %d val mIoU %.4f over %d classes, held-out loss %.4f",
+        step,
+        s["miou"],
+        s["classes_in_mean"],
+        loss,
+    )
+    return loss
+
+
+def convergence(start: float, end: float, ft: Any) -> dict[str, Any]:
+    """Did the held-out loss stay flat over the run's last `convergence_window`? Converged when it fell
+    by less than `convergence_tolerance` of its value at the window's start (a rise counts as flat:
+    the run has stopped improving, whether or not it overfits)."""
+    fall = (start - end) / start if math.isfinite(start) and math.isfinite(end) and start > 0 else math.nan
+    return {
+        "window": ft.convergence_window,
+        "tolerance": ft.convergence_tolerance,
+        "held_out_loss_at_window_start": start,
+        "held_out_loss_at_end": end,
+        "relative_fall": fall,
+        "converged": bool(math.isfinite(fall) and fall < ft.convergence_tolerance),
+    }

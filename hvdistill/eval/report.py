@@ -1,6 +1,7 @@
 """The sweep report from MLflow alone: mIoU mean +- std per label fraction and checkpoint, plot, class IoU.
 
     hvdistill report SWEEP_RUN [--tracking-uri URI] [--out DIR]
+    hvdistill report --study STUDY_DIR     (the study's tables: hvdistill/eval/study_report.py)
 
 SWEEP_RUN is the parent run id of a sweep (with --tracking-uri), or a sweep directory (its
 `sweep.json` names both). The trials are the parent's FINISHED child runs that carry the tag
@@ -303,12 +304,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="hvdistill report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("sweep_run", help="a sweep directory, or the sweep's parent MLflow run id")
+    p.add_argument("sweep_run", nargs="?", help="a sweep directory, or the sweep's parent MLflow run id")
+    p.add_argument(
+        "--study", default=None, help="a study's directory (<out>/<teacher>) or its study.json: its tables"
+    )
     p.add_argument("--tracking-uri", default=None, help="the MLflow store (default: the sweep directory's)")
     p.add_argument(
         "--out", default=None, help="where the files go (default: <sweep dir>/report or ./report-<id>)"
     )
     args = p.parse_args(argv)
+    if args.study:
+        return _study_report(Path(args.study), args.out)
+    if not args.sweep_run:
+        p.error("give a sweep directory or run id, or --study DIR")
     try:
         uri, run_id = resolve(args.sweep_run, args.tracking_uri)
         default = (
@@ -321,6 +329,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hvdistill report: {exc}", file=sys.stderr)
         return 2
     print_paths(paths)
+    return 0
+
+
+def _study_report(path: Path, out: str | None) -> int:
+    """Print the study's tables from its MLflow stores; also write them to --out when given."""
+    from hvdistill.eval.study_report import study_markdown
+
+    try:
+        plot = Path(out).with_suffix(".png") if out else None
+        text = study_markdown(path, plot=plot)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        print(f"hvdistill report: {exc}", file=sys.stderr)
+        return 2
+    print(text)
+    if out:
+        from hvdistill.storage import write_atomic
+
+        write_atomic(Path(out), text)
+        print(f"report: written to {out}")
     return 0
 
 

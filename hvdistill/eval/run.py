@@ -8,6 +8,8 @@ needed to reproduce and read the run:
     metrics.json           mIoU, per-class IoU, accuracy, points scored / outside the range, counts
     confusion_matrix.csv   rows = ground truth, columns = prediction
     per_class_iou.csv      per class: IoU, ground-truth and predicted points
+    confusion_per_scan.*   the confusion matrix of every held-out scan (for the study's bootstrap)
+    logistic/, prototype/  with finetune.frozen_probe: each readout's scores (docs/finetuning.md)
     tracking.json          the MLflow run id and store (with tracking.enabled)
 With `tracking.enabled`, the run is an MLflow run (hvdistill/tracking.py; store `tracking.uri`,
 default sqlite in the run directory): params = the config sections fine-tuning reads, metrics as
@@ -138,7 +140,7 @@ def run(cfg: Config, parent_run_id: str | None = None, tags: dict[str, str] | No
         print(f"fine-tuning run directory: {run_dir}", flush=True)
         write_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))  # started
         if not cfg.tracking.enabled:
-            return finetune(cfg, run_dir, prepared=prepared)
+            return readout(cfg, run_dir, None, prepared)
         return _tracked(cfg, run_dir, prepared, parent_run_id, tags)
 
 
@@ -151,7 +153,7 @@ def _tracked(
     uri = prepare_tracking(cfg.tracking, run_dir)
     all_tags = {
         **default_tags(1),
-        "hvdistill.kind": "linear_probe" if cfg.finetune.linear_probe else "finetune",
+        "hvdistill.kind": readout_kind(cfg),
     }
     tracker = start_tracker(
         cfg.tracking,
@@ -164,10 +166,39 @@ def _tracked(
     with tracker:
         write_atomic(run_dir / TRACKING_FILE, json.dumps({"run_id": tracker.run_id, "uri": uri}) + "\n")
         tracker.log_params(run_params(cfg))
-        result = finetune(cfg, run_dir, tracker, prepared)
-        for path in sorted(run_dir.glob("*.json")) + sorted(run_dir.glob("*.csv")) + [run_dir / CONFIG_FILE]:
-            tracker.log_artifact(path)
+        result = readout(cfg, run_dir, tracker, prepared)
+        for folder, path in artifact_files(run_dir):
+            tracker.log_artifact(path, folder)
     return result
+
+
+def readout_kind(cfg: Config) -> str:
+    ft = cfg.finetune
+    return "frozen_probe" if ft.frozen_probe else "linear_probe" if ft.linear_probe else "finetune"
+
+
+def readout(cfg: Config, run_dir: Path, tracker: Any, prepared: Any) -> FinetuneResult:
+    """Fine-tuning (or the SGD linear probe) on the prepared data, or the frozen-feature probe."""
+    if cfg.finetune.frozen_probe:
+        from hvdistill.eval.probe import frozen_probe
+
+        return frozen_probe(cfg, run_dir, tracker, prepared)
+    return finetune(cfg, run_dir, tracker, prepared)
+
+
+ARTIFACT_PATTERNS = ("*.json", "*.csv", "*.npy")
+
+
+def artifact_files(run_dir: Path) -> list[tuple[str | None, Path]]:
+    """(artifact folder, file) of what a run logs: its records, scores and per-scan confusions, also
+    those of a readout's own folder (the frozen probe's logistic/ and prototype/), and its config."""
+    found: list[tuple[str | None, Path]] = []
+    for folder in [run_dir, *sorted(d for d in run_dir.iterdir() if (d / METRICS_FILE).is_file())]:
+        name = None if folder == run_dir else folder.name
+        found += [
+            (name, p) for pattern in ARTIFACT_PATTERNS for p in sorted(folder.glob(pattern)) if p.is_file()
+        ]
+    return [*found, (None, run_dir / CONFIG_FILE)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,7 +61,7 @@ def val_points(shards, dataset: str, point_range: list[float]) -> tuple[int, int
 
 def test_cli_fine_tunes_scores_every_val_point_and_tracks_the_run(labelled_shards, tmp_path, capsys):
     args = [config_path("tiny.yaml"), f"data.shards=[{labelled_shards}]", f"finetune.output_dir={tmp_path}"]
-    args += [*FAST[:-1], "finetune.max_steps=2", "finetune.run_name=ft"]
+    args += [*FAST[:-1], "finetune.max_steps=2", "finetune.run_name=ft", "finetune.convergence_window=0.5"]
     args += [f"tracking.uri=sqlite:///{tmp_path}/mlruns.db"]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -96,17 +96,42 @@ def test_cli_fine_tunes_scores_every_val_point_and_tracks_the_run(labelled_shard
     record = run_record(ids["uri"], ids["run_id"])
     assert record["params"]["finetune.max_steps"] == "2"
     assert record["params"]["model.lidar.stem_channels"] == "8"
-    assert [s for s, _ in metric_history(ids["uri"], ids["run_id"], "val/miou")] == [2]
+    assert [s for s, _ in metric_history(ids["uri"], ids["run_id"], "val/miou")] == [1, 2]  # 1: the window
+    held_out = metric_history(ids["uri"], ids["run_id"], "val/loss")
+    convergence = json.loads((run / "convergence.json").read_text())
+    assert [s for s, _ in held_out] == [1, 2] and convergence["held_out_loss_at_end"] == held_out[1][1]
+    assert convergence["held_out_loss_at_window_start"] == held_out[0][1] and convergence["window"] == 0.5
+    converged = metric_history(ids["uri"], ids["run_id"], "val/converged")
+    assert converged == [(2, float(convergence["converged"]))]
     classes = metric_history(ids["uri"], ids["run_id"], "val/classes_in_mean")
-    assert classes == [(2, metrics["classes_in_mean"])] and metrics["miou_classes"] == "ground_truth"
+    assert classes[-1] == (2, metrics["classes_in_mean"]) and metrics["miou_classes"] == "ground_truth"
     assert record["tags"]["hvdistill.split.scenes"] == " ".join(split["units_kept"])
     assert f"mIoU {100 * metrics['miou']:.2f} over {metrics['classes_in_mean']} classes" in out
     assert (run / "_state" / "job.lock").is_file()  # the run held its directory's lock
     assert [s for s, _ in metric_history(ids["uri"], ids["run_id"], "loss/total")] == [1, 2]
-    assert {"metrics.json", "label_split.json", "confusion_matrix.csv"} <= set(
+    assert {"metrics.json", "label_split.json", "confusion_matrix.csv", "convergence.json"} <= set(
+        artifact_paths(ids["uri"], ids["run_id"])
+    )
+    assert {"confusion_per_scan.npy", "confusion_per_scan.json"} <= set(
         artifact_paths(ids["uri"], ids["run_id"])
     )
     assert main(args) == 2 and "holds a finished fine-tuning run" in capsys.readouterr().err
+
+
+def test_the_budget_in_epochs_grows_with_the_labels_up_to_its_cap():
+    from types import SimpleNamespace
+
+    from hvdistill.eval.finetune import convergence, step_budget
+
+    ft = SimpleNamespace(
+        max_steps=0, epochs=100, step_cap=200, convergence_window=0.25, convergence_tolerance=0.02
+    )
+    assert (step_budget(ft, 1), step_budget(ft, 6)) == (100, 200)  # 1% (2 scans) and 10% (12), batch 2
+    assert step_budget(SimpleNamespace(max_steps=7, epochs=100, step_cap=200), 6) == 7
+    assert step_budget(SimpleNamespace(max_steps=0, epochs=100, step_cap=0), 6) == 600
+    assert convergence(1.0, 0.99, ft)["converged"] and not convergence(1.0, 0.9, ft)["converged"]
+    assert convergence(1.0, 1.2, ft)["converged"]  # rising: no longer improving
+    assert not convergence(float("nan"), 0.5, ft)["converged"]
 
 
 def reversed_scene_table(nuscenes_root, out):

@@ -1,5 +1,6 @@
-"""`hvdistill study`: the variants are the loss ablations they claim, everything lands under --out, the
-summary table is read right from the sweeps' CSVs; the whole chain on a tiny world (slow)."""
+"""`hvdistill study`: the methods are the loss ablations and controls they claim, seeded per pretraining
+seed, everything lands under --out, the readouts are paired by seed; the whole chain on a tiny world
+(slow), its report rebuilt from MLflow."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from hvdistill.config import RUN_SECTIONS, ConfigError, load_config
 from hvdistill.config.study import VARIANTS
 from hvdistill.storage import Location
-from launch.study import finished_pretraining, study_overrides, study_table, sweep_config, variant_config
+from launch.study import finished_pretraining, method_config, methods, study_overrides, sweep_config
 from tests.helpers import REPO_ROOT, config_path
 
 
@@ -32,14 +33,35 @@ def test_both_study_configs_validate_for_every_stage(tmp_path, name):
     assert cfg.study.variants == list(VARIANTS) and cfg.sweep.label_fractions == [0.01, 0.1]
 
 
-def test_variants_drop_exactly_their_loss_terms(tmp_path):
+def test_variants_drop_exactly_their_loss_terms_and_are_seeded(tmp_path):
     cfg = study_config(tmp_path)
-    weights = {v: variant_config(cfg, v).loss for v in VARIANTS}
+    weights = {v: method_config(cfg, v, 0).loss for v in VARIANTS}
     assert (weights["full"].weight_depth, weights["full"].weight_bev) == (60.0, 0.25)
     assert (weights["ipv_depth"].weight_depth, weights["ipv_depth"].weight_bev) == (60.0, 0.0)
     assert (weights["ipv"].weight_depth, weights["ipv"].weight_bev) == (0.0, 0.0)
     assert all(w.weight_ipv == 1.0 for w in weights.values())
-    assert variant_config(cfg, "ipv").train.run_name == "study-ipv"
+    ipv = method_config(cfg, "ipv", 2)
+    assert (ipv.train.run_name, ipv.train.seed) == ("study-ipv-s2", 2)
+    assert ipv.model.image.weights == cfg.model.image.weights and not ipv.model.image.random_init
+
+
+def test_the_random_teacher_control_differs_from_its_variant_only_in_the_teacher(tmp_path):
+    cfg = study_config(tmp_path)
+    assert methods(cfg) == ["full", "ipv_depth", "ipv", "full_random_teacher"]
+    full, control = method_config(cfg, "full", 1), method_config(cfg, "full_random_teacher", 1)
+    assert control.model.image.random_init and control.model.image.weights == ""
+    assert (
+        control.model.image.random_init_seed == 1 and control.train.run_name == "study-full_random_teacher-s1"
+    )
+    assert control.loss == full.loss and control.train.seed == full.train.seed
+
+
+def test_the_teacher_decides_where_the_runs_go(tmp_path):
+    classes, geometry = study_config(tmp_path), study_config(tmp_path, "study.teacher=geometry")
+    assert classes.teacher_train.target == "classes" and geometry.teacher_train.target == "geometry"
+    assert Path(geometry.train.output_dir) == tmp_path / "geometry" / "runs"
+    assert Path(classes.model.image.weights).parent.parent == tmp_path / "classes"
+    assert classes.data.shards == geometry.data.shards  # one world and its shards for both teachers
 
 
 def test_everything_the_study_writes_is_under_out(tmp_path):
@@ -55,42 +77,39 @@ def test_everything_the_study_writes_is_under_out(tmp_path):
     assert not cfg.model.image.random_init and cfg.model.image.weights_format == "torchvision"
 
 
-def test_probe_sweep_freezes_the_backbone_at_the_probe_fractions(tmp_path):
-    cfg = study_config(tmp_path, "study.probe_fractions=[0.5,1.0]", "study.probe_max_steps=7")
-    probe = sweep_config(cfg, "probe", ["random", "/x/study-full"], probe=True)
-    assert probe.finetune.linear_probe and probe.finetune.max_steps == 7
-    assert probe.sweep.label_fractions == [0.5, 1.0] and probe.sweep.name == "probe"
-    finetune = sweep_config(cfg, "finetune", ["random"], probe=False)
-    assert not finetune.finetune.linear_probe and finetune.sweep.label_fractions == [0.01, 0.1]
+def test_the_readout_sweeps_of_a_seed_use_that_seed(tmp_path):
+    cfg = study_config(tmp_path, "study.probe_fractions=[0.5,1.0]")
+    probe = sweep_config(cfg, "probe-s1", ["random", "/x/study-full-s1"], 1, probe=True)
+    assert probe.finetune.frozen_probe and not probe.finetune.linear_probe
+    assert probe.sweep.label_fractions == [0.5, 1.0] and probe.sweep.seeds == [1]
+    finetune = sweep_config(cfg, "finetune-s1", ["random"], 1, probe=False)
+    assert not finetune.finetune.frozen_probe and finetune.sweep.label_fractions == [0.01, 0.1]
+    assert finetune.sweep.seeds == [1] and finetune.sweep.name == "finetune-s1"
+    assert cfg.finetune.epochs == 100 and cfg.finetune.step_cap == 200 and cfg.finetune.max_steps == 0
 
 
 def test_config_mistakes_are_listed_with_their_fix(tmp_path):
     with pytest.raises(ConfigError) as err:
-        study_config(tmp_path, "study.variants=[full,bev_only]", "study.probe_fractions=[0]")
+        study_config(
+            tmp_path,
+            "study.variants=[full,bev_only]",
+            "study.probe_fractions=[0]",
+            "study.pretrain_seeds=[1,1]",
+            "study.random_teacher=[ipv_depth]",
+            "study.bootstrap_resamples=10",
+        )
     text = str(err.value)
     assert "study.variants" in text and "e.g. study.variants=" in text
-    assert "study.probe_fractions: 0" in text
+    assert "study.probe_fractions: 0" in text and "study.pretrain_seeds" in text
+    assert "study.random_teacher" in text and "study.bootstrap_resamples" in text
 
 
-def test_table_has_a_row_per_method_and_a_column_per_setting():
-    def row(ckpt, frac, mean, std, n=3):
-        return {"checkpoint": ckpt, "label_fraction": frac, "miou_mean": mean, "miou_std": std, "n": str(n)}
-
-    ft = [row("study-full", "0.01", "0.25", "0.01"), row("random", "0.01", "0.2", "0.02")]
-    ft.append(row("random", "0.1", "0.4", "0"))
-    probe = [row("study-full", "1", "0.3", "0.005")]
-    lines = study_table(ft, probe).splitlines()
-    assert lines[0] == "| method | fine-tune 1% | fine-tune 10% | linear probe 100% |"
-    assert lines[2] == "| random | 20.00 +- 2.00 (n=3) | 40.00 +- 0.00 (n=3) |  |"  # random init first
-    assert lines[3] == "| full | 25.00 +- 1.00 (n=3) |  | 30.00 +- 0.50 (n=3) |"
-
-
-# About 4 min on 2 cores (a world, a teacher, a pretraining and two sweeps): `make test-all`.
+# About 6 min on 2 cores (a world, a teacher, 4 pretrainings and 4 sweeps): `make test-all`.
 @pytest.mark.slow
-def test_a_tiny_study_runs_every_stage_and_resumes(tmp_path):
+def test_a_tiny_study_runs_every_stage_resumes_and_its_report_comes_from_mlflow(tmp_path):
     tiny = [
         'synth.kitti_sequences=["00","08"]',
-        "synth.frames_per_scene=2",
+        "synth.frames_per_scene=3",
         "synth.image_width=320",
         "synth.image_height=96",
         "data.stored_image_width=320",
@@ -99,36 +118,47 @@ def test_a_tiny_study_runs_every_stage_and_resumes(tmp_path):
         "teacher_train.steps=2",
         "teacher_train.eval_images=2",
         "study.variants=[ipv]",
+        "study.random_teacher=[ipv]",
+        "study.pretrain_seeds=[0,1]",
+        "study.bootstrap_resamples=200",
         "train.global_batch=2",
         "train.micro_batch=1",
         "train.max_steps=2",
         "train.eval_every=2",
         "train.checkpoint_every=2",
-        "finetune.max_steps=2",
-        "study.probe_max_steps=1",
+        "finetune.epochs=2",
+        "finetune.step_cap=3",
+        "probe.max_iterations=20",
         "sweep.label_fractions=[1.0]",
-        "sweep.seeds=[0]",
         "dist.max_failures=0",
     ]
     cmd = [sys.executable, "-m", "hvdistill.cli", "study", config_path("study.yaml"), *tiny]
     cmd += ["--out", str(tmp_path), "--workers", "1"]
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "MLFLOW_ALLOW_FILE_STORE": "true"}
 
-    def study() -> str:  # in its own process, as a user runs it (a Ray driver's threads stay behind)
-        done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    def run(args: list[str]) -> str:  # in its own process, as a user runs it (a Ray driver's threads stay)
+        done = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200)
         assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
         return done.stdout
 
-    study()
-    facts = json.loads((tmp_path / "study.json").read_text())
-    assert [r["variant"] for r in facts["pretraining"]] == ["ipv"]
-    table = facts["table_md"]
-    assert "| random |" in table and "| ipv |" in table and "nan" not in table.lower()
-    assert "linear probe 100%" in table
-    assert (tmp_path / "study.md").is_file()
-    out = study()  # everything kept or skipped: nothing retrained
+    run(cmd)
+    own = tmp_path / "classes"
+    facts = json.loads((own / "study.json").read_text())
+    assert [(r["method"], r["seed"]) for r in facts["pretraining"]] == [
+        ("ipv", 0), ("ipv_random_teacher", 0), ("ipv", 1), ("ipv_random_teacher", 1)
+    ]  # fmt: skip
+    assert sorted((s["kind"], s["seed"]) for s in facts["sweeps"]) == [
+        ("finetune", 0), ("finetune", 1), ("probe", 0), ("probe", 1)
+    ]  # fmt: skip
+    summary = (own / "study.md").read_text()
+    for text in ("| ipv - random |", "| ipv - ipv_random_teacher |", "fine-tune 100%", "probe 100% logistic"):
+        assert text in summary, text
+    assert "probe 100% prototype" in summary and "in_view" in summary and "range_0_20" in summary
+    report = run([sys.executable, "-m", "hvdistill.cli", "report", "--study", str(own)])
+    assert report.strip() == summary.strip()  # every table rebuilt from the MLflow stores alone
+    out = run(cmd)  # everything kept or skipped: nothing retrained
     assert "world" in out and "exists; kept" in out and "done before" in out
-    assert "0 to run" in out
+    assert out.count("0 to run") == 4
 
 
 def test_a_tag_names_a_second_set_of_sweeps_and_must_be_a_plain_name(tmp_path):
@@ -138,21 +168,6 @@ def test_a_tag_names_a_second_set_of_sweeps_and_must_be_a_plain_name(tmp_path):
     assert study_config(tmp_path, "study.tag=steps300").study.tag == "steps300"
     with pytest.raises(ConfigError, match="study.tag"):
         study_config(tmp_path, "study.tag=../x")
-
-
-def test_the_summary_is_written_under_its_own_name(tmp_path):
-    from types import SimpleNamespace
-
-    from launch.study import write_summary
-
-    csv_path = tmp_path / "summary.csv"
-    csv_path.write_text("checkpoint,label_fraction,miou_mean,miou_std,n,seeds\nrandom,0.1,0.2,0.01,3,0 1 2\n")
-    ft = SimpleNamespace(paths={"summary_csv": csv_path}, sweep_dir=tmp_path, parent_run_id="p", uri="u")
-    facts = {"teacher": {"val": {"miou": 0.4, "accuracy": 0.9}}, "pretraining": [], "seconds": {}}
-    path = write_summary(tmp_path, facts, ft, None, "study-long")
-    assert path == tmp_path / "study-long.md" and (tmp_path / "study-long.json").is_file()
-    assert "| random | 20.00 +- 1.00 (n=3) |" in path.read_text()
-    assert not (tmp_path / "probe.md").exists()
 
 
 def test_options_may_come_before_or_after_the_overrides(tmp_path, capsys):
