@@ -5,6 +5,8 @@ Only `hvdistill teacher train` reads it (docs/teacher.md). The network is the ba
 `model.image.output_stride`; crops take their size from `geometry.crop_height` /
 `geometry.crop_width` and their sampling from the `augment` section's crop ranges; the data
 are the roots of `data.sources`, at the stored resolution of the `data` section.
+`target` picks what the teacher learns: the renderer's class maps (classes) or, knowing no
+classes, its depth and surface-normal maps (geometry).
 """
 
 from __future__ import annotations
@@ -19,11 +21,20 @@ if TYPE_CHECKING:
 
 OUTPUT_STRIDES = (4, 8, 16, 32)  # what a torchvision ResNet reaches by dilating layer2..layer4
 SPLITS = ("train", "val")
+DEPTH_MAP_MAX_M = 65.535  # depth maps are 16-bit millimetres (hvdistill/synthetic/side_outputs.py)
 
 
 @dataclass(slots=True, kw_only=True)
 class TeacherTrainConfig:
-    """Supervised training of the image backbone on the renderer's per-pixel class maps."""
+    """Supervised training of the image backbone on the renderer's per-pixel maps."""
+
+    # classes: per-pixel cross-entropy on the class maps; geometry: no classes, depth bins
+    # (cross-entropy) + surface normal (1 - cosine) from the depth and normal maps
+    target: Literal["classes", "geometry"] = "classes"
+    depth_bins: int = 64  # geometry: log-spaced depth classes from depth_min to depth_max
+    depth_min: float = 1.0  # metres; nearer depths fall in the first bin
+    depth_max: float = 65.0  # metres (at most DEPTH_MAP_MAX_M); farther depths fall in the last bin
+    normal_weight: float = 1.0  # geometry: loss = depth cross-entropy + normal_weight x normal loss
 
     steps: int = 300
     batch_size: int = 4
@@ -67,12 +78,32 @@ def teacher_train_problems(cfg: Config) -> list[str]:
         )
     if not t.output or not t.output.endswith(".pt"):
         p.append(f"teacher_train.output: {t.output!r} must name a .pt file (e.g. runs/teacher/teacher.pt)")
+    p += _geometry_problems(t)
     if t.train_split == t.eval_split:
         p.append(
             f"teacher_train.eval_split: {t.eval_split} is the training split too; "
             f"score held-out scenes (teacher_train.eval_split=val)"
         )
     return p + _source_problems(cfg)
+
+
+def _geometry_problems(t: TeacherTrainConfig) -> list[str]:
+    """The depth bins and the normal loss weight (checked whatever the target, so a switch is safe)."""
+    p: list[str] = []
+    if t.depth_bins < 2:
+        p.append(f"teacher_train.depth_bins: {t.depth_bins} must be >= 2 (e.g. 64)")
+    if not t.depth_min > 0:
+        p.append(f"teacher_train.depth_min: {t.depth_min} must be > 0 metres (bins are log-spaced; e.g. 1.0)")
+    if not t.depth_max > t.depth_min:
+        p.append(f"teacher_train.depth_max: {t.depth_max} must be > teacher_train.depth_min={t.depth_min}")
+    if t.depth_max > DEPTH_MAP_MAX_M:
+        p.append(
+            f"teacher_train.depth_max: {t.depth_max} is beyond the depth maps' {DEPTH_MAP_MAX_M} m "
+            f"(16-bit millimetres); set it to at most {DEPTH_MAP_MAX_M}"
+        )
+    if not t.normal_weight >= 0:
+        p.append(f"teacher_train.normal_weight: {t.normal_weight} must be >= 0")
+    return p
 
 
 def _source_problems(cfg: Config) -> list[str]:

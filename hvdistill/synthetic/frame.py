@@ -3,8 +3,9 @@
 `generate_frame` casts the LiDAR rays at the sweep time and each camera's rays at its own,
 later, firing time (the ego moves in between), so the full chain
 lidar -> ego(t_lidar) -> global -> ego(t_cam) -> camera is needed to relate them. Besides the
-RGB image, every camera yields a per-pixel world-class map and a camera-depth map (z in
-metres, 0 where the ray hits nothing): the side outputs the writers can store.
+RGB image, every camera yields a per-pixel world-class map, a camera-depth map (z in
+metres, 0 where the ray hits nothing) and a camera-frame surface-normal map: the side outputs
+the writers can store.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from hvdistill.config import SynthConfig
 from hvdistill.geometry.transforms import invert_transform
 from hvdistill.synthetic.layout import build_world
 from hvdistill.synthetic.raycast import cast, corner_cache
-from hvdistill.synthetic.render import lidar_intensity, shade
+from hvdistill.synthetic.render import camera_normals, lidar_intensity, shade
 from hvdistill.synthetic.sensors import (
     Camera,
     Lidar,
@@ -40,6 +41,7 @@ class CameraImage:
     image: np.ndarray  # (H, W, 3) uint8 RGB
     classes: np.ndarray  # (H, W) uint8 world class id, 0 = sky
     depth: np.ndarray  # (H, W) float32 camera z in metres, 0 = no hit
+    normals: np.ndarray  # (H, W, 3) float32 unit camera-frame normal facing the camera, 0 = no hit
     intrinsics: np.ndarray  # (3, 3)
     cam_to_ego: np.ndarray  # (4, 4)
     ego_to_global: np.ndarray  # (4, 4) at the camera's time
@@ -98,7 +100,7 @@ def sweep(world: World, lidar: Lidar, t: float, cfg: SynthConfig, rng: np.random
 def render_camera(
     world: World, cam: Camera, t: float, cfg: SynthConfig, rng: np.random.Generator, corners: list
 ) -> CameraImage:
-    """Ray-cast one camera at time t: RGB, world-class map, depth map."""
+    """Ray-cast one camera at time t: RGB, world-class map, depth map, normal map."""
     to_local = world.ego_local(t) @ cam.cam_to_ego
     to_cam = invert_transform(to_local)
     dirs = (cam.rays_cam @ to_local[:3, :3].T.astype(np.float32)).astype(np.float32)  # (H*W, 3)
@@ -115,6 +117,7 @@ def render_camera(
         rgb.reshape(h, w, 3),
         hits.cls.astype(np.uint8).reshape(h, w),
         depth.reshape(h, w),
+        camera_normals(hits, dirs, to_cam[:3, :3]).reshape(h, w, 3),
         cam.intrinsics,
         cam.cam_to_ego,
         world.local_to_global @ world.ego_local(t),

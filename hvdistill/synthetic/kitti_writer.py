@@ -8,7 +8,7 @@ Layout under `out_dir/sequences/<XX>/`:
   poses.txt             camera-0 pose of each frame in the first frame's camera-0 frame (3x4 rows)
   times.txt             seconds since the sequence start
 Side outputs (side_outputs=True): out_dir/side_outputs/sequences/<XX>/image_2/NNNNNN_class.png
-(raw semantic ids) and NNNNNN_depth.png (see side_outputs.py). KITTI sensors are triggered
+(raw semantic ids), NNNNNN_depth.png and NNNNNN_normal.png (see side_outputs.py). KITTI sensors are triggered
 together, so the image is rendered at the sweep's timestamp. Projecting a velodyne point:
 P2 @ Tr @ [x, y, z, 1].
 """
@@ -103,7 +103,7 @@ def _write_sequence(
         rel = f"sequences/{seq}/image_2/{name}.png"
         Image.fromarray(cam.image).save(root / rel)
         if side_outputs:
-            write_side_outputs(root, rel, lut[cam.classes].astype(np.uint8), cam.depth)
+            write_side_outputs(root, rel, lut[cam.classes].astype(np.uint8), cam.depth, cam.normals)
         cam0_global = frame.ego_to_global @ cam0_to_ego
         first = cam0_global if first is None else first
         poses.append((invert_transform(first) @ cam0_global)[:3].ravel())

@@ -6,7 +6,7 @@ Layout under `out_dir`:
   samples/CAM_*/*.jpg                    the six camera images
   lidarseg/<version>/<sd token>_lidarseg.bin   uint8 (N,) nuScenes-lidarseg indices (0-31)
   maps/<token>.png                       the map table's semantic-prior mask (a placeholder)
-  side_outputs/samples/CAM_*/*_class.png, *_depth.png   (side_outputs=True; see side_outputs.py)
+  side_outputs/samples/CAM_*/*_class.png, *_depth.png, *_normal.png   (side_outputs=True; side_outputs.py)
   synth.json                             the SynthConfig that generated the dataset
 Scenes carry real nuScenes scene names, alternating between the official train and val lists
 (and within them the mini_train / mini_val ones first), so the devkit's split helpers apply.
@@ -195,7 +195,7 @@ def _write_camera(
     rel = f"samples/{cam.name}/{_stem(si, cam.name, ts)}.jpg"
     Image.fromarray(cam.image).save(root / rel, quality=cfg.jpeg_quality)
     if side_outputs:
-        write_side_outputs(root, rel, nuscenes_lut()[cam.classes], cam.depth)
+        write_side_outputs(root, rel, nuscenes_lut()[cam.classes], cam.depth, cam.normals)
     h, w = cam.image.shape[:2]
     return {
         "token": sd_token,

@@ -1,5 +1,6 @@
-"""Appearance of hits: camera shading (albedo, texture, markings, windows, sun, haze, sky, noise)
-and LiDAR intensity (reflectivity, incidence angle, bright lane markings, dark glass).
+"""Appearance of hits: camera shading (albedo, texture, markings, windows, sun, haze, sky, noise),
+LiDAR intensity (reflectivity, incidence angle, bright lane markings, dark glass), and the
+camera-frame surface normals of a camera's hits (the normal side output).
 
 Both sensors read the same surface detail (`surface_detail`), so what the images show
 correlates with what the points are, down to lane markings being bright in both.
@@ -82,3 +83,15 @@ def shade(
     colour = np.where(hit[:, None], colour * (1 - haze) + SKY_HORIZON * haze, sky)
     colour = colour * 255.0 + noise_std * rng.standard_normal(colour.shape).astype(np.float32)
     return np.clip(colour, 0, 255).astype(np.uint8)
+
+
+def camera_normals(hits: Hits, dirs: np.ndarray, local_to_cam: np.ndarray) -> np.ndarray:
+    """(N, 3) float32 unit normals of the hits in the camera frame, facing the camera; 0 = no hit.
+
+    `dirs` (N, 3) are the rays in the local frame, `local_to_cam` (3, 3) the rotation from the
+    local frame to the camera frame (x right, y down, z forward).
+    """
+    n = hits.normal  # (N, 3) local frame, outward
+    n = np.where(((n * dirs).sum(axis=1) > 0)[:, None], -n, n)  # seen from the camera's side
+    cam = n @ np.asarray(local_to_cam, dtype=np.float32).T  # (N, 3)
+    return np.where(hits.hit[:, None], cam, 0.0).astype(np.float32)

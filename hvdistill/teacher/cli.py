@@ -1,5 +1,8 @@
 """`hvdistill teacher train CONFIG [key=value ...]`: train the synthetic world's image teacher.
 
+`teacher_train.target=classes` (default) trains on the class maps; `teacher_train.target=geometry`
+trains a class-free teacher on the depth and surface-normal maps (docs/teacher.md).
+
 Reads the `teacher_train`, `data`, `geometry` and `augment` sections (plus `model.image` for the
 architecture, input statistics and the stride pretraining uses), trains, writes
 `teacher_train.output` and its `.json`, and prints the `model.image.*` overrides that make
@@ -20,7 +23,9 @@ from hvdistill.data.errors import DatasetLayoutError
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hvdistill teacher", description=__doc__)
     sub = parser.add_subparsers(dest="action", required=True)
-    train = sub.add_parser("train", help="train the image teacher on a synthetic world's class maps")
+    train = sub.add_parser(
+        "train", help="train the image teacher on a synthetic world's class maps (or depth + normal maps)"
+    )
     train.add_argument("config", nargs="?", default=None, help="YAML diff over the defaults")
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides, applied in order")
     return parser
@@ -30,6 +35,17 @@ def overrides_for(weights: str) -> str:
     """The pretraining overrides that load the teacher at `weights`."""
     return (
         f"model.image.weights={weights} model.image.weights_format=torchvision model.image.random_init=false"
+    )
+
+
+def _scores(val: dict) -> str:
+    """The held-out scores in one phrase: class metrics or geometry metrics."""
+    if "miou" in val:
+        return f"pixel mIoU {val['miou']:.3f}, accuracy {val['accuracy']:.3f}"
+    return (
+        f"depth-bin accuracy {val['depth_bin_accuracy']:.3f}, abs-rel {val['depth_abs_rel']:.3f}, "
+        f"normal error {val['normal_angle_mean_deg']:.1f} deg ({val['normal_within_11.25_deg']:.3f} "
+        f"within 11.25 deg, {val['normal_within_30_deg']:.3f} within 30)"
     )
 
 
@@ -47,11 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetLayoutError, TeacherDataError, NonFiniteTeacherLoss, ValueError) as err:
         print(f"hvdistill teacher: {err}", file=sys.stderr)
         return 2
-    val = result.val
     print(
-        f"teacher: {result.steps} steps in {result.seconds:.0f} s ({result.steps_per_second:.2f} steps/s), "
-        f"final loss {result.final_loss:.3f}; {val['split']} pixel mIoU {val['miou']:.3f}, "
-        f"accuracy {val['accuracy']:.3f} over {val['images']} images; {len(result.bad_pairs)} bad pairs"
+        f"teacher ({result.target}): {result.steps} steps in {result.seconds:.0f} s "
+        f"({result.steps_per_second:.2f} steps/s), final loss {result.final_loss:.3f}; {_scores(result.val)} "
+        f"over {result.val['images']} {result.val['split']} images; {len(result.bad_pairs)} bad pairs"
     )
     print(f"wrote {result.weights} and {result.weights.removesuffix('.pt')}.json")
     print(f"pretrain with: {overrides_for(result.weights)}")

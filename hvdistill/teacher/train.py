@@ -1,16 +1,18 @@
-"""Train the image teacher's backbone on the renderer's class maps; save it as torchvision weights.
+"""Train the image teacher's backbone on the renderer's maps; save it as torchvision weights.
 
 The network is the backbone `model.image` describes, built by the same code the pretraining
 teacher uses (`ARCHITECTURES[arch]` with torchvision's dilation flags, its fc dropped), so the
-saved keys are the teacher's keys. A throwaway 1x1 classifier on its features gives logits that
-are upsampled (bilinear) to the crop and trained with per-pixel cross-entropy, class 0 ignored.
-Inputs are normalised with `model.image.mean` / `std`, as the teacher does.
+saved keys are the teacher's keys. A throwaway 1x1 head on its features gives per-pixel outputs
+upsampled to the crop. With `teacher_train.target=classes` they are class logits trained with
+cross-entropy, class 0 ignored; with `geometry` they are depth-bin logits and a surface normal
+(hvdistill/teacher/geometry.py), and no class information is read at all. Inputs are
+normalised with `model.image.mean` / `std`, as the teacher does.
 
 Training runs at `teacher_train.output_stride`; the weights are stride-free, so pretraining
 dilates the same weights to `model.image.output_stride`, as it does with an ImageNet-trained
 ResNet. The held-out score is taken the way pretraining will use the file: the saved
 checkpoint is read back through `load_teacher_weights` (format torchvision, strict) into a
-backbone at `model.image.output_stride`, and the trained classifier is applied to its features.
+backbone at `model.image.output_stride`, and the trained head is applied to its features.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from hvdistill.models.image.teacher import feature_grid, upsample_cells
 from hvdistill.models.image.weights import load_teacher_weights
 from hvdistill.teacher.crops import Batch, PairViews, collate, draw_order
 from hvdistill.teacher.data import Listing, PairError, list_pairs
+from hvdistill.teacher.geometry import GeometryScores, geometry_loss, head_channels
 
 log = logging.getLogger(__name__)
 WEIGHTS_FORMAT = "torchvision"
@@ -54,12 +57,12 @@ class NonFiniteTeacherLoss(FloatingPointError):
 
 
 class Segmenter(nn.Module):
-    """The teacher backbone plus a 1x1 classifier; logits upsampled to the input size."""
+    """The teacher backbone plus a 1x1 head (class logits or depth bins + normal), upsampled."""
 
-    def __init__(self, backbone: ResNet, num_classes: int, mean: list[float], std: list[float]):
+    def __init__(self, backbone: ResNet, channels: int, mean: list[float], std: list[float]):
         super().__init__()
         self.backbone = backbone
-        self.classifier = nn.Conv2d(backbone.out_channels, num_classes, kernel_size=1)
+        self.classifier = nn.Conv2d(backbone.out_channels, channels, kernel_size=1)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
@@ -80,6 +83,7 @@ class TeacherResult:
     """What a teacher run wrote and measured (also the content of `<output>.json`)."""
 
     weights: str
+    target: str  # teacher_train.target: classes or geometry
     dataset: str
     roots: list[str]
     steps: int
@@ -123,7 +127,7 @@ class BadPairs:
         if len(self.seen) > self.max_fraction * self.total:
             shown = "; ".join(f"{p}: {r}" for p, r in list(self.seen.items())[:5])
             raise TeacherDataError(
-                f"{len(self.seen)} of {self.total} image / class-map pairs are unreadable, more than "
+                f"{len(self.seen)} of {self.total} image / side-output pairs are unreadable, more than "
                 f"teacher_train.max_bad_fraction={self.max_fraction}: {shown}"
             )
 
@@ -137,10 +141,22 @@ def _train_loader(cfg: Config, listing: Listing) -> DataLoader:
     )
 
 
-def _step(model: Segmenter, batch: Batch, opt: torch.optim.Optimizer, device: torch.device) -> float:
+def head_size(cfg: Config, dataset: str) -> int:
+    """Channels of the 1x1 head: the downstream classes, or depth bins + normal."""
+    t = cfg.teacher_train
+    return head_channels(t) if t.target == "geometry" else len(class_map(dataset).names)
+
+
+def _step(
+    model: Segmenter, batch: Batch, opt: torch.optim.Optimizer, device: torch.device, cfg: Config
+) -> float:
     """One SGD step on the batch; returns its loss."""
-    logits = model(batch.images.to(device))  # (B, C, Hc, Wc)
-    loss = F.cross_entropy(logits, batch.classes.to(device), ignore_index=0)
+    out = model(batch.images.to(device))  # (B, C, Hc, Wc)
+    targets = batch.targets.to(device)  # (B, Hc, Wc) classes or (B, 4, Hc, Wc) depth + normal
+    if cfg.teacher_train.target == "geometry":
+        loss = geometry_loss(out, targets, cfg.teacher_train)
+    else:
+        loss = F.cross_entropy(out, targets, ignore_index=0)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -153,9 +169,11 @@ def train_segmenter(
     """`teacher_train.steps` SGD steps (cosine lr); returns the model and the last logged mean loss."""
     t = cfg.teacher_train
     torch.manual_seed(t.seed)
-    names = class_map(listing.dataset).names
     model = Segmenter(
-        build_backbone(cfg, t.output_stride), len(names), cfg.model.image.mean, cfg.model.image.std
+        build_backbone(cfg, t.output_stride),
+        head_size(cfg, listing.dataset),
+        cfg.model.image.mean,
+        cfg.model.image.std,
     )
     model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
@@ -167,7 +185,7 @@ def train_segmenter(
         for group in opt.param_groups:
             group["lr"] = lr
         if len(batch.images):
-            loss = _step(model, batch, opt, device)
+            loss = _step(model, batch, opt, device, cfg)
             if not math.isfinite(loss):
                 raise NonFiniteTeacherLoss(step, loss)
             losses.append(loss)
@@ -197,8 +215,7 @@ def evaluate(
     model = Segmenter(backbone, classifier.out_channels, cfg.model.image.mean, cfg.model.image.std)
     model.classifier.load_state_dict(classifier.state_dict())
     model.to(device).eval()
-    names = class_map(listing.dataset).names
-    cm = ConfusionMatrix(len(names), ignore_index=0)
+    scorer = _Scorer(cfg, listing.dataset)
     pairs = _capped(listing.pairs, cfg.teacher_train.eval_images)
     loader = DataLoader(
         PairViews(pairs, cfg, listing.lookup),
@@ -211,14 +228,33 @@ def evaluate(
         errors += batch.errors
         scored += len(batch.images)
         if len(batch.images):
-            cm.update(model(batch.images.to(device)).argmax(1).cpu(), batch.classes)  # (B, Hc, Wc)
+            scorer.update(model(batch.images.to(device)), batch.targets.to(device))
     for err in errors:
         log.warning("teacher eval: skipping %s: %s", err.path, err.reason)
-    out = scores(cm, names)
+    out = scorer.result()
     out.update(
         split=cfg.teacher_train.eval_split, images=scored, bad=len(errors), loaded_keys=len(report.loaded)
     )
     return out
+
+
+class _Scorer:
+    """Held-out scores of the target: pixel mIoU and accuracy, or the geometry metrics."""
+
+    def __init__(self, cfg: Config, dataset: str):
+        self.geometry = GeometryScores(cfg.teacher_train) if cfg.teacher_train.target == "geometry" else None
+        self.names = [] if self.geometry else class_map(dataset).names
+        self.cm = None if self.geometry else ConfusionMatrix(len(self.names), ignore_index=0)
+
+    def update(self, out: torch.Tensor, targets: torch.Tensor) -> None:
+        """Head output (B, C, Hc, Wc) and the batch's targets, on the same device."""
+        if self.geometry is not None:
+            self.geometry.update(out, targets)
+        else:
+            self.cm.update(out.argmax(1).cpu(), targets.cpu())  # type: ignore[union-attr]  # (B, Hc, Wc)
+
+    def result(self) -> dict:
+        return self.geometry.result() if self.geometry is not None else scores(self.cm, self.names)  # type: ignore[arg-type]
 
 
 def _capped(pairs: list, cap: int) -> list:
@@ -236,7 +272,7 @@ def train_teacher(cfg: Config) -> TeacherResult:
     train = list_pairs(cfg, t.train_split)
     bad = BadPairs(len(train.pairs) + len(train.bad), t.max_bad_fraction, train.bad)
     if not train.pairs:
-        raise TeacherDataError(f"no image / class-map pairs in the {t.train_split} split of {train.roots}")
+        raise TeacherDataError(f"no image / side-output pairs in the {t.train_split} split of {train.roots}")
     start = time.perf_counter()
     model, final_loss = train_segmenter(cfg, train, bad, device)
     seconds = time.perf_counter() - start
@@ -245,6 +281,7 @@ def train_teacher(cfg: Config) -> TeacherResult:
     val = evaluate(cfg, out, model.classifier, list_pairs(cfg, t.eval_split), device)
     result = TeacherResult(
         weights=str(out),
+        target=t.target,
         dataset=train.dataset,
         roots=train.roots,
         steps=t.steps,

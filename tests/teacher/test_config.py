@@ -40,3 +40,30 @@ def test_mixed_datasets_are_refused():
     cfg = Config()
     cfg.data.sources = [SourceConfig(name="nuscenes", root="a"), SourceConfig(name="semantickitti", root="b")]
     assert any("mixes datasets" in p for p in problems(cfg, ["teacher_train"]))
+
+
+def test_geometry_mistakes_are_listed_with_their_fix():
+    overrides = [
+        "teacher_train.target=geometry",
+        "teacher_train.depth_bins=1",
+        "teacher_train.depth_min=0",
+        "teacher_train.normal_weight=-1",
+    ]
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides, sections=RUN_SECTIONS["teacher"])
+    text = str(err.value)
+    assert "teacher_train.depth_bins: 1 must be >= 2" in text
+    assert "teacher_train.depth_min: 0" in text and "teacher_train.normal_weight: -1" in text
+    with pytest.raises(ConfigError, match=r"depth_max: 80.0 is beyond the depth maps' 65.535 m"):
+        load_config(None, ["teacher_train.depth_max=80"], sections=RUN_SECTIONS["teacher"])
+    with pytest.raises(ConfigError, match=r"depth_max: 1.0 must be > teacher_train.depth_min=2.0"):
+        load_config(
+            None, ["teacher_train.depth_min=2", "teacher_train.depth_max=1"], sections=["teacher_train"]
+        )
+    with pytest.raises(ConfigError, match="teacher_train.target"):
+        load_config(None, ["teacher_train.target=depth"], sections=["teacher_train"])
+
+
+def test_the_geometry_target_is_a_valid_override():
+    cfg = load_config(None, ["teacher_train.target=geometry"], sections=RUN_SECTIONS["teacher"])
+    assert cfg.teacher_train.target == "geometry"
