@@ -78,7 +78,7 @@ def study_overrides(cfg: Config, out: Path) -> list[str]:
         f"train.output_dir={own / 'runs'}",
         f"finetune.output_dir={own / 'sweeps'}",
         "sweep.after_pretrain=false",
-        *([f"teacher_train.target={cfg.study.teacher}"] if cfg.study.teacher != "classes" else []),
+        f"teacher_train.target={cfg.study.teacher}",
     ]
 
 

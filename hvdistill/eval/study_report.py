@@ -266,6 +266,46 @@ def convergence_table(records: list[Record], methods: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def teacher_line(teacher: Any) -> str:
+    """The teacher's held-out score, as its <output>.json records it (classes or geometry target)."""
+    val = teacher.get("val") if isinstance(teacher, dict) else None
+    if not isinstance(val, dict):
+        return "teacher: no score recorded"
+    if teacher.get("target") == "geometry":
+        return (
+            f"teacher (class-free, {teacher.get('steps')} steps): depth-bin accuracy "
+            f"{val.get('depth_bin_accuracy', math.nan):.3f}, depth abs-rel "
+            f"{val.get('depth_abs_rel', math.nan):.3f}, mean normal error "
+            f"{val.get('normal_angle_mean_deg', math.nan):.1f} deg"
+        )
+    return (
+        f"teacher (classes, {teacher.get('steps')} steps): held-out pixel mIoU "
+        f"{100 * val.get('miou', math.nan):.1f}%, accuracy {100 * val.get('accuracy', math.nan):.1f}%"
+    )
+
+
+def pretraining_table(runs: Any) -> str:
+    """Per method: the last logged training and held-out loss terms, mean over its seeds."""
+    rows: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for r in runs if isinstance(runs, list) else []:
+        if isinstance(r, dict) and isinstance(r.get("metrics"), dict):
+            rows[str(r.get("method"))].append(
+                {
+                    k: float(v)
+                    for k, v in r["metrics"].items()
+                    if k.startswith(("loss/", "val/loss/")) and isinstance(v, int | float)
+                }
+            )
+    keys = sorted({k for ms in rows.values() for m in ms for k in m}, key=lambda k: (k.startswith("val"), k))
+    lines = ["| method (seeds) | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
+    for method, ms in rows.items():
+        cells = [
+            f"{np.mean([m[k] for m in ms if k in m]):.3f}" if any(k in m for m in ms) else "-" for k in keys
+        ]
+        lines.append(f"| {method} ({len(ms)}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_differences(
     by_key: dict, readouts: list[str], pairs: list[tuple[str, str]], st: dict[str, Any], path: Path
 ) -> Path:
@@ -337,6 +377,15 @@ def study_markdown(summary: Path, records: list[Record] | None = None, plot: Pat
     if plot is not None and records:
         plot_differences(by_key, readouts_of(records), pairs, st, plot)
         out += [f"![paired differences]({plot.name})", ""]
+    out += [
+        "## Teacher and pretraining (from study.json)",
+        "",
+        teacher_line(facts.get("teacher")),
+        "",
+        "Last logged losses of each pretraining, mean over seeds:",
+        "",
+        pretraining_table(facts.get("pretraining")),
+    ]
     grouped: dict[str, list[str]] = defaultdict(list)
     for s in facts["sweeps"]:
         grouped[s["uri"]].append(f"{s['kind']} seed {s.get('seed')}: {s['mlflow_parent_run_id']}")

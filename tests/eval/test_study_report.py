@@ -59,3 +59,17 @@ def test_a_damaged_summary_is_refused_with_one_line(tmp_path, damaged):
     (tmp_path / "study.json").write_text(damaged)
     with pytest.raises(ValueError, match="study"):
         load_summary(tmp_path)
+
+
+def test_the_teacher_line_reads_either_target():
+    from hvdistill.eval.study_report import teacher_line
+
+    classes = {"target": "classes", "steps": 300, "val": {"miou": 0.413, "accuracy": 0.886}}
+    assert teacher_line(classes) == "teacher (classes, 300 steps): held-out pixel mIoU 41.3%, accuracy 88.6%"
+    geometry = {
+        "target": "geometry",
+        "steps": 100,
+        "val": {"depth_bin_accuracy": 0.09, "normal_angle_mean_deg": 52.4},
+    }
+    assert "class-free" in teacher_line(geometry) and "52.4 deg" in teacher_line(geometry)
+    assert teacher_line(None) == "teacher: no score recorded"

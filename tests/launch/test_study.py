@@ -154,11 +154,22 @@ def test_a_tiny_study_runs_every_stage_resumes_and_its_report_comes_from_mlflow(
     for text in ("| ipv - random |", "| ipv - ipv_random_teacher |", "fine-tune 100%", "probe 100% logistic"):
         assert text in summary, text
     assert "probe 100% prototype" in summary and "in_view" in summary and "range_0_20" in summary
+    assert (
+        "![paired differences](study-differences.png)" in summary
+        and (own / "study-differences.png").is_file()
+    )
     report = run([sys.executable, "-m", "hvdistill.cli", "report", "--study", str(own)])
-    assert report.strip() == summary.strip()  # every table rebuilt from the MLflow stores alone
+
+    def tables(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.strip() and not line.startswith("![")]
+
+    assert tables(report) == tables(summary)  # every table rebuilt from the MLflow stores alone
     out = run(cmd)  # everything kept or skipped: nothing retrained
     assert "world" in out and "exists; kept" in out and "done before" in out
     assert out.count("0 to run") == 4
+    run([*cmd, "study.teacher=geometry", "--stop-after", "teacher"])  # the class-free teacher, same world
+    teacher = json.loads((tmp_path / "geometry" / "teacher" / "teacher.json").read_text())
+    assert teacher["target"] == "geometry" and not (tmp_path / "geometry" / "runs").exists()
 
 
 def test_a_tag_names_a_second_set_of_sweeps_and_must_be_a_plain_name(tmp_path):
