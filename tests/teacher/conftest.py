@@ -55,3 +55,28 @@ def teacher_config(root: Path, out: Path, *overrides: str, dataset: str = "nusce
         [*sources, *TINY, f"teacher_train.output={out / 'teacher.pt'}", *overrides],
         sections=["teacher_train"],
     )
+
+
+def assert_loads_strictly(weights) -> dict:
+    """The saved teacher is a backbone-only tensor state dict that pretraining's image teacher loads
+    with nothing missing, unexpected or mismatched, tensor for tensor; its <output>.json."""
+    import json
+
+    import torch
+
+    from hvdistill.config import ModelConfig, PrecisionConfig
+    from hvdistill.config.model import ImageModelConfig
+    from hvdistill.models.image import build_image_teacher
+
+    saved = torch.load(weights, map_location="cpu", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in saved.values())
+    assert not any(k.startswith(("fc.", "classifier.")) for k in saved)
+    image = ImageModelConfig(
+        arch="resnet18", weights=str(weights), weights_format="torchvision", random_init=False
+    )
+    teacher = build_image_teacher(ModelConfig(image=image), PrecisionConfig())
+    report = teacher.load_report
+    assert not (report.missing or report.unexpected or report.mismatched)
+    for key, value in teacher.backbone.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    return json.loads(weights.with_suffix(".json").read_text())

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
 from hvdistill.cli import main
-from hvdistill.config import ModelConfig, PrecisionConfig, TeacherTrainConfig
-from hvdistill.config.model import ImageModelConfig
+from hvdistill.config import TeacherTrainConfig
 from hvdistill.data.errors import SampleReadError
-from hvdistill.models.image import build_image_teacher
 from hvdistill.teacher.crops import PairViews, crop_geometry
 from hvdistill.teacher.data import PairError, list_pairs, read_geometry
 from hvdistill.teacher.geometry import GeometryScores, bin_centres, bin_edges, depth_bins_of, geometry_loss
 from tests.helpers.world import NUSCENES_VERSION
-from tests.teacher.conftest import TINY, teacher_config
+from tests.teacher.conftest import TINY, assert_loads_strictly, teacher_config
 
 GEOMETRY = "teacher_train.target=geometry"
 
@@ -109,17 +105,7 @@ def test_geometry_teacher_trains_and_pretraining_loads_it_strictly(teacher_world
     argv = [source, *TINY, "teacher_train.steps=2", GEOMETRY, f"teacher_train.output={out}"]
     assert main(["teacher", "train", *argv]) == 0
     assert "teacher (geometry)" in capsys.readouterr().out
-    saved = torch.load(out, map_location="cpu", weights_only=True)
-    assert not any(k.startswith(("fc.", "classifier.")) for k in saved)
-    image = ImageModelConfig(
-        arch="resnet18", weights=str(out), weights_format="torchvision", random_init=False
-    )
-    teacher = build_image_teacher(ModelConfig(image=image), PrecisionConfig())
-    report = teacher.load_report
-    assert not (report.missing or report.unexpected or report.mismatched)
-    for key, value in teacher.backbone.state_dict().items():
-        assert torch.equal(value, saved[key]), key
-    info = json.loads(out.with_suffix(".json").read_text())
+    info = assert_loads_strictly(out)
     assert info["target"] == "geometry" and info["val"]["images"] == 4 and info["val"]["bad"] == 0
     val = info["val"]
     assert 0.0 <= val["depth_bin_accuracy"] <= 1.0 and val["depth_abs_rel"] > 0

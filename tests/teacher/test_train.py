@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
-import torch
 
 from hvdistill.cli import main
-from hvdistill.config import ModelConfig, PrecisionConfig
-from hvdistill.config.model import ImageModelConfig
-from hvdistill.models.image import build_image_teacher
 from hvdistill.teacher.crops import draw_order
 from hvdistill.teacher.data import list_pairs
 from hvdistill.teacher.train import TeacherDataError, train_teacher
 from tests.helpers.world import NUSCENES_VERSION
-from tests.teacher.conftest import TINY, teacher_config
+from tests.teacher.conftest import TINY, assert_loads_strictly, teacher_config
 
 
 def test_train_writes_weights_the_pretraining_teacher_loads_strictly(teacher_world, tmp_path, capsys):
@@ -30,18 +25,7 @@ def test_train_writes_weights_the_pretraining_teacher_loads_strictly(teacher_wor
         f"model.image.weights={out} model.image.weights_format=torchvision model.image.random_init=false"
         in (printed)
     )
-    saved = torch.load(out, map_location="cpu", weights_only=True)
-    assert all(isinstance(v, torch.Tensor) for v in saved.values())
-    assert not any(k.startswith(("fc.", "classifier.")) for k in saved)
-    image = ImageModelConfig(
-        arch="resnet18", weights=str(out), weights_format="torchvision", random_init=False
-    )
-    teacher = build_image_teacher(ModelConfig(image=image), PrecisionConfig())
-    report = teacher.load_report
-    assert not (report.missing or report.unexpected or report.mismatched)
-    for key, value in teacher.backbone.state_dict().items():
-        assert torch.equal(value, saved[key]), key
-    info = json.loads(out.with_suffix(".json").read_text())
+    info = assert_loads_strictly(out)
     assert info["steps"] == 2 and info["train_pairs"] == 12 and info["roots"] == [str(teacher_world)]
     assert info["val"]["split"] == "val" and info["val"]["images"] == 4 and info["val"]["bad"] == 0
     assert 0.0 <= info["val"]["accuracy"] <= 1.0 and info["final_loss"] > 0
