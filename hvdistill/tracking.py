@@ -361,7 +361,9 @@ def artifact_paths(uri: str, run_id: str) -> list[str]:
 
 
 def download_artifact(uri: str, run_id: str, artifact_path: str, dst_dir: Path) -> Path:
-    """Copy one artifact (file or folder) of the run into `dst_dir`; its local path."""
+    """Copy one artifact (file or folder) of the run into `dst_dir` (a file lands there by its base
+    name); its local path. No progress bar: callers download many small files."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     Path(dst_dir).mkdir(parents=True, exist_ok=True)
     local = _client(uri).download_artifacts(run_id, artifact_path, str(dst_dir))
     return Path(local)

@@ -93,7 +93,7 @@ def _per_scan(uri: str, run_id: str, folder: str) -> tuple[list[str], np.ndarray
         try:
             for suffix in (".npy", ".json"):
                 name = f"{folder}/{PER_SCAN}{suffix}" if folder else PER_SCAN + suffix
-                download_artifact(uri, run_id, name, Path(tmp))  # lands at <tmp>/<name>
+                download_artifact(uri, run_id, name, Path(tmp) / folder)  # a file lands by its base name
             keys, counts = load_per_scan(Path(tmp) / folder)
         except Exception as exc:  # noqa: BLE001  a trial without the artifact: no bootstrap for it
             print(

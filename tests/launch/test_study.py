@@ -154,6 +154,8 @@ def test_a_tiny_study_runs_every_stage_resumes_and_its_report_comes_from_mlflow(
     for text in ("| ipv - random |", "| ipv - ipv_random_teacher |", "fine-tune 100%", "probe 100% logistic"):
         assert text in summary, text
     assert "probe 100% prototype" in summary and "in_view" in summary and "range_0_20" in summary
+    rows = [line.split("|") for line in summary.splitlines() if line.startswith("| ipv - random |")]
+    assert len(rows) == 3 and all(r[5].strip().startswith("[") for r in rows)  # each readout bootstrapped
     assert (
         "![paired differences](study-differences.png)" in summary
         and (own / "study-differences.png").is_file()
