@@ -167,7 +167,7 @@ def _loaders(cfg: Config, run_dir: Path) -> tuple[DataLoader, DataLoader, dict[s
     generator = torch.Generator().manual_seed(ft.seed)
     workers = {"num_workers": ft.loader_workers, "collate_fn": collate}
     train_loader = DataLoader(
-        ScanDataset(train_refs, cmap, augment, ft.seed),
+        ScanDataset(train_refs, cmap, augment, ft.seed, with_view=False),
         ft.batch_size,
         shuffle=True,
         generator=generator,

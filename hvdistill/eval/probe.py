@@ -92,7 +92,10 @@ def _plain_loaders(cfg: Config, ready: Prepared) -> tuple[DataLoader, DataLoader
     size = cfg.probe.batch_size or ft.eval_batch_size
     loaders = [
         DataLoader(
-            ScanDataset(d.dataset.refs, cmap, plain), size, num_workers=ft.loader_workers, collate_fn=collate
+            ScanDataset(d.dataset.refs, cmap, plain, with_view=d.dataset.with_view),
+            size,
+            num_workers=ft.loader_workers,
+            collate_fn=collate,
         )
         for d in (ready.train_loader, ready.val_loader)
     ]

@@ -154,9 +154,11 @@ def scan_refs(refs: list[RecordRef]) -> tuple[list[ScanRef], int]:
     return out, bad
 
 
-def decode_scan(ref: RecordRef, cmap: ClassMap) -> LabelledScan:
-    """Points and labels of one record, checked; SchemaError names what is wrong."""
-    members = read_members(ref, (POINTS, LABELS, PAIRS, META))
+def decode_scan(ref: RecordRef, cmap: ClassMap, with_view: bool = True) -> LabelledScan:
+    """Points and labels of one record, checked, and with `with_view` each point's camera view
+    (training never scores by view, so its scans skip reading pairs.npy); SchemaError names what
+    is wrong."""
+    members = read_members(ref, (POINTS, LABELS, PAIRS, META) if with_view else (POINTS, LABELS, META))
     meta = _meta(ref, members.get(META))
     if LABELS not in members:
         raise SchemaError(f"{LABELS}: missing (an unlabelled scan cannot be fine-tuned or evaluated on)")
@@ -205,8 +207,10 @@ class ScanDataset(Dataset):
         cmap: ClassMap,
         prepare: Callable[[LabelledScan, np.random.Generator], Any],
         seed: int = 0,
+        with_view: bool = True,
     ):
         self.refs, self.cmap, self.prepare, self.seed, self.epoch = list(refs), cmap, prepare, int(seed), 0
+        self.with_view = with_view  # read pairs.npy for the view strata (evaluation only)
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -217,7 +221,7 @@ class ScanDataset(Dataset):
     def __getitem__(self, index: int) -> Any:
         ref = self.refs[index]
         try:
-            scan = decode_scan(ref, self.cmap)
+            scan = decode_scan(ref, self.cmap, self.with_view)
         except (SchemaError, OSError) as e:
             log.warning("skipping bad scan %s in %s: %s", ref.key, ref.shard, e)
             return None

@@ -35,6 +35,9 @@ def test_records_of_each_split_and_their_scenes(labelled_shards):
     assert sorted((s.scene, s.frame) for s in kitti) == [("00", "000000"), ("00", "000001"), ("00", "000002")]
     scan = decode_scan(val.refs[0], NUSCENES)
     assert scan.points.shape[1] == 4 and len(scan.labels) == len(scan.points) and scan.labels.max() < 17
+    assert scan.in_view is not None and scan.in_view.any() and not scan.in_view.all()
+    plain = decode_scan(val.refs[0], NUSCENES, with_view=False)  # training: pairs.npy is not read
+    assert plain.in_view is None and np.array_equal(plain.points, scan.points)
     with pytest.raises(SchemaError, match="not semantickitti's 'semantickitti-19'"):
         decode_scan(val.refs[0], class_map("semantickitti"))
     tars = sorted(labelled_shards.glob("nuscenes-val-*.tar"))
