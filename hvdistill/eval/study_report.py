@@ -25,12 +25,13 @@ from typing import Any
 
 import numpy as np
 
+from hvdistill.config.downstream import RANDOM_INIT
+from hvdistill.config.study import RANDOM_TEACHER_SUFFIX
 from hvdistill.eval.paired import Comparison, bootstrap_interval, bootstrap_weights, t_interval
 from hvdistill.eval.report import METRIC, TAG_PREFIX, TRIAL_TAG
 
-RANDOM = "random"
+RANDOM = RANDOM_INIT  # random init's label in the sweeps and the tables
 BASELINE = "ipv"  # the image-plane-only variant every other variant is compared with
-RANDOM_TEACHER_SUFFIX = "_random_teacher"
 SUMMARY_FILE = "study.json"
 PER_SCAN = "confusion_per_scan"  # <prefix>.npy + <prefix>.json, in the run's artifacts
 PROBE_READOUTS = {"logistic": ("val", "logistic"), "prototype": ("val_prototype", "prototype")}
