@@ -1,8 +1,9 @@
 """Shared test setup: loopback-only Ray/MLflow defaults and the one synthetic world of the session.
 
-`nuscenes_root` / `kitti_root` are generated once per session (tests/helpers/world.py) and
-shared read only: at the end of the session a check fails if any test wrote into them. A test
-that damages a dataset takes `nuscenes_copy` / `kitti_copy`, its own copy in tmp_path.
+`nuscenes_root` / `kitti_root` / `av2_root` are generated once per session (tests/helpers/world.py,
+tests/helpers/av2_world.py) and shared read only: at the end of the session a check fails if any
+test wrote into them. A test that damages a dataset takes `nuscenes_copy` / `kitti_copy` /
+`av2_copy`, its own copy in tmp_path.
 """
 
 from __future__ import annotations
@@ -43,6 +44,20 @@ def kitti_root(tmp_path_factory) -> Path:
     from tests.helpers.world import write_kitti_world
 
     yield from _read_only(write_kitti_world(tmp_path_factory.mktemp("kitti")))
+
+
+@pytest.fixture(scope="session")
+def av2_root(tmp_path_factory) -> Path:
+    """The session's generated Argoverse 2 sensor root (train/ and val/, one log each): read only."""
+    from tests.helpers.av2_world import write_av2_world
+
+    yield from _read_only(write_av2_world(tmp_path_factory.mktemp("av2")))
+
+
+@pytest.fixture
+def av2_copy(av2_root, tmp_path) -> Path:
+    """A private copy of the Argoverse 2 root that a test may damage."""
+    return Path(shutil.copytree(av2_root, tmp_path / "av2"))
 
 
 @pytest.fixture

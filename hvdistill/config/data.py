@@ -23,18 +23,33 @@ NUSCENES_CAMERAS = (
     "CAM_BACK_LEFT",
     "CAM_FRONT_LEFT",
 )
+# Argoverse 2's seven ring cameras, in the devkit's `RingCameras` order (left rear round to right rear)
+ARGOVERSE2_RING_CAMERAS = (
+    "ring_rear_left",
+    "ring_side_left",
+    "ring_front_left",
+    "ring_front_center",
+    "ring_front_right",
+    "ring_side_right",
+    "ring_rear_right",
+)
+ARGOVERSE2_CAMERA_TOLERANCE_MS = 25.0  # the devkit's: half the 20 Hz ring cameras' period
 
 
 @dataclass(slots=True, kw_only=True)
 class SourceConfig:
     """One raw dataset and its weight in the training mix."""
 
-    name: Literal["nuscenes", "semantickitti"] = "nuscenes"
+    name: Literal["nuscenes", "semantickitti", "argoverse2"] = "nuscenes"
     root: str = "data/synthetic-nuscenes"
-    version: str = "v1.0-mini"  # nuScenes table folder; ignored for SemanticKITTI
+    version: str = "v1.0-mini"  # nuScenes table folder; ignored for SemanticKITTI and Argoverse 2
     split: Literal["train", "val"] = "train"
-    split_file: str = ""  # optional file listing scene names (nuScenes) or sequences (KITTI)
+    # optional file listing scene names (nuScenes), sequences (KITTI) or log ids (Argoverse 2)
+    split_file: str = ""
     weight: float = 1.0  # sampling weight when several datasets are mixed
+    # Argoverse 2: a ring camera's nearest image farther than this from the sweep is a missing
+    # camera frame (the sample is quarantined); the devkit's own limit. Ignored by the others.
+    camera_tolerance_ms: float = ARGOVERSE2_CAMERA_TOLERANCE_MS
 
 
 @dataclass(slots=True, kw_only=True)
@@ -139,6 +154,12 @@ def data_problems(cfg: Config) -> list[str]:
         )
     if any(s.weight <= 0 for s in d.sources):
         p.append("data.sources[*].weight: weights must be > 0")
+    for i, s in enumerate(d.sources):
+        if not s.camera_tolerance_ms > 0:
+            p.append(
+                f"data.sources.{i}.camera_tolerance_ms: {s.camera_tolerance_ms} must be > 0 "
+                f"(Argoverse 2 devkit: {ARGOVERSE2_CAMERA_TOLERANCE_MS})"
+            )
     if not d.shard_splits or any(s not in ("train", "val") for s in d.shard_splits):
         p.append(f"data.shard_splits: {d.shard_splits} must list 'train' and/or 'val'")
     if d.max_consecutive_bad < 1:

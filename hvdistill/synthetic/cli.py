@@ -1,8 +1,9 @@
-"""`hvdistill synth`: generate the synthetic world in the nuScenes or SemanticKITTI layout.
+"""`hvdistill synth`: generate the synthetic world in the nuScenes, SemanticKITTI or Argoverse 2 layout.
 
     hvdistill synth --out DIR [--format nuscenes] [--version v1.0-trainval] [--config YAML]
                     [--side-outputs] [--no-progress] [synth.KEY=VALUE ...]
     hvdistill synth --out DIR --format semantickitti synth.kitti_sequences=[00,08] synth.frames_per_scene=4
+    hvdistill synth --out DIR --format argoverse2 synth.argoverse2.logs=1 synth.argoverse2.image_scale=0.25
 
 What the world holds comes from the `synth` section of the config (defaults <- --config YAML
 <- `key=value` overrides such as `synth.scenes=2 synth.seed=0 synth.image_width=800`); only
@@ -26,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hvdistill synth", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--format", choices=["nuscenes", "semantickitti"], default="nuscenes")
+    p.add_argument("--format", choices=["nuscenes", "semantickitti", "argoverse2"], default="nuscenes")
     p.add_argument("--out", help="output directory (the dataset root)")
     p.add_argument("--config", help="YAML config diff; its `synth` section is used")
     p.add_argument("--version", default="v1.0-trainval", help="nuScenes table folder name")
@@ -64,11 +65,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from hvdistill.synthetic import write_nuscenes, write_semantickitti  # noqa: PLC0415
+    from hvdistill.synthetic import write_argoverse2, write_nuscenes, write_semantickitti  # noqa: PLC0415
 
     progress = not args.no_progress
     if args.format == "nuscenes":
         root = write_nuscenes(args.out, cfg, args.version, side_outputs=args.side_outputs, progress=progress)
+    elif args.format == "argoverse2":
+        root = write_argoverse2(args.out, cfg, side_outputs=args.side_outputs, progress=progress)
     else:
         root = write_semantickitti(
             args.out, cfg, cfg.kitti_sequences, side_outputs=args.side_outputs, progress=progress

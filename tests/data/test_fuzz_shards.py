@@ -7,7 +7,8 @@ must yield exactly its planned number of samples (stand-ins for what it skipped)
 sample must pass the range checks and survive augmentation + collate, and every skip must be
 counted: decoded + bad + missing records = the records the manifest promised. A few cases, one
 per kind of damage, are also served from the tests' S3 server: the reader must yield exactly
-what it yields from local disk.
+what it yields from local disk. The shards hold the nuScenes and the Argoverse 2 worlds' train
+splits (one CLI run), so the victims are shards of both datasets.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hvdistill.config import AugmentConfig, DataConfig, GeometryConfig
+from hvdistill.config import AugmentConfig, DataConfig, GeometryConfig, SourceConfig
 from hvdistill.data.augment import augment_sample
 from hvdistill.data.collate import collate
 from hvdistill.data.sample_checks import DecodeLimits, check_sample
@@ -40,13 +41,17 @@ CASES = 320
 SEED = 20240611
 MEMBER_KINDS = ("points.npy", "labels.npy", "pairs.npy", "calib.json", "meta.json", ".jpg", ".sp.png")
 CFG = DataConfig(
-    resampled=False, shuffle_buffer=3, stored_image_width=STORED[0], stored_image_height=STORED[1]
+    sources=[SourceConfig(name="nuscenes"), SourceConfig(name="argoverse2")],  # the shards' datasets
+    resampled=False,
+    shuffle_buffer=3,
+    stored_image_width=STORED[0],
+    stored_image_height=STORED[1],
 )
 GEO = GeometryConfig(crop_height=32, crop_width=64)  # small crops: augmentation in milliseconds
 
 
-def build_shards(root: Path, out: Path) -> Path:
-    """Shard the synthetic world's train split with the real CLI (its own process and Ray)."""
+def build_shards(root: Path, av2_root: Path, out: Path) -> Path:
+    """Shard the synthetic worlds' train splits with the real CLI (its own process and Ray)."""
     cmd = [
         sys.executable,
         "-m",
@@ -58,13 +63,10 @@ def build_shards(root: Path, out: Path) -> Path:
         "1",
         "--no-progress",
     ]
-    cmd += [
-        f"data.sources.0.root={root}",
-        "data.sources.0.version=v1.0-trainval",
-        "data.sources.0.split=train",
-    ]
+    nuscenes = f"{{name: nuscenes, root: '{root}', version: v1.0-trainval, split: train}}"
+    cmd += [f"data.sources=[{nuscenes}, {{name: argoverse2, root: '{av2_root}', split: train}}]"]
     cmd += [f"data.stored_image_width={STORED[0]}", f"data.stored_image_height={STORED[1]}"]
-    # two cameras and ~2 samples per shard, whether shards are cut per unit or by size
+    # two nuScenes cameras (Argoverse 2: its seven) and ~2 samples per shard, cut per unit or by size
     cmd += ["data.cameras=[CAM_FRONT,CAM_BACK]", "data.shard_task_samples=2", "data.shard_size_mb=0.2"]
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -73,11 +75,12 @@ def build_shards(root: Path, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pristine(nuscenes_root, tmp_path_factory) -> dict:
-    out = build_shards(nuscenes_root, tmp_path_factory.mktemp("shards"))
+def pristine(nuscenes_root, av2_root, tmp_path_factory) -> dict:
+    out = build_shards(nuscenes_root, av2_root, tmp_path_factory.mktemp("shards"))
     manifest = json.loads((out / "manifest.json").read_text())
     shards = sorted(manifest["shards"], key=lambda s: s["samples"])
     assert len(shards) >= 2 and all(s["samples"] > 0 for s in shards)
+    assert {s["dataset"] for s in shards[1:]} == {"nuscenes", "argoverse2"}  # victims of both
     return {"dir": out, "manifest": manifest, "shards": shards}
 
 
@@ -104,7 +107,7 @@ def repack(data: bytes, replace: dict[str, bytes]) -> bytes:
 
 
 def pick(members, rng, suffix: str = "") -> tarfile.TarInfo:
-    chosen = [m for m in members if m.name.endswith(suffix)]
+    chosen = [m for m in members if m.name.endswith(suffix)] or members  # Argoverse 2: no labels.npy
     return chosen[rng.integers(len(chosen))]
 
 

@@ -1,9 +1,9 @@
 """`hvdistill inspect`: read a dataset through its source and print what it holds.
 
-    hvdistill inspect --source nuscenes|semantickitti --root DIR [--version V]
+    hvdistill inspect --source nuscenes|semantickitti|argoverse2 --root DIR [--version V]
                       [--split train|val] [--split-file F] [--limit N]
 
-Reads up to N samples (0 = all) of the split and reports scenes/sequences, samples, points per
+Reads up to N samples (0 = all) of the split and reports scenes/sequences/logs, samples, points per
 sweep, cameras and image sizes, the label histogram by class name, and the point-to-pixel
 pairs per camera under the projection rules of `DataConfig`. Damaged samples are listed
 with the file and reason (SampleReadError) and make the exit status 1.
@@ -106,10 +106,11 @@ def format_report(report: InspectReport) -> str:
         f"{len(report.errors)} damaged",
         f"points      per sweep: {_stats(report.points)}",
     ]
+    width = max([16, *map(len, report.image_sizes)])
     for name, sizes in report.image_sizes.items():
         size_text = ", ".join(f"{w}x{h} (x{n})" for (w, h), n in sizes.items())
         pairs = _stats(report.pairs[name])
-        lines.append(f"camera      {name:<16} {size_text}; pairs per sample: {pairs}")
+        lines.append(f"camera      {name:<{width}} {size_text}; pairs per sample: {pairs}")
     if report.label_counts is not None:
         total = max(int(report.label_counts.sum()), 1)
         names = class_names(report.label_map)
@@ -129,7 +130,7 @@ def format_report(report: InspectReport) -> str:
 def build_parser() -> argparse.ArgumentParser:
     defaults = SourceConfig()
     p = argparse.ArgumentParser(prog="hvdistill inspect", description=__doc__.split("\n\n")[0])
-    p.add_argument("--source", choices=["nuscenes", "semantickitti"], required=True)
+    p.add_argument("--source", choices=["nuscenes", "semantickitti", "argoverse2"], required=True)
     p.add_argument("--root", required=True, help="dataset root folder")
     p.add_argument(
         "--version",
@@ -137,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"nuScenes table folder (default: the only v1.0-* folder in the root, else {defaults.version})",
     )
     p.add_argument("--split", choices=["train", "val"], default=defaults.split)
-    p.add_argument("--split-file", default="", help="file listing scene names / sequences, one a line")
+    p.add_argument(
+        "--split-file", default="", help="file listing scene names / sequences / log ids, one a line"
+    )
     p.add_argument("--limit", type=int, default=10, help="samples to read (0 = all)")
     return p
 

@@ -1,9 +1,10 @@
 """Read plans: everything needed to read one sample, resolved once by the driver, read anywhere.
 
-A source (`NuScenesSource.plan(key)`, `SemanticKITTISource.plan(key)`) turns a sample key into a
-small picklable `ReadPlan`: absolute file paths, every 4x4 transform, K, the image sizes the
-metadata promises, the label file with its lookup table, timestamps, camera names and the meta
-dictionary. `read_plan(plan)` then reads the files through the same readers as the sources
+A source (`NuScenesSource.plan(key)`, `SemanticKITTISource.plan(key)`, `Argoverse2Source.plan(key)`)
+turns a sample key into a small picklable `ReadPlan`: absolute file paths, the point file's format
+(flat float32 records, or an Argoverse 2 Feather sweep), every 4x4 transform, K, the image sizes
+the metadata promises, the label file with its lookup table, timestamps, camera names and the
+meta dictionary. `read_plan(plan)` then reads the files through the same readers as the sources
 (`files.py`), so every kind of file damage still becomes a `SampleReadError`, and returns the
 `Sample` that `source.read(key)` returns. Sharding sends plans, not sources, to its Ray tasks:
 a worker never imports nuscenes-devkit nor loads its tables.
@@ -24,8 +25,13 @@ import numpy as np
 
 from hvdistill.data.errors import SampleReadError
 from hvdistill.data.sample import CameraFrame, Sample
+from hvdistill.data.sources.feather import read_sweep
 from hvdistill.data.sources.files import read_image, read_point_labels, read_points
 from hvdistill.data.sources.labels import UNKNOWN_IDS_SHOWN, map_labels
+
+FLOAT32_POINTS = "float32"  # flat float32 records of `point_columns` (nuScenes .pcd.bin, KITTI .bin)
+FEATHER_SWEEP = "av2-feather"  # an Argoverse 2 LiDAR sweep (feather.read_sweep)
+POINT_FORMATS = (FLOAT32_POINTS, FEATHER_SWEEP)
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,7 +67,8 @@ class ReadPlan:
     dataset: str
     chunk: str  # scene / sequence the sample belongs to
     points: str = ""  # absolute path of the point file
-    point_columns: int = 4  # float32 columns per point in that file
+    point_columns: int = 4  # float32 columns per point in that file (FLOAT32_POINTS)
+    point_format: str = FLOAT32_POINTS  # one of POINT_FORMATS
     lidar_to_ego: np.ndarray = field(default_factory=lambda: np.eye(4))  # (4, 4) float64
     ego_to_global: np.ndarray = field(default_factory=lambda: np.eye(4))  # (4, 4) float64
     timestamp: int = 0  # microseconds, LiDAR
@@ -86,6 +93,17 @@ def _read_labels(key: str, plan: LabelPlan, n_points: int) -> np.ndarray:
     return labels
 
 
+def _read_points(plan: ReadPlan) -> np.ndarray:
+    """(N, 4) float32 x, y, z, intensity of the plan's point file, in its format."""
+    if plan.point_format == FEATHER_SWEEP:
+        return read_sweep(plan.key, Path(plan.points))
+    if plan.point_format != FLOAT32_POINTS:
+        raise ValueError(
+            f"read plan of {plan.key}: unknown point format {plan.point_format!r}; use {POINT_FORMATS}"
+        )
+    return read_points(plan.key, Path(plan.points), plan.point_columns)
+
+
 def read_plan(plan: ReadPlan) -> Sample:
     """The full-resolution sample of `plan` (what `source.read(plan.key)` returns).
 
@@ -93,7 +111,7 @@ def read_plan(plan: ReadPlan) -> Sample:
     key = plan.key
     if plan.error is not None:
         raise SampleReadError(key, *plan.error)
-    points = read_points(key, Path(plan.points), plan.point_columns)  # (N, 4)
+    points = _read_points(plan)  # (N, 4)
     cameras = [
         CameraFrame(
             name=c.name,
