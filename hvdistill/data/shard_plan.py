@@ -14,17 +14,22 @@ Pure arithmetic shared by every rank (no I/O), so all ranks agree without commun
   in an order shuffled by (seed, epoch), every record once, then the same order again as
   padding (repeats) until every rank has `ceil(records / world)` slots; a rank's and a
   worker's share is a contiguous range of slots, possibly starting or ending inside a shard.
+  A weighted epoch (shard_mix.py) has the same slots, filled with other records.
+- `resume_batch`: the batch a rank resumes a saved position at, at the same world size or another.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from dataclasses import dataclass
 
 from hvdistill.data.shard_index import ShardEntry
 
+log = logging.getLogger(__name__)
 _SEED_STRIDE = 1_000_003  # mixes seed and epoch into one shard-order seed
+RESUME_KEYS = ("batch_size", "world_size", "seed", "resampled", "samples_per_rank")  # must not change
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +86,27 @@ def slot_range(order: list[ShardEntry], start: int, stop: int) -> list[Segment]:
                 break
         cycle += 1
     return segments
+
+
+def resume_batch(saved: dict[str, int], now: dict[str, int], batches_per_rank: int) -> tuple[int, bool]:
+    """(the batch of the saved epoch a rank starts at, whether the world size is the saved one)
+    for a position `saved` resumed by a reader whose position record is `now` (see
+    ShardDataset.load_state_dict); ValueError naming what changed that must not."""
+    same_world = saved.get("world_size") == now["world_size"]
+    # other than the world size, and the samples per rank, which follow from it
+    keys = [k for k in RESUME_KEYS if k != "world_size" and (same_world or k != "samples_per_rank")]
+    changed = [k for k in keys if saved.get(k) != now[k]]
+    if changed:
+        diffs = ", ".join(f"{k} was {saved.get(k)}, now {now[k]}" for k in changed)
+        raise ValueError(f"cannot resume the data position: {diffs}")
+    if saved.get("mix", now["mix"]) != now["mix"]:  # positions saved before weighted epochs have none
+        log.warning(
+            "the datasets' quotas of a weighted epoch changed since the position was saved "
+            "(data.sources weights or the shards): the epoch goes on under the new ones, so "
+            "some of its records may come twice or not at all"
+        )
+    start = int(saved["batches_done"])
+    if not same_world:
+        done = start * int(saved["batch_size"]) * int(saved["world_size"])  # samples, all ranks
+        start = min(done // (now["batch_size"] * now["world_size"]), batches_per_rank)
+    return start, same_world

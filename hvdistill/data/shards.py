@@ -18,18 +18,20 @@ Modes (`data.resampled`):
   batches, split over DataLoader workers in whole batches (shard_plan.worker_counts), so every
   rank runs the same number of full micro-batches. Bad records are skipped and replaced by the
   next record.
-- False (validation): every record once per epoch, ranks balanced to `ceil(records / world)`
-  samples each by repeating records from the start of the epoch's order; a record that cannot
-  be used (bad, or missing from a truncated shard) is replaced by a copy of a good sample. Every
-  rank therefore yields the same number of samples, even with more ranks than shards, and no
-  collective waits on a rank that ran out. Repeats carry `meta["padding"] = True` so
-  evaluation can drop them.
+- False: epochs over the records, ranks balanced to `ceil(records / world)` samples each by
+  repeating records from the start of the epoch's order; a record that cannot be used (bad, or
+  missing from a truncated shard) is replaced by a copy of a good sample. Every rank therefore
+  yields the same number of samples, even with more ranks than shards, and no collective waits
+  on a rank that ran out. Repeats carry `meta["padding"] = True` so evaluation can drop them.
+  `weighted` (build_shard_dataset) fills the slots: False (the default: validation, evaluation)
+  every record once; True (training) each dataset its weighted share (shard_mix.py).
 
 Epoch and resume position live in shared memory, so `set_epoch` reaches persistent DataLoader
 workers. `state_dict(batches_done)` / `load_state_dict` resume mid-epoch: each worker skips the
 references of what it had delivered (DataLoader's round-robin order) without reading them.
-Counters (`metrics()`) are per-worker rows of a shared tensor. Nothing unpicklable is held, so
-the dataset can be built in, or sent to, a Ray Train worker and used with spawned workers.
+Counters (`metrics()`; samples per dataset: `delivered()`) are per-worker rows of a shared tensor.
+Nothing unpicklable is held, so the dataset can be built in, or sent to, a Ray Train worker and
+used with spawned workers.
 """
 
 from __future__ import annotations
@@ -56,13 +58,14 @@ from hvdistill.data.sample_checks import DecodeLimits, SchemaError
 from hvdistill.data.schema import decode_sample
 from hvdistill.data.shard_fetch import Fetch, fetch_limit, prefetched
 from hvdistill.data.shard_index import ShardEntry, check_stored_sizes, resolve_shards, select_datasets
-from hvdistill.data.shard_plan import batches_consumed, per_rank, shard_order, slot_range, worker_counts
+from hvdistill.data.shard_mix import build_mix, epoch_plan, interleave
+from hvdistill.data.shard_plan import batches_consumed, per_rank, resume_batch, worker_counts
 from hvdistill.data.shard_tar import RecordRef, ShardError, read_record, scan_bytes, scan_shard
 
 log = logging.getLogger(__name__)
 COUNTERS = ("samples", "bad_samples", "bad_shards", "missing_samples", "repeated")
 _EPOCH, _START_BATCH, _WORKERS, _EXPECT_WORKERS = range(4)  # slots of the shared state tensor
-_RESUME_KEYS = ("batch_size", "world_size", "seed", "resampled", "samples_per_rank")
+_OTHER = "(other)"  # delivered(): samples whose dataset the shards' manifests do not name
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,7 @@ class ShardDataset(IterableDataset):
         seed: int = 0,
         batch_size: int = 1,
         max_workers: int | None = None,
+        weighted: bool = False,
     ):
         super().__init__()
         if not entries or sum(e.samples for e in entries) <= 0:
@@ -110,6 +114,8 @@ class ShardDataset(IterableDataset):
         self.limits = DecodeLimits.from_config(cfg)
         weights = {s.name: float(s.weight) for s in cfg.sources}
         self.weights = {e.dataset: weights[e.dataset] for e in entries}
+        self.datasets = tuple(sorted(self.weights))  # the columns of delivered()
+        self.mix = build_mix(self.entries, self.weights, self.seed, weighted and not cfg.resampled)
         if self.batches_per_rank() < 1:
             raise ValueError(
                 f"{self.samples_per_rank()} samples per rank make no batch of {batch_size}; "
@@ -117,7 +123,9 @@ class ShardDataset(IterableDataset):
             )
         self.max_workers = max(1, int(cfg.loader_workers if max_workers is None else max_workers))
         self._state = torch.zeros(4, dtype=torch.int64).share_memory_()  # epoch, resume, workers
-        self._counts = torch.zeros((self.max_workers + 1, len(COUNTERS)), dtype=torch.int64).share_memory_()
+        columns = len(COUNTERS) + len(self.datasets) + 1  # the counters, then delivered()
+        self._counts = torch.zeros((self.max_workers + 1, columns), dtype=torch.int64).share_memory_()
+        self._column = {d: len(COUNTERS) + i for i, d in enumerate((*self.datasets, _OTHER))}
         self._row, self._failures_in_a_row = 0, 0  # per process (each worker holds its own copy)
 
     # ---- sizes, epoch, position, metrics ----
@@ -157,6 +165,7 @@ class ShardDataset(IterableDataset):
             "seed": self.seed,
             "resampled": int(self.cfg.resampled),
             "samples_per_rank": self.samples_per_rank(),
+            "mix": self.mix.key() if self.mix is not None else 0,  # the weighted quotas (0: none)
         }
 
     def load_state_dict(self, state: dict[str, int]) -> int:
@@ -168,21 +177,9 @@ class ShardDataset(IterableDataset):
         over all ranks, rounded down to whole batches of the new split, each rank on its own new
         stream: the rest of the epoch is drawn as the new ranks draw it, not the samples the old
         ranks would have read."""
-        now = self.state_dict(0)
-        keys = [k for k in _RESUME_KEYS if k != "world_size"]
-        if state.get("world_size") != self.world_size:
-            keys.remove("samples_per_rank")  # it follows from the world size
-        changed = [k for k in keys if state.get(k) != now[k]]
-        if changed:
-            diffs = ", ".join(f"{k} was {state.get(k)}, now {now[k]}" for k in changed)
-            raise ValueError(f"cannot resume the data position: {diffs}")
-        start = int(state["batches_done"])
-        if state.get("world_size") != self.world_size:
-            done = start * int(state["batch_size"]) * int(state["world_size"])  # samples, all ranks
-            start = min(done // (self.batch_size * self.world_size), self.batches_per_rank())
-            self._state[_EXPECT_WORKERS] = 0  # another split: no per-worker position to check
-        else:
-            self._state[_EXPECT_WORKERS] = int(state.get("workers", 0))
+        start, same_world = resume_batch(state, self.state_dict(0), self.batches_per_rank())
+        # at another split there is no per-worker position to check
+        self._state[_EXPECT_WORKERS] = int(state.get("workers", 0)) if same_world else 0
         self.set_epoch(state["epoch"], start_batch=start)
         return start
 
@@ -192,7 +189,12 @@ class ShardDataset(IterableDataset):
     def metrics(self) -> dict[str, int]:
         """Counts so far over all workers: samples yielded from records, bad records, unreadable
         shard reads, planned records a shard did not hold, stand-in copies yielded."""
-        return dict(zip(COUNTERS, (int(v) for v in self._counts.sum(0))))
+        return dict(zip(COUNTERS, (int(v) for v in self._counts[:, : len(COUNTERS)].sum(0))))
+
+    def delivered(self) -> torch.Tensor:
+        """(len(datasets) + 1,) int64: samples yielded so far over all workers, per dataset of
+        `datasets` (the dataset a sample names), then those naming a dataset not among them."""
+        return self._counts[:, len(COUNTERS) :].sum(0)
 
     # ---- reading ----
     def _failure(self) -> None:
@@ -299,14 +301,22 @@ class ShardDataset(IterableDataset):
                 source.close()
 
     # ---- non-resampled mode ----
-    def _share(self, worker: int, workers: int) -> tuple[list[ShardEntry], int, int]:
-        order = shard_order(self.entries, self.seed, self.epoch)
-        counts = worker_counts(per_rank(order, self.world_size), workers, self.batch_size)
-        start = self.rank * per_rank(order, self.world_size) + sum(counts[:worker])
-        return order, start, start + counts[worker]
+    def _share(self, worker: int, workers: int) -> tuple[int, int]:
+        """Slots [start, stop) of the epoch that this rank's `worker` reads."""
+        n = per_rank(self.entries, self.world_size)
+        counts = worker_counts(n, workers, self.batch_size)
+        start = self.rank * n + sum(counts[:worker])
+        return start, start + counts[worker]
 
-    def _slots(self, order: list[ShardEntry], start: int, stop: int) -> Iterator[Slot]:
-        with closing(self._planned(slot_range(order, start, stop), attrgetter("entry"))) as planned:
+    def _epoch_slots(self, start: int, stop: int) -> Iterator[Slot]:
+        """Slots [start, stop) of the epoch: the shard order's records, or the weighted mix's
+        (one stream per dataset, interleaved; shard_mix.py)."""
+        labels, segments = epoch_plan(self.mix, self.entries, self.seed, self.epoch, start, stop)
+        streams = [self._slots(s) for s in segments]
+        return streams[0] if labels is None else interleave(labels, streams)
+
+    def _slots(self, segments: Iterable) -> Iterator[Slot]:
+        with closing(self._planned(segments, attrgetter("entry"))) as planned:
             for seg, fetch in planned:
                 found = 0
                 for ref in self._shard_refs(seg.entry, seg.start, seg.stop, fetch):
@@ -318,24 +328,22 @@ class ShardDataset(IterableDataset):
         self._count("repeated")
         return dataclasses.replace(copy.deepcopy(sample), meta={**sample.meta, "padding": True})
 
-    def _borrow(self, order: list[ShardEntry], after: int) -> Sample:
+    def _borrow(self, after: int) -> Sample:
         """A good sample for a worker whose whole share was unusable: the next records of the
         epoch's order (wrapping around once)."""
-        total = sum(e.samples for e in order)
-        with closing(self._slots(order, after, after + total)) as slots:
+        total = sum(e.samples for e in self.entries)
+        with closing(self._epoch_slots(after, after + total)) as slots:
             for slot in slots:
                 if (sample := self._decode(slot)) is not None:
                     return sample
         raise RuntimeError("no record of these shards decodes; see the warnings above")
 
     def _once(self, worker: int, workers: int, skip: int) -> Iterator[Sample]:
-        order, start, stop = self._share(worker, workers)
-        with closing(self._slots(order, start, stop)) as source:
-            yield from self._once_from(source, worker, skip, order, stop)
+        start, stop = self._share(worker, workers)
+        with closing(self._epoch_slots(start, stop)) as source:
+            yield from self._once_from(source, worker, skip, stop)
 
-    def _once_from(
-        self, source: Iterator[Slot], worker: int, skip: int, order: list[ShardEntry], stop: int
-    ) -> Iterator[Sample]:
+    def _once_from(self, source: Iterator[Slot], worker: int, skip: int, stop: int) -> Iterator[Sample]:
         slots = itertools.islice(self._shuffled(source, worker, "shuffle"), skip, None)
         last, owed = None, 0
         for sample in map(self._decode, slots):
@@ -348,7 +356,7 @@ class ShardDataset(IterableDataset):
                 yield self._stand_in(last)
             owed = 0
         if owed:
-            last = self._borrow(order, stop)
+            last = self._borrow(stop)
             for _ in range(owed):
                 yield self._stand_in(last)
 
@@ -372,9 +380,13 @@ class ShardDataset(IterableDataset):
         counts = worker_counts(self.samples_per_rank(), workers, self.batch_size)
         skip = min(counts[role], batches_consumed(start_batch, workers)[role] * self.batch_size)
         if self.cfg.resampled:
-            yield from self._resampled(role, counts[role], skip)
+            stream = self._resampled(role, counts[role], skip)
         else:
-            yield from self._once(role, workers, skip)
+            stream = self._once(role, workers, skip)
+        with closing(stream):
+            for sample in stream:
+                self._counts[self._row, self._column.get(sample.dataset, self._column[_OTHER])] += 1
+                yield sample
 
 
 def _fetched_refs(fetch: Fetch) -> Iterator[RecordRef]:
@@ -390,8 +402,12 @@ def build_shard_dataset(
     shards: list[str] | None = None,
     batch_size: int = 1,
     max_workers: int | None = None,
+    weighted: bool = False,
 ) -> ShardDataset:
-    """The stream of `cfg.shards` (or `shards`) for this rank; `batch_size` = the DataLoader's."""
+    """The stream of `cfg.shards` (or `shards`) for this rank; `batch_size` = the DataLoader's.
+
+    `weighted` matters without `data.resampled`: True composes every epoch by the datasets'
+    weights (training streams), False reads every record once (validation, evaluation)."""
     paths = list(shards if shards is not None else cfg.shards)
     entries, sizes = resolve_shards(paths, cfg.shard_splits, cfg)
     entries = select_datasets(entries, cfg, str(paths))
@@ -403,4 +419,4 @@ def build_shard_dataset(
     check_stored_sizes(sizes, cfg, {e.dataset for e in entries})
     if rank is None or world_size is None:
         rank, world_size = distributed_rank_world()
-    return ShardDataset(entries, cfg, rank, world_size, seed, batch_size, max_workers)
+    return ShardDataset(entries, cfg, rank, world_size, seed, batch_size, max_workers, weighted)

@@ -107,7 +107,8 @@ def has_split(data: DataConfig, split: str) -> bool:
 
 
 def build_stream(cfg: Config, split: str, rank: int, world_size: int) -> BatchStream:
-    """The rank's stream of `split` ("train": resampled as configured; "val": every record once)."""
+    """The rank's stream of `split`: "train" resampled as configured, and without resampling each
+    epoch composed by the datasets' weights (docs/mixing.md); "val" every record once."""
     data: DataConfig = cfg.data
     if split == "val":
         data = replace(data, shard_splits=["val"], resampled=False)
@@ -118,6 +119,7 @@ def build_stream(cfg: Config, split: str, rank: int, world_size: int) -> BatchSt
         seed=cfg.train.seed,
         batch_size=cfg.train.micro_batch,
         max_workers=max(1, cfg.data.loader_workers),
+        weighted=split == "train",
     )
     return BatchStream(reader, cfg, rank, augment=split == "train")
 

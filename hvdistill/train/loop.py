@@ -13,12 +13,14 @@ are summed on the device (`Meter`) and reach the host once per logging interval.
 
 Per optimizer step, every `train.log_every` steps: the loss terms (mean over the window),
 `lr`, `grad_norm`, `samples_per_s`, `data_wait_fraction` (time blocked on the DataLoader / wall
-time: the mean over ranks, and `/max`) and the window's peak memory (max over ranks, and
-`/mean`) to the tracker and `hooks.on_log`. Rank 0's tracker calls go through a bounded
-background queue (hvdistill/train/metrics_sink.py), so a slow tracking server never stalls
-training; the queue is flushed at checkpoints and at the end. Every `train.eval_every` steps
-(0 = each epoch's end) the held-out loss on the val shards (`val/loss/*`); every
-`train.checkpoint_every` steps and at the end a checkpoint (hvdistill/train/checkpoint.py).
+time: the mean over ranks, and `/max`), the window's peak memory (max over ranks, and `/mean`)
+and `data/share/<dataset>` (each dataset's fraction of the window's samples over all ranks:
+hvdistill/train/dataset_shares.py) to the tracker and `hooks.on_log`. Rank 0's tracker calls go
+through a bounded background queue (hvdistill/train/metrics_sink.py), so a slow tracking server
+never stalls training; the queue is flushed at checkpoints and at the end. Every
+`train.eval_every` steps (0 = each epoch's end) the held-out loss on the val shards
+(`val/loss/*`); every `train.checkpoint_every` steps and at the end a checkpoint
+(hvdistill/train/checkpoint.py).
 Evaluation leaves the training RNG streams as they were, so a run resumed from a checkpoint
 continues exactly like one that never stopped.
 """
@@ -46,6 +48,7 @@ from hvdistill.config import Config
 from hvdistill.losses.total import HybridViewLoss
 from hvdistill.train.checkpoint import save_checkpoint, stage_checkpoint
 from hvdistill.train.data import BatchStream, close_loader
+from hvdistill.train.dataset_shares import DatasetShares
 from hvdistill.train.engine import DistContext, Engine
 from hvdistill.train.metrics_sink import MetricsSink, open_sink
 
@@ -106,7 +109,10 @@ class TrainJob:
 def train(job: TrainJob) -> dict[str, float]:
     """Train until `job.total_steps` optimizer steps; returns the last logged metrics."""
     cfg, engine, state, device = job.cfg, job.engine, job.state, job.ctx.device
-    meter, last, bar = Meter(job.ctx.world_size * cfg.train.micro_batch, device), {}, _progress_bar(job)
+    shares = DatasetShares(job.train_data.reader)
+    job.tracker.log_params(shares.configured())  # rank 0's tracker; a resumed run keeps its params
+    meter = Meter(job.ctx.world_size * cfg.train.micro_batch, device, shares)
+    last, bar = {}, _progress_bar(job)
     engine.train()
     with metrics_sink(job):  # rank 0's tracker calls from a background queue, flushed at the end
         while state.step < job.total_steps:
@@ -276,11 +282,14 @@ class Meter:
     """Loss terms, time, data wait and peak memory over the steps since the last log.
 
     The loss terms are summed on the device (no host sync per micro-batch); `flush` reads them
-    once and exchanges every rank's data wait and peak memory in one collective.
+    once and exchanges every rank's data wait, peak memory and samples per dataset (`shares`) in
+    one collective.
     """
 
-    def __init__(self, samples_per_micro: int, device: torch.device | str = "cpu"):
-        self.samples_per_micro, self.device = samples_per_micro, torch.device(device)
+    def __init__(
+        self, samples_per_micro: int, device: torch.device | str = "cpu", shares: DatasetShares | None = None
+    ):
+        self.samples_per_micro, self.device, self.shares = samples_per_micro, torch.device(device), shares
         self._reset()
 
     def _reset(self) -> None:
@@ -324,8 +333,10 @@ class Meter:
             samples_per_s=self.micro * self.samples_per_micro / elapsed,
         )
         memory_key, peak = peak_memory_mb(self.device)
-        mine = torch.tensor([self.wait / elapsed, peak], dtype=torch.float64, device=self.device)
-        waits, peaks = dist.all_gather_equal(mine).t().tolist()  # (2, W): one collective
+        counts = self.shares.window() if self.shares is not None else torch.zeros(0, dtype=torch.float64)
+        mine = torch.cat([torch.tensor([self.wait / elapsed, peak], dtype=torch.float64), counts])
+        gathered = dist.all_gather_equal(mine.to(self.device)).cpu()  # (W, 2 + D + 1): one collective
+        waits, peaks = gathered[:, :2].t().tolist()
         out.update(
             {
                 "data_wait_fraction": sum(waits) / len(waits),
@@ -334,6 +345,8 @@ class Meter:
                 f"{memory_key}/mean": sum(peaks) / len(peaks),
             }
         )
+        if self.shares is not None:  # summed over ranks
+            out.update(self.shares.metrics(gathered[:, 2:].sum(0).tolist()))
         self._reset()
         return {k: v for k, v in out.items() if not math.isnan(v)}
 
