@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from hvdistill.config import AugmentConfig, GeometryConfig
+from hvdistill.data.intensity import normalised_intensity
 from hvdistill.data.sample import Sample
 from hvdistill.geometry.augmentation import (
     image_augmentation_matrix,
@@ -32,7 +33,7 @@ from hvdistill.geometry.augmentation import (
 
 @dataclass
 class AugmentedSample:
-    points: np.ndarray  # (N, 4) float32: augmented x, y, z and intensity
+    points: np.ndarray  # (N, 4) float32: augmented x, y, z and intensity on 0-1 (data/intensity.py)
     labels: np.ndarray | None  # (N,) uint8
     lidar_aug: np.ndarray  # (4, 4) float64 un-augmented -> augmented LiDAR frame
     images: np.ndarray  # (n_cam, 3, Hc, Wc) float32 RGB in [0, 1]
@@ -161,7 +162,8 @@ def augment_sample(
             f"sample {sample.key}: augmentation needs pairs and superpixels (run prepare_sample)"
         )
     n_cam = len(sample.cameras)
-    points, lidar_aug = augment_cloud(sample.points, cfg, rng)
+    # intensity on 0-1 whatever the dataset stores (hvdistill/data/intensity.py)
+    points, lidar_aug = augment_cloud(normalised_intensity(sample.points, sample.dataset), cfg, rng)
     pairs = sample.pairs.astype(np.float64)
     keep_pts = drop_cuboid(points, pairs, n_cam, cfg, rng)
     pairs = pairs[keep_pts[pairs[:, 0].astype(np.int64)]]

@@ -41,6 +41,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from hvdistill.config import DataConfig
+from hvdistill.data.intensity import normalised_intensity
 from hvdistill.data.sample_checks import SchemaError
 from hvdistill.data.schema import LABELS, META, PAIRS, POINTS, decode_npy
 from hvdistill.data.shard_fetch import Fetch, fetch_limit, prefetched
@@ -59,7 +60,7 @@ class LabelledScan:
     """One scan's points and training-class labels."""
 
     key: str
-    points: np.ndarray  # (N, 4) float32 x, y, z, intensity (LiDAR frame)
+    points: np.ndarray  # (N, 4) float32 x, y, z (LiDAR frame), intensity on 0-1 (data/intensity.py)
     labels: np.ndarray  # (N,) uint8 training classes, 0 = ignore
     in_view: np.ndarray | None = None  # (N,) bool point projects into a camera; None = no pairs.npy
 
@@ -178,7 +179,7 @@ def decode_scan(ref: RecordRef, cmap: ClassMap, with_view: bool = True) -> Label
             f"{LABELS}: class {int(labels.max())} is not one of {cmap.label_map}'s {cmap.num_classes}"
         )
     in_view = _in_view(members[PAIRS], len(points)) if PAIRS in members else None
-    return LabelledScan(ref.key, points, labels, in_view)
+    return LabelledScan(ref.key, normalised_intensity(points, cmap.dataset), labels, in_view)
 
 
 def _in_view(member: bytes, n: int) -> np.ndarray:
