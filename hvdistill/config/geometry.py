@@ -1,7 +1,9 @@
 """The `geometry` and `augment` sections: grids, crops and depth bins, augmentations; their checks.
 
 Also the two grid quantities other sections' checks need, computed from config values alone:
-the voxel grid's shape and the BEV stride (voxels per BEV cell side).
+the voxel grid's shape and the BEV stride (voxels per BEV cell side). How the crop relates to
+`feature_stride` depends on the teacher (a ResNet's map tiles the crop, a ViT pads it), so that
+check sits with the model section (hvdistill/config/model.py).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class GeometryConfig:
     bev_size: int = 256  # cells per side: 256 x 0.4 m = 102.4 m
     crop_height: int = 224
     crop_width: int = 416
-    feature_stride: int = 4  # image features at 1/4 resolution: 56 x 104
+    feature_stride: int = 4  # image features at 1/4 resolution: 56 x 104 (a ViT teacher: its patch, 14)
     depth_min: float = 1.0
     depth_max: float = 60.0
     depth_step: float = 0.5  # 118 bins over [1, 60)
@@ -101,13 +103,6 @@ def geometry_problems(cfg: Config) -> list[str]:
         p.append("geometry.depth_max: must exceed geometry.depth_min")
     if g.feature_stride < 1:
         p.append(f"geometry.feature_stride: {g.feature_stride} must be >= 1")
-    else:
-        for key in ("crop_height", "crop_width"):
-            if getattr(g, key) % g.feature_stride:
-                p.append(
-                    f"geometry.{key}: {getattr(g, key)} is not a multiple of "
-                    f"geometry.feature_stride={g.feature_stride}"
-                )
     bins = (g.depth_max - g.depth_min) / g.depth_step if g.depth_step > 0 else 0
     if g.depth_step > 0 and abs(bins - round(bins)) > 1e-6:
         p.append(

@@ -1,16 +1,24 @@
 """The `model` section: LiDAR student, image teacher, depth net; their checks.
 
 The checks here include the cross-section ones whose dependent key is a model key: the BEV head
-stride and plane counts against the geometry's grids, the teacher's output stride against
-`geometry.feature_stride`, and `model.lidar.sparse_dtype` against `dist.use_gpu`. They read
-config values only (no model import), so a bad model config fails when the config loads,
-before any sharding or training; `build_lidar_model` calls `lidar_problems` as its guard.
+stride and plane counts against the geometry's grids, the teacher's feature stride against
+`geometry.feature_stride` (a ResNet's `model.image.output_stride`, a ViT's patch size) and the
+crop against that stride (a ResNet's map covers the crop exactly; a ViT pads it), and
+`model.lidar.sparse_dtype` against `dist.use_gpu`. They read config values only (no model
+import), so a bad model config fails when the config loads, before any sharding or training;
+`build_lidar_model` calls `lidar_problems` as its guard.
+
+Teacher architectures: the torchvision-layout ResNets (`resnet18`, `resnet50`) and DINOv2-layout
+ViTs named `vit_<size>_patch<p>[_reg<r>]` (hvdistill/models/image/vit.py holds their widths);
+`teacher_stride` is the pixel step between the teacher's feature cells, read from the config
+alone (hvdistill/geometry/frustum.py: `teacher_feature_grid` adds where cell 0 sits).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from hvdistill.config.geometry import GeometryConfig, bev_stride, voxel_grid_shape
 
@@ -19,6 +27,22 @@ if TYPE_CHECKING:
 
 UNET_PLANES = 8  # MinkUNet34C layout: 4 encoder + 4 decoder stages
 UNET_STAGES = 4
+
+ImageArch = Literal[
+    "resnet50",
+    "resnet18",
+    "vit_tiny_patch14",
+    "vit_small_patch14",
+    "vit_base_patch14",
+    "vit_large_patch14",
+    "vit_tiny_patch14_reg4",
+    "vit_small_patch14_reg4",
+    "vit_base_patch14_reg4",
+    "vit_large_patch14_reg4",
+]
+IMAGE_ARCHS: tuple[str, ...] = get_args(ImageArch)
+RESNET_WEIGHT_FORMATS = ("moco", "dino", "torchvision")
+VIT_WEIGHT_FORMATS = ("dinov2", "timm")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -47,15 +71,17 @@ class LidarModelConfig:
 class ImageModelConfig:
     """The frozen 2D teacher and its trainable 64-d head."""
 
-    arch: Literal["resnet50", "resnet18"] = "resnet50"
-    weights: str = ""  # local checkpoint path; required unless random_init
-    weights_format: Literal["auto", "moco", "dino", "torchvision"] = "auto"
+    arch: ImageArch = "resnet50"  # a ResNet, or a DINOv2-layout ViT (docs/models.md, "ViT teachers")
+    weights: str = ""  # local checkpoint path (.pth / .bin / .safetensors); required unless random_init
+    # ResNets: moco, dino, torchvision; ViTs: dinov2 (the release's .pth), timm (model.safetensors / .bin)
+    weights_format: Literal["auto", "moco", "dino", "torchvision", "dinov2", "timm"] = "auto"
     random_init: bool = False  # explicit opt-in for synthetic runs and tests
     random_init_seed: int = 0  # a random teacher is the same on every rank (it is never broadcast)
     allow_partial_weights: bool = False  # load a checkpoint matching the backbone only in part
-    output_stride: int = 4
-    # how the frozen backbone runs (the features are the same within float32 rounding; see
-    # hvdistill/models/image/inference.py): BatchNorm folded into its convolutions, NHWC layout
+    output_stride: int = 4  # ResNets only (dilation); a ViT's stride is its patch size
+    # how the frozen ResNet runs (the features are the same within float32 rounding; see
+    # hvdistill/models/image/inference.py): BatchNorm folded into its convolutions, NHWC layout;
+    # a ViT has no BatchNorm and runs as it is
     fold_batchnorm: bool = True
     channels_last: bool = True
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
@@ -131,6 +157,57 @@ def lidar_problems(lm: LidarModelConfig, g: GeometryConfig) -> list[str]:
     return p
 
 
+def vit_patch_size(arch: str) -> int | None:
+    """The patch size of a ViT arch name (`vit_small_patch14` -> 14); None for a ResNet."""
+    match = re.fullmatch(r"vit_[a-z]+_patch(\d+)(_reg\d+)?", arch)
+    return int(match.group(1)) if match else None
+
+
+def teacher_stride(arch: str, output_stride: int) -> int:
+    """Pixels between neighbouring feature cells: a ViT's patch size, a ResNet's output stride."""
+    return vit_patch_size(arch) or output_stride
+
+
+def _stride_problems(cfg: Config) -> list[str]:
+    """The teacher's cells are the depth lift's grid, and a ResNet's tile the crop exactly."""
+    im, g = cfg.model.image, cfg.geometry
+    patch = vit_patch_size(im.arch)
+    p: list[str] = []
+    if patch is None and im.output_stride != g.feature_stride:
+        p.append(
+            f"model.image.output_stride: {im.output_stride} must equal "
+            f"geometry.feature_stride={g.feature_stride} (the depth lift works on that grid)"
+        )
+    if patch is not None and patch != g.feature_stride:
+        p.append(
+            f"geometry.feature_stride: {g.feature_stride} must equal the teacher's stride, {patch} "
+            f"(model.image.arch={im.arch}: its patch size); set geometry.feature_stride={patch} "
+            f"loss.depth_target_pool={patch}"
+        )
+    for key in ("crop_height", "crop_width"):
+        size = getattr(g, key)
+        if patch is None and g.feature_stride >= 1 and size % g.feature_stride:
+            p.append(
+                f"geometry.{key}: {size} is not a multiple of geometry.feature_stride={g.feature_stride} "
+                f"(a ResNet teacher's feature map tiles the crop exactly)"
+            )
+        elif patch is not None and size < patch:
+            p.append(f"geometry.{key}: {size} is smaller than one {patch} px patch of the {im.arch} teacher")
+    return p
+
+
+def _weights_format_problems(im: ImageModelConfig) -> list[str]:
+    vit = vit_patch_size(im.arch) is not None
+    allowed = VIT_WEIGHT_FORMATS if vit else RESNET_WEIGHT_FORMATS
+    if im.weights_format == "auto" or im.weights_format in allowed:
+        return []
+    return [
+        f"model.image.weights_format: {im.weights_format} is a format of "
+        f"{'ResNet' if vit else 'ViT'} checkpoints, and model.image.arch={im.arch} is a "
+        f"{'ViT' if vit else 'ResNet'}; use auto or one of {list(allowed)}"
+    ]
+
+
 def model_problems(cfg: Config) -> list[str]:
     """Every inconsistency of the `model` section, including those against geometry and dist."""
     lm, im = cfg.model.lidar, cfg.model.image
@@ -142,11 +219,7 @@ def model_problems(cfg: Config) -> list[str]:
         )
     if im.weights and im.random_init:
         p.append("model.image: both weights and random_init are set; choose one")
-    if im.output_stride != cfg.geometry.feature_stride:
-        p.append(
-            f"model.image.output_stride: {im.output_stride} must equal "
-            f"geometry.feature_stride={cfg.geometry.feature_stride} (the depth lift works on that grid)"
-        )
+    p += _stride_problems(cfg) + _weights_format_problems(im)
     if lm.sparse_dtype == "float16" and not cfg.dist.use_gpu:
         p.append("model.lidar.sparse_dtype: float16 needs a GPU; set it to float32 on CPU")
     return p

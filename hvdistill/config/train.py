@@ -1,7 +1,7 @@
 """The pretraining sections (`loss`, `optim`, `precision`, `dist`, `train`, `tracking`) and their checks.
 
-`loss.depth_target_pool` is checked against `geometry.feature_stride` here, with the loss that
-owns the dependent key.
+`loss.depth_target_pool` is checked against `geometry.feature_stride` and the teacher's stride
+(hvdistill/config/model.py: `teacher_stride`) here, with the loss that owns the dependent key.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from hvdistill.config.loader import check_name
+from hvdistill.config.model import teacher_stride
 from hvdistill.storage import location_problem
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ class LossConfig:
     # FIFO of past (detached) keys as extra negatives; no momentum encoder (loss.queue_size before); 0 = off
     key_queue_size: int = 0
     tile_size: int = 4096  # keys per tile in the tiled InfoNCE; 0 = untiled
-    depth_target_pool: int = 4  # min non-zero depth in each 4x4 patch
+    depth_target_pool: int = 4  # min non-zero depth in each 4x4 patch (= the teacher's stride; ViT: 14)
     bev_start_epoch: int = 0  # two-stage schedule: BEV loss joins at this epoch
     max_bev_anchors: int = 0  # subsample BEV anchors per sample; 0 = all
     depth_reduction: Literal["cells_x_bins", "cells"] = "cells_x_bins"  # see docs/models.md
@@ -143,10 +144,13 @@ def loss_problems(cfg: Config) -> list[str]:
         p.append("loss.temperature: must be > 0")
     if cfg.loss.tile_size < 0 or cfg.loss.key_queue_size < 0:
         p.append("loss.tile_size / loss.key_queue_size: must be >= 0 (0 turns them off)")
-    if cfg.loss.depth_target_pool != cfg.geometry.feature_stride:
+    pool, im = cfg.loss.depth_target_pool, cfg.model.image
+    stride = teacher_stride(im.arch, im.output_stride)
+    if pool != cfg.geometry.feature_stride or pool != stride:
         p.append(
-            f"loss.depth_target_pool: {cfg.loss.depth_target_pool} must equal "
-            f"geometry.feature_stride={cfg.geometry.feature_stride} (targets live on the depth grid)"
+            f"loss.depth_target_pool: {pool} must equal geometry.feature_stride="
+            f"{cfg.geometry.feature_stride} and the teacher's stride, {stride} (model.image.arch="
+            f"{im.arch}; targets live on the depth grid); set loss.depth_target_pool={stride}"
         )
     return p
 

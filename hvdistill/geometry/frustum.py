@@ -1,17 +1,26 @@
-"""The LSS frustum and the lift of image points back into the (augmented) LiDAR frame.
+"""Where the teacher's feature cells sit, the LSS frustum, and the lift of image points to LiDAR.
+
+`FeatureGrid(stride, centre)` is the one description of the teacher's feature cells: cell
+(i, j) sits at pixel (u, v) = (stride j + centre, stride i + centre), pixel centres at integer
+coordinates (docs/geometry.md). `teacher_feature_grid(arch, output_stride)` gives it from the
+config alone, and the frustum (here), the depth targets (hvdistill/losses/depth.py) and the
+teacher's IPV upsampling (hvdistill/models/image/teacher.py: `upsample_cells`) all read it; the
+teacher derives the same pair from its own modules (`feature_grid`) and refuses a network that
+disagrees. It is a property of the network, not a tunable:
+- a torchvision ResNet: stride = output stride, centre 0 (`RESNET_CELL_CENTRE`). Its stem
+  (conv 7x7 stride 2 padding 3, max-pool 3x3 stride 2 padding 1) and its later convs are all
+  centred, so cell j looks at pixel s j at any output stride;
+- a ViT: stride = patch size p, centre (p - 1) / 2 (6.5 for p = 14): token j embeds exactly
+  the pixels [p j, p j + p - 1], whose middle is p j + (p - 1) / 2 (attention mixes every
+  token, so this is where the token's own patch is, not the extent of what it sees).
+`FeatureGrid.cells(length)` counts the cells along a crop axis: those whose centre lies on a
+crop pixel (s j + c <= length - 1). For a ResNet with the crop a multiple of s that is length / s;
+a ViT pads the crop right/bottom to whole patches and drops a last token whose centre falls in
+the padding, so no cell of the grid is centred outside the crop.
 
 `make_frustum` gives, for one augmented crop, the (u, v, depth) of every feature cell and
-depth bin: u, v at the receptive-field centre of the cell, depth at bin centres of
-[depth_min, depth_max) in `depth_step` steps (118 bins by default).
-
-Feature-cell centres: cell (i, j) of a feature map at stride s sits at pixel
-(u, v) = (s j + c, s i + c), pixel centres at integer coordinates (docs/geometry.md). `c` is the
-receptive-field centre of cell 0, `FEATURE_CELL_CENTRE` = 0: a torchvision ResNet's stem
-(conv 7x7 stride 2 padding 3, max-pool 3x3 stride 2 padding 1) and its later convs are all
-centred, so cell j looks at pixel s j at any output stride. It is a property of the network,
-not a tunable: `hvdistill/models/image/teacher.py: feature_grid` derives it from the teacher's
-modules and the teacher refuses a backbone that disagrees; the frustum, the depth targets
-(hvdistill/losses/depth.py) and the teacher's IPV upsampling all place cell j at s j + c.
+depth bin: u, v at the cell centres above, depth at bin centres of [depth_min, depth_max) in
+`depth_step` steps (118 bins by default).
 
 `lift_to_lidar` undoes the camera's image augmentation, back-projects with K at the given
 depth (camera z), maps camera -> LiDAR, and applies the LiDAR augmentation, so lifted features
@@ -21,11 +30,38 @@ into BEV cell indices for the scatter-add pooling of the model.
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import torch
 
+from hvdistill.config.model import teacher_stride, vit_patch_size
 from hvdistill.geometry.bev import BEVGrid
 
-FEATURE_CELL_CENTRE = 0.0  # pixel of feature cell 0's receptive-field centre; cell j at stride * j + this
+RESNET_CELL_CENTRE = 0.0  # pixel of a torchvision ResNet's cell 0 (receptive-field centre)
+
+
+class FeatureGrid(NamedTuple):
+    """Where the teacher's feature cells sit: cell j at pixel stride * j + centre (module docstring)."""
+
+    stride: int  # pixels between neighbouring cells
+    centre: float  # pixel of cell 0's centre
+
+    def cells(self, length: int) -> int:
+        """Cells along a crop axis of `length` pixels: those centred on a crop pixel (<= length - 1)."""
+        return max(math.floor((length - 1 - self.centre) / self.stride) + 1, 0)
+
+    def centres(self, length: int) -> torch.Tensor:
+        """(cells(length),) float64 pixel coordinates of the cell centres along that axis."""
+        return torch.arange(self.cells(length), dtype=torch.float64) * self.stride + self.centre
+
+
+def teacher_feature_grid(arch: str, output_stride: int) -> FeatureGrid:
+    """The grid of `model.image.arch` / `output_stride` from the config alone (no network built)."""
+    patch = vit_patch_size(arch)
+    if patch is not None:
+        return FeatureGrid(patch, (patch - 1) / 2)
+    return FeatureGrid(teacher_stride(arch, output_stride), RESNET_CELL_CENTRE)
 
 
 def depth_bin_centres(depth_min: float, depth_max: float, depth_step: float) -> torch.Tensor:
@@ -48,12 +84,15 @@ def make_frustum(
     depth_min: float,
     depth_max: float,
     depth_step: float,
-    centre: float = FEATURE_CELL_CENTRE,
+    centre: float = RESNET_CELL_CENTRE,
 ) -> torch.Tensor:
-    """(D, Hf, Wf, 3) float64 (u, v, depth) in augmented-crop pixels; cell j at u = stride * j + centre."""
-    hf, wf = crop_height // stride, crop_width // stride
-    u = torch.arange(wf, dtype=torch.float64) * stride + centre  # (Wf,)
-    v = torch.arange(hf, dtype=torch.float64) * stride + centre  # (Hf,)
+    """(D, Hf, Wf, 3) float64 (u, v, depth) in augmented-crop pixels; cell j at u = stride * j + centre.
+
+    Hf, Wf = `FeatureGrid(stride, centre).cells` of the crop height and width.
+    """
+    grid = FeatureGrid(stride, centre)
+    u = grid.centres(crop_width)  # (Wf,)
+    v = grid.centres(crop_height)  # (Hf,)
     d = depth_bin_centres(depth_min, depth_max, depth_step)  # (D,)
     dd, vv, uu = torch.meshgrid(d, v, u, indexing="ij")
     return torch.stack([uu, vv, dd], dim=-1)

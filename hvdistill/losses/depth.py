@@ -1,20 +1,23 @@
 """The depth loss: LiDAR-supervised depth distributions of the lift (BEVDepth style).
 
-Targets live at the depth net's resolution (1/`pool` of the crop, pool = LossConfig.
-depth_target_pool = 4): each cell takes the minimum non-zero LiDAR depth of the pairs in its
-patch, computed from the pairs directly with a scatter-min instead of a full-resolution depth
-image. Feature cell j is centred at pixel pool * j + c (c = FEATURE_CELL_CENTRE = 0, pixel
-centres at integer coordinates; see hvdistill/geometry/frustum.py), where the frustum puts its
-ray and the IPV upsampling its feature. The patch is centred there: a pair at sub-pixel (u, v)
-goes to the cell whose centre is nearest, column floor((u - c) / pool + 1/2), i.e. cell j takes
-u in [pool * j + c - pool / 2, pool * j + c + pool / 2), 4 px wide and centred on 4 j exactly.
-Whole-pixel windows cannot be centred on a pixel for an even pool ([4j - 2, 4j + 1] is off by
--0.5 px, [4j - 1, 4j + 2] by +0.5 px), so the rule uses the stored sub-pixel coordinates.
-Pairs inside the crop but past the last cell centre's half-window (the last pool / 2 - c columns
-and rows) take the last cell, as the replicated border of the IPV upsampling does; only pairs
-whose pixel (rounded (u, v)) lies outside the crop are dropped. The depth becomes a one-hot over the
-bins [depth_min, depth_max) in depth_step steps (`depth_to_bin`); cells without a point, or
-whose depth falls outside the bins, are not counted.
+Targets live at the depth net's resolution, the teacher's feature grid (pool =
+LossConfig.depth_target_pool = the teacher's stride: 4 for the paper's ResNet, 14 for a ViT):
+each cell takes the minimum non-zero LiDAR depth of the pairs in its patch, computed from the
+pairs directly with a scatter-min instead of a full-resolution depth image. Feature cell j is
+centred at pixel pool * j + c (c = the grid's centre: 0 for the ResNets, 6.5 for a ViT/14;
+pixel centres at integer coordinates; see hvdistill/geometry/frustum.py: `FeatureGrid`), where
+the frustum puts its ray and the IPV upsampling its feature. The patch is centred there: a pair
+at sub-pixel (u, v) goes to the cell whose centre is nearest, column floor((u - c) / pool + 1/2),
+i.e. cell j takes u in [pool * j + c - pool / 2, pool * j + c + pool / 2), pool px wide and
+centred on the cell exactly (4 j for the ResNets). Whole-pixel windows cannot be centred on a
+pixel for an even pool ([4j - 2, 4j + 1] is off by -0.5 px, [4j - 1, 4j + 2] by +0.5 px), so the
+rule uses the stored sub-pixel coordinates. Pairs inside the crop but past the last cell
+centre's half-window take the last cell, as the replicated border of the IPV upsampling does;
+only pairs whose pixel (rounded (u, v)) lies outside the crop are dropped. The grid holds only
+cells centred inside the crop (`FeatureGrid.cells`): a ViT's padding never makes a cell of its
+own, so no target sits on padded pixels. The depth becomes a one-hot over the bins
+[depth_min, depth_max) in depth_step steps (`depth_to_bin`); cells without a point, or whose
+depth falls outside the bins, are not counted.
 
 The loss is the binary cross-entropy between softmax(depth logits) and the one-hot targets,
 in fp32 with autocast disabled, with the true bin's term taken from log_softmax so a saturated
@@ -33,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from hvdistill import dist
-from hvdistill.geometry.frustum import FEATURE_CELL_CENTRE, depth_to_bin
+from hvdistill.geometry.frustum import RESNET_CELL_CENTRE, depth_to_bin
 
 BCE_LOG_FLOOR = -100.0  # log(1 - p) floor of the wrong bins, as torch's binary_cross_entropy clamps
 
@@ -46,15 +49,18 @@ def depth_targets(
     grid_height: int,
     grid_width: int,
     pool: int,
-    centre: float = FEATURE_CELL_CENTRE,
+    centre: float = RESNET_CELL_CENTRE,
+    crop: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """(N_img, Hf, Wf) float32 minimum non-zero pair depth per patch centred on its cell; 0 = none.
 
     pair_image (Q,), pair_uv (Q, 2) (u = column, v = row, crop pixels), pair_depth (Q,) metres;
-    cell j is centred at pixel pool * j + centre (see the module docstring).
+    cell j is centred at pixel pool * j + centre (see the module docstring). `crop` (H, W) is the
+    crop's size in pixels, by default the grid's (pool * Hf, pool * Wf), as for a ResNet.
     """
+    crop_h, crop_w = crop if crop is not None else (grid_height * pool, grid_width * pool)
     pixel = torch.round(pair_uv).long()  # (Q, 2)
-    inside = (pixel >= 0).all(1) & (pixel[:, 0] < grid_width * pool) & (pixel[:, 1] < grid_height * pool)
+    inside = (pixel >= 0).all(1) & (pixel[:, 0] < crop_w) & (pixel[:, 1] < crop_h)
     nearest = torch.floor((pair_uv.double() - centre) / pool + 0.5).long()  # (Q, 2) nearest cell centre
     col = nearest[:, 0].clamp(0, grid_width - 1)  # (Q,)
     row = nearest[:, 1].clamp(0, grid_height - 1)  # (Q,)

@@ -23,6 +23,7 @@ from torch import nn
 
 from hvdistill import dist
 from hvdistill.config import Config, GeometryConfig, LossConfig, ModelConfig
+from hvdistill.geometry.frustum import RESNET_CELL_CENTRE, teacher_feature_grid
 from hvdistill.loss_inputs import LossInputs
 from hvdistill.losses.bev import bev_pairs
 from hvdistill.losses.depth import depth_bins, depth_loss, depth_targets
@@ -55,9 +56,11 @@ class HybridViewLoss(nn.Module):
         geometry_cfg: GeometryConfig,
         feature_dim: int = ModelConfig.feature_dim,
         seed: int = 0,
+        cell_centre: float = RESNET_CELL_CENTRE,  # pixel of feature cell 0 (geometry/frustum.py: FeatureGrid)
     ) -> None:
         super().__init__()
         self.loss_cfg, self.geometry_cfg = loss_cfg, geometry_cfg
+        self.cell_centre = cell_centre
         self.ipv_contrast = build_infonce(loss_cfg, feature_dim)
         self.bev_contrast = build_infonce(loss_cfg, feature_dim)
         self.seed = seed
@@ -88,8 +91,10 @@ class HybridViewLoss(nn.Module):
         if x.pair_image is None or x.pair_uv is None or x.pair_depth is None:
             raise ValueError("depth loss needs pair_image, pair_uv and pair_depth in LossInputs")
         n_img, _, grid_h, grid_w = x.depth_logits.shape
+        crop = tuple(x.image_features.shape[-2:])  # (H, W): the IPV map is at crop resolution
+        pool, centre = self.loss_cfg.depth_target_pool, self.cell_centre
         targets = depth_targets(
-            x.pair_image, x.pair_uv, x.pair_depth, n_img, grid_h, grid_w, self.loss_cfg.depth_target_pool
+            x.pair_image, x.pair_uv, x.pair_depth, n_img, grid_h, grid_w, pool, centre, crop
         )  # (N_img, Hf, Wf)
         g = self.geometry_cfg
         return targets, depth_bins(targets, g.depth_min, g.depth_max, g.depth_step)[1].sum()
@@ -146,5 +151,6 @@ class HybridViewLoss(nn.Module):
 
 
 def build_hybrid_view_loss(cfg: Config) -> HybridViewLoss:
-    """The pretraining loss from the whole config."""
-    return HybridViewLoss(cfg.loss, cfg.geometry, cfg.model.feature_dim, cfg.train.seed)
+    """The pretraining loss from the whole config (depth cells centred where the teacher's sit)."""
+    centre = teacher_feature_grid(cfg.model.image.arch, cfg.model.image.output_stride).centre
+    return HybridViewLoss(cfg.loss, cfg.geometry, cfg.model.feature_dim, cfg.train.seed, centre)

@@ -19,10 +19,12 @@ surrounds them; the dense image side computes in `precision.image_dtype`.
 
 Data flow for a batch of B samples with n_cam cameras (N = B * n_cam images):
   voxels -> student -> per-voxel IPV features (V, 64) and LiDAR BEV cells (K, 64)
-  crops  -> teacher -> 1/4-resolution head map (N, 64, 56, 104) and IPV map (N, 64, 224, 416)
-  head map + camera geometry -> depth net -> depth logits (N, D, 56, 104) -> lift -> image BEV
-Feature cell j of the teacher looks at pixel 4 j (its receptive-field centre, derived from the
-network); `check_feature_grid` makes sure the lift's frustum rays start there.
+  crops  -> teacher -> head map on its feature grid (N, 64, Hf, Wf) and IPV map (N, 64, 224, 416);
+            Hf x Wf = 56 x 104 for the paper's ResNet at stride 4, 16 x 30 for a ViT/14
+  head map + camera geometry -> depth net -> depth logits (N, D, Hf, Wf) -> lift -> image BEV
+Feature cell j of the teacher sits at pixel stride * j + centre (4 j for the ResNets, 14 j + 6.5
+for a ViT/14; derived from the network, hvdistill/geometry/frustum.py: `FeatureGrid`);
+`check_feature_grid` makes sure the lift's frustum rays start there.
 """
 
 from __future__ import annotations
@@ -143,8 +145,10 @@ def check_feature_grid(teacher: ImageTeacher, lift: BEVLift | None) -> None:
         return
     stride, centre = teacher.grid
     u = lift.frustum[0, 0, :, 0]  # (Wf,) u of the frustum's first row of cells
+    v = lift.frustum[0, :, 0, 1]  # (Hf,) v of its first column
     expected = torch.arange(u.numel(), dtype=u.dtype, device=u.device) * stride + centre
-    if not torch.equal(u, expected):
+    expected_v = torch.arange(v.numel(), dtype=v.dtype, device=v.device) * stride + centre
+    if not (torch.equal(u, expected) and torch.equal(v, expected_v)):
         raise ValueError(
             f"the lift's frustum puts feature cells at u = {u[:3].tolist()}..., the teacher's cells look at "
             f"{expected[:3].tolist()}... (stride {stride}, centre {centre} px); build the frustum with "

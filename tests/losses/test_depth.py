@@ -46,6 +46,26 @@ def test_targets_equal_min_pooling_reference():
     assert (got == 0).any() and (got > 0).any()
 
 
+def test_vit_targets_equal_the_reference_on_cells_at_14j_plus_6_5():
+    """A ViT/14 grid on a 44 x 76 crop (3 x 5 cells, the crop reaching past the last cells' windows):
+    each pair goes to the cell whose centre 14 j + 6.5 is nearest, none is dropped."""
+    h, w, pool, centre, hf, wf = 44, 76, 14, 6.5, 3, 5
+    g = torch.Generator().manual_seed(3)
+    q = 200
+    pair_image = torch.randint(0, N_IMG, (q,), generator=g)
+    pair_uv = torch.rand(q, 2, generator=g) * torch.tensor([w - 1.0, h - 1.0])  # anywhere in the crop
+    pair_depth = 1.0 + 10.0 * torch.rand(q, generator=g)
+    got = depth_targets(pair_image, pair_uv, pair_depth, N_IMG, hf, wf, pool, centre, (h, w))
+    expected = torch.zeros(N_IMG, hf, wf)
+    for n, (u, v), d in zip(pair_image.tolist(), pair_uv.tolist(), pair_depth.tolist()):
+        i = max(range(hf), key=lambda k: (-abs(v - pool * k - centre), k))
+        j = max(range(wf), key=lambda k: (-abs(u - pool * k - centre), k))
+        if expected[n, i, j] == 0 or d < expected[n, i, j]:
+            expected[n, i, j] = d
+    torch.testing.assert_close(got, expected)
+    assert (got > 0).all()
+
+
 def _naive_loss(logits, targets, per_bin):
     prob = torch.softmax(logits.double(), dim=1)
     total, cells = 0.0, 0

@@ -88,3 +88,28 @@ def test_frustum_must_start_its_rays_where_the_teacher_cells_look():
     model.lift.frustum = model.lift.frustum + torch.tensor([1.5, 1.5, 0.0], dtype=torch.float64)
     with pytest.raises(ValueError, match="frustum"):  # the old 4 x 4-block centres, 1.5 px off
         check_feature_grid(model.teacher, model.lift)
+
+
+VIT = ["model.image.arch=vit_tiny_patch14", "geometry.feature_stride=14", "loss.depth_target_pool=14"]
+
+
+def test_a_vit_teacher_trains_the_same_pipeline_on_its_14_px_grid():
+    """64 x 128 crops: 5 x 9 cells (128 = 9 x 14 + 2: the padded 10th token's centre is outside)."""
+    torch.manual_seed(0)
+    cfg = tiny_config(*VIT)
+    batch = tiny_batch(cfg)
+    model, loss_fn = build_distiller(cfg).train(), build_hybrid_view_loss(cfg)
+    assert model.teacher.grid == (14, 6.5) and loss_fn.cell_centre == 6.5
+    assert float(model.lift.frustum[0, 0, 1, 0]) == 20.5 and model.lift.frustum.shape[1:3] == (5, 9)
+    inputs = model(batch)
+    assert inputs.depth_logits.shape[-2:] == (5, 9) and inputs.image_features.shape[-2:] == (64, 128)
+    terms = loss_fn(inputs, epoch=0)
+    assert all(torch.isfinite(getattr(terms, k)) for k in ("total", "ipv", "depth", "bev"))
+    assert terms.num_depth_cells > 10 and terms.num_bev_anchors > 10
+    terms.total.backward()
+    assert model.teacher.head.weight.grad is not None and all(
+        p.grad is None for p in model.frozen_parameters()
+    )
+    model.lift.frustum = model.lift.frustum - torch.tensor([6.5, 6.5, 0.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="frustum"):  # rays through the patch corners, not their centres
+        check_feature_grid(model.teacher, model.lift)

@@ -1,7 +1,10 @@
 """The lift: teacher head features -> depth distribution x context -> pooled image BEV features.
 
-`BEVLift.forward` takes the teacher head's 1/4-resolution map (N, feature_dim, Hf, Wf) of N
-images (all cameras of all samples; `image_batch` names each image's sample), and per image
+`BEVLift.forward` takes the teacher head's map (N, feature_dim, Hf, Wf) of N images (all
+cameras of all samples; `image_batch` names each image's sample) on the teacher's feature grid
+(1/4 resolution for the paper's ResNet, 14 px cells for a ViT/14: `teacher_feature_grid` of
+`model.image`, hvdistill/geometry/frustum.py, whose cell centres the frustum's rays go
+through), and per image
 the intrinsics of the stored image,
 camera -> (un-augmented) LiDAR transform, image-augmentation matrix (stored px -> crop px),
 LiDAR augmentation (repeated for each camera of a sample) and sample index. It returns
@@ -23,7 +26,7 @@ from torch import nn
 
 from hvdistill.config import GeometryConfig, ModelConfig, PrecisionConfig
 from hvdistill.geometry.bev import BEVGrid
-from hvdistill.geometry.frustum import make_frustum
+from hvdistill.geometry.frustum import make_frustum, teacher_feature_grid
 from hvdistill.models.depth.bev_pool import bev_pool, prepare_pool_index, ray_cells
 from hvdistill.models.depth.depth_net import Bridge, DepthNet, camera_parameters
 from hvdistill.models.image.teacher import autocast_context
@@ -60,9 +63,15 @@ class BEVLift(nn.Module):
         self.bridge = Bridge(model_cfg.feature_dim, dcfg.bridge_channels)
         self.depth_net = DepthNet(dcfg.bridge_channels, g.depth_bins, dcfg)
         self.grid_spec = BEVGrid.from_config(g)
+        cells = teacher_feature_grid(model_cfg.image.arch, model_cfg.image.output_stride)
+        if cells.stride != g.feature_stride:
+            raise ValueError(
+                f"geometry.feature_stride={g.feature_stride} but the {model_cfg.image.arch} teacher's cells "
+                f"are {cells.stride} px apart; set geometry.feature_stride={cells.stride}"
+            )
         frustum = make_frustum(
-            g.crop_height, g.crop_width, g.feature_stride, g.depth_min, g.depth_max, g.depth_step
-        )  # (D, Hf, Wf, 3) float64
+            g.crop_height, g.crop_width, cells.stride, g.depth_min, g.depth_max, g.depth_step, cells.centre
+        )  # (D, Hf, Wf, 3) float64, cell j at stride j + centre
         self.register_buffer("frustum", frustum, persistent=False)
         self.z_range = (g.point_range[2], g.point_range[5])
         self.compute_dtype = compute_dtype

@@ -1,7 +1,8 @@
-"""The frozen 2D teacher: torchvision-compatible ResNets, checkpoint loading, the IPV head."""
+"""The frozen 2D teacher: torchvision-layout ResNets, DINOv2-layout ViTs, checkpoint loading, the IPV head."""
 
 from hvdistill.models.image.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet50
 from hvdistill.models.image.teacher import ImageTeacher, TeacherOutput, build_image_teacher
+from hvdistill.models.image.vit import VIT_ARCHITECTURES, VisionTransformer, VitLayout, build_vit
 from hvdistill.models.image.weights import LoadReport, load_teacher_weights
 
 __all__ = [
@@ -13,6 +14,10 @@ __all__ = [
     "ImageTeacher",
     "TeacherOutput",
     "build_image_teacher",
+    "VIT_ARCHITECTURES",
+    "VisionTransformer",
+    "VitLayout",
+    "build_vit",
     "LoadReport",
     "load_teacher_weights",
 ]

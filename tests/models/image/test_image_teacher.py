@@ -63,3 +63,37 @@ def test_bf16_autocast_returns_float32_close_to_fp32():
     assert low.ipv.dtype == torch.float32 and low.backbone.dtype == torch.float32
     cos = (ref.ipv * low.ipv).sum(dim=1)  # both unit vectors per pixel
     assert cos.mean() > 0.98
+
+
+def make_vit_teacher(dtype=torch.float32, arch: str = "vit_tiny_patch14") -> ImageTeacher:
+    torch.manual_seed(0)
+    return ImageTeacher(
+        arch, feature_dim=32, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], compute_dtype=dtype
+    )
+
+
+def test_vit_teacher_on_the_paper_crop_pads_to_a_16_x_30_grid():
+    """224 x 416: 416 = 29 x 14 + 10, padded to 30 patches; the last one's centre (412.5) is in the crop."""
+    teacher = make_vit_teacher(arch="vit_tiny_patch14_reg4")
+    out = teacher(torch.rand(2, 3, 224, 416), with_backbone=True)
+    assert out.backbone.shape == (2, 192, 16, 30) and out.head.shape == (2, 32, 16, 30)
+    assert out.ipv.shape == (2, 32, 224, 416) and all(t.dtype == torch.float32 for t in out)
+    torch.testing.assert_close(out.ipv.norm(dim=1), torch.ones(2, 224, 416))
+    assert teacher.grid == (14, 6.5) and not teacher.inference.active
+    assert [n for n, p in teacher.named_parameters()] == ["head.weight", "head.bias"]
+
+
+def test_vit_teacher_is_frozen_and_its_bf16_autocast_returns_float32_close_to_fp32():
+    images = torch.rand(1, 3, 56, 100)
+    ref = make_vit_teacher(torch.float32)(images)
+    teacher = make_vit_teacher(torch.bfloat16).train()
+    low = teacher(images, with_backbone=True)
+    assert (
+        low.ipv.dtype == torch.float32
+        and low.backbone.dtype == torch.float32
+        and low.head.shape[-2:] == (4, 7)
+    )
+    assert (ref.ipv * low.ipv).sum(dim=1).mean() > 0.98  # both unit vectors per pixel
+    low.ipv.sum().backward()
+    assert not teacher.backbone.training and all(p.grad is None for p in teacher.backbone.parameters())
+    assert teacher.head.weight.grad is not None
