@@ -50,6 +50,11 @@ class SourceConfig:
     # Argoverse 2: a ring camera's nearest image farther than this from the sweep is a missing
     # camera frame (the sample is quarantined); the devkit's own limit. Ignored by the others.
     camera_tolerance_ms: float = ARGOVERSE2_CAMERA_TOLERANCE_MS
+    # Argoverse 2: where the LiDAR frame of its points has its origin. sensor = the up_lidar's
+    # mounting point (ego axes), so the ground lies ~1.6-1.9 m below the origin as in nuScenes'
+    # and KITTI's LiDAR frames and one voxel crop fits all three rigs; ego = AV2's ego frame as
+    # stored (origin on the ground at the rear axle). Ignored by the others.
+    lidar_origin: Literal["sensor", "ego"] = "sensor"
 
 
 @dataclass(slots=True, kw_only=True)

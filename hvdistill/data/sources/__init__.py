@@ -36,7 +36,9 @@ def build_source(cfg: SourceConfig, cameras: list[str] | None = None) -> DataSou
         from hvdistill.data.sources.argoverse2 import Argoverse2Source
 
         ring = [c for c in cameras or [] if c in ARGOVERSE2_RING_CAMERAS] or None
-        return Argoverse2Source(cfg.root, cfg.split, cfg.split_file, ring, cfg.camera_tolerance_ms)
+        return Argoverse2Source(
+            cfg.root, cfg.split, cfg.split_file, ring, cfg.camera_tolerance_ms, cfg.lidar_origin
+        )
     raise DatasetLayoutError(f"unknown source '{cfg.name}'; use nuscenes, semantickitti or argoverse2")
 
 

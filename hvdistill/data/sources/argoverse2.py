@@ -11,8 +11,12 @@ table is read with pyarrow and checked (columns, types, nulls, finite values) be
 One sample = one sweep and, for each ring camera, its image nearest in time (ties: the earlier,
 as the devkit's `get_closest_img_fpath`); an image farther than `camera_tolerance_ms` (default
 the devkit's 25 ms) is a missing camera frame: the sample is damaged. In `Sample` terms: AV2
-points are already in the ego frame at the sweep time, so lidar_to_ego = I and ego_to_global =
-the city pose at the sweep timestamp; each camera has cam_to_ego from egovehicle_SE3_sensor and
+points are stored in the ego frame at the sweep time; the sample's LiDAR frame has the ego
+frame's axes and, with `lidar_origin=sensor` (the default), its origin at the up_lidar's
+mounting point (lidar_to_ego = that translation, the stored points shifted by it), so the ground
+lies below the origin as in nuScenes' and KITTI's LiDAR frames and one voxel crop fits the three
+rigs; `lidar_origin=ego` keeps the stored frame (lidar_to_ego = I). ego_to_global = the city
+pose at the sweep timestamp; each camera has cam_to_ego from egovehicle_SE3_sensor and
 ego_to_global = the pose at the IMAGE's timestamp, so `Sample.lidar_to_camera` is the devkit's
 motion-compensated projection (`project_ego_to_img_motion_compensated`). Poses are looked up by
 exact timestamp, as the devkit does. Points: (N, 4) float32 x, y, z, intensity with the
@@ -56,6 +60,8 @@ POSES_FILE = "city_SE3_egovehicle.feather"
 EXTRINSICS_FILE = "calibration/egovehicle_SE3_sensor.feather"
 INTRINSICS_FILE = "calibration/intrinsics.feather"
 NS_PER_MS, NS_PER_US = 1_000_000, 1_000
+LIDAR_ORIGINS = ("sensor", "ego")  # data.sources[*].lidar_origin
+ORIGIN_SENSOR = "up_lidar"  # lidar_origin=sensor: the LiDAR frame's origin is this unit's mounting point
 
 
 def find_logs(root: Path) -> dict[str, Path]:
@@ -168,7 +174,11 @@ class Argoverse2Source:
         split_file: str = "",
         cameras: list[str] | None = None,
         camera_tolerance_ms: float = ARGOVERSE2_CAMERA_TOLERANCE_MS,
+        lidar_origin: str = "sensor",
     ):
+        if lidar_origin not in LIDAR_ORIGINS:
+            raise ValueError(f"lidar_origin {lidar_origin!r} is not one of {LIDAR_ORIGINS}")
+        self.lidar_origin = lidar_origin
         self.root = Path(root)
         self.split = split
         names = list(cameras or ARGOVERSE2_RING_CAMERAS)
@@ -225,13 +235,15 @@ class Argoverse2Source:
         stamp = int(stamp_text)
         index = self._log_index(key, log)
         cameras = tuple(self._camera_plan(key, log, index, name, stamp) for name in self.camera_names)
+        lidar_to_ego = self._lidar_frame(key, index)  # (4, 4) ego axes, origin per lidar_origin
         return ReadPlan(
             key=key,
             dataset=self.name,
             chunk=log,
             points=str(index.folder / "sensors" / "lidar" / f"{stamp}.feather"),
             point_format=FEATHER_SWEEP,
-            lidar_to_ego=np.eye(4),
+            lidar_to_ego=lidar_to_ego,
+            file_to_lidar=None if self.lidar_origin == "ego" else np.linalg.inv(lidar_to_ego),
             ego_to_global=index.pose(key, stamp),
             timestamp=stamp // NS_PER_US,
             cameras=cameras,
@@ -245,6 +257,23 @@ class Argoverse2Source:
                 "version": self.version,
             },
         )
+
+    def _lidar_frame(self, key: str, index: LogIndex) -> np.ndarray:
+        """(4, 4) float64 LiDAR frame -> ego: identity for lidar_origin=ego; for sensor, a shift to
+        the up_lidar's mounting point (its translation only: the axes stay the ego frame's)."""
+        frame = np.eye(4)
+        if self.lidar_origin == "ego":
+            return frame
+        if ORIGIN_SENSOR not in index.extrinsics:
+            raise SampleReadError(
+                key,
+                index.folder / EXTRINSICS_FILE,
+                f"no row for {ORIGIN_SENSOR}, the origin of the LiDAR frame "
+                f"(data.sources[*].lidar_origin=ego keeps AV2's ego frame instead)",
+            )
+        mount = rigid(key, index.folder / EXTRINSICS_FILE, index.extrinsics[ORIGIN_SENSOR], ORIGIN_SENSOR)
+        frame[:3, 3] = mount[:3, 3]
+        return frame
 
     def _camera_plan(self, key: str, log: str, index: LogIndex, name: str, stamp: int) -> CameraPlan:
         folder = index.folder / "sensors" / "cameras" / name

@@ -70,6 +70,9 @@ class ReadPlan:
     point_columns: int = 4  # float32 columns per point in that file (FLOAT32_POINTS)
     point_format: str = FLOAT32_POINTS  # one of POINT_FORMATS
     lidar_to_ego: np.ndarray = field(default_factory=lambda: np.eye(4))  # (4, 4) float64
+    # (4, 4) float64 frame of the point file -> LiDAR frame (Argoverse 2 stores ego-frame points);
+    # None = the file is in the LiDAR frame already
+    file_to_lidar: np.ndarray | None = None
     ego_to_global: np.ndarray = field(default_factory=lambda: np.eye(4))  # (4, 4) float64
     timestamp: int = 0  # microseconds, LiDAR
     cameras: tuple[CameraPlan, ...] = ()
@@ -96,12 +99,17 @@ def _read_labels(key: str, plan: LabelPlan, n_points: int) -> np.ndarray:
 def _read_points(plan: ReadPlan) -> np.ndarray:
     """(N, 4) float32 x, y, z, intensity of the plan's point file, in its format."""
     if plan.point_format == FEATHER_SWEEP:
-        return read_sweep(plan.key, Path(plan.points))
-    if plan.point_format != FLOAT32_POINTS:
+        points = read_sweep(plan.key, Path(plan.points))  # (N, 4)
+    elif plan.point_format == FLOAT32_POINTS:
+        points = read_points(plan.key, Path(plan.points), plan.point_columns)  # (N, 4)
+    else:
         raise ValueError(
             f"read plan of {plan.key}: unknown point format {plan.point_format!r}; use {POINT_FORMATS}"
         )
-    return read_points(plan.key, Path(plan.points), plan.point_columns)
+    if plan.file_to_lidar is not None:
+        xyz = points[:, :3].astype(np.float64) @ plan.file_to_lidar[:3, :3].T + plan.file_to_lidar[:3, 3]
+        points[:, :3] = xyz.astype(np.float32)  # (N, 3) in the LiDAR frame
+    return points
 
 
 def read_plan(plan: ReadPlan) -> Sample:

@@ -48,7 +48,8 @@ def test_pairs_equal_the_devkit_projection_with_its_nearest_images(av2_root, spl
         sample, plan = src.read(key), src.plan(key)
         log, stamp = plan.chunk, sample.meta["timestamp_ns"]
         sweep = Sweep.from_feather(loader.get_lidar_fpath(log, stamp))
-        np.testing.assert_array_equal(sample.points[:, :3], sweep.xyz.astype(np.float32))
+        ego = sample.points[:, :3].astype(np.float64) + sample.lidar_to_ego[:3, 3]  # (N, 3)
+        np.testing.assert_allclose(ego, sweep.xyz, rtol=0, atol=1e-5)
         pairs = compute_pairs(sample, [c.size for c in sample.cameras], RULES.min_depth, RULES.image_border)
         for i, cam in enumerate(sample.cameras):
             image = loader.get_closest_img_fpath(log, cam.name, stamp)
@@ -109,7 +110,13 @@ def test_sample_contract_intensity_timestamps_and_frames(av2_root):
     assert sample.points.dtype == np.float32 and sample.points.shape == (table.num_rows, 4)
     np.testing.assert_array_equal(sample.points[:, 3], table["intensity"].to_numpy().astype(np.float32))
     assert sample.points[:, 3].max() > 1.0  # the 0-255 scale, not KITTI's 0-1
-    np.testing.assert_array_equal(sample.lidar_to_ego, np.eye(4))
+    # the LiDAR frame: the ego axes, its origin at the up_lidar's mounting point (lidar_origin=sensor)
+    mount = src._log_index(key, src.plan(key).chunk).extrinsics["up_lidar"][4:]  # tx, ty, tz
+    np.testing.assert_array_equal(sample.lidar_to_ego[:3, :3], np.eye(3))
+    np.testing.assert_array_equal(sample.lidar_to_ego[:3, 3], mount)
+    assert mount[2] > 1.0  # the ground is ~1.6 m below the origin, as in nuScenes' and KITTI's frames
+    stored = np.stack([table[c].to_numpy().astype(np.float64) for c in "xyz"], 1)  # (N, 3) ego frame
+    np.testing.assert_allclose(sample.points[:, :3], stored - mount, rtol=0, atol=1e-5)
     assert sample.labels is None and src.label_map_name == "" and sample.meta["label_map"] == ""
     assert sample.timestamp == sample.meta["timestamp_ns"] // 1000 and key.endswith(
         str(sample.meta["timestamp_ns"])
@@ -173,3 +180,20 @@ def test_the_runtime_never_imports_the_av2_devkit():
         if statement.search(path.read_text())
     ]
     assert not found  # the devkit is the tests' reference, never a runtime dependency
+
+
+def test_lidar_origin_ego_keeps_the_stored_frame_and_the_same_pixels(av2_root):
+    import pyarrow.feather as feather
+
+    sensor, ego = av2_source(av2_root, "train"), av2_source(av2_root, "train", lidar_origin="ego")
+    key = av2_keys(ego)[0]
+    a, b = sensor.read(key), ego.read(key)
+    table = feather.read_table(ego.plan(key).points)
+    np.testing.assert_array_equal(b.points[:, 0], table["x"].to_numpy().astype(np.float32))
+    np.testing.assert_array_equal(b.lidar_to_ego, np.eye(4))
+    assert not np.allclose(a.points[:, 2], b.points[:, 2])
+    sizes = [c.size for c in a.cameras]
+    pa = compute_pairs(a, sizes, RULES.min_depth, RULES.image_border)  # (M, 5)
+    pb = compute_pairs(b, sizes, RULES.min_depth, RULES.image_border)
+    np.testing.assert_array_equal(pa[:, :2], pb[:, :2])  # the frame moves the points, not their pixels
+    np.testing.assert_allclose(pa[:, 2:], pb[:, 2:], rtol=0, atol=1e-3)

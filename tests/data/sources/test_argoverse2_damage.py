@@ -157,6 +157,13 @@ def camera_missing_from_extrinsics(root: Path) -> Expected:
     return every_key(keys, "no row for camera ring_side_left", path)
 
 
+def lidar_missing_from_extrinsics(root: Path) -> Expected:
+    src, keys = train(root)
+    path = log_files(src, keys[0])["extrinsics"]
+    rewrite(path, lambda f: f.drop(index=f.index[f["sensor_name"] == "up_lidar"], inplace=True))
+    return every_key(keys, "no row for up_lidar, the origin of the LiDAR frame", path)
+
+
 def zero_camera_rotation(root: Path) -> Expected:
     src, keys = train(root)
     path = log_files(src, keys[0])["extrinsics"]
@@ -202,6 +209,7 @@ DAMAGE = [
     truncated_poses,
     camera_missing_from_intrinsics,
     camera_missing_from_extrinsics,
+    lidar_missing_from_extrinsics,
     zero_camera_rotation,
     renamed_calibration_column,
     truncated_intrinsics,
