@@ -225,6 +225,12 @@ def source_record(
     source_cfg: SourceConfig, source: Any, cfg: DataConfig, units: list[Unit]
 ) -> dict[str, Any]:
     config = sharding_config(cfg)
+    if source_cfg.name == "argoverse2":  # its reading options change what is stored: a re-run must match
+        config = {
+            **config,
+            "camera_tolerance_ms": source_cfg.camera_tolerance_ms,
+            "lidar_origin": source_cfg.lidar_origin,
+        }
     return {
         "dataset": source.name,
         "version": source.version,

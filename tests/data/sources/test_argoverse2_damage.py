@@ -252,3 +252,12 @@ def test_an_intact_world_shards_to_exactly_prepare_sample(av2_root, tmp_path):
         assert [c.size for c in got[key].cameras] == [c.size for c in expected.cameras]
         for a, b in zip(got[key].cameras, expected.cameras, strict=True):
             np.testing.assert_array_equal(a.ego_to_global, b.ego_to_global)
+
+
+def test_a_rerun_with_other_reading_options_is_refused_not_mixed(av2_root, tmp_path):
+    shard(av2_root, tmp_path / "shards")
+    other = [
+        SourceConfig(name="argoverse2", root=str(av2_root), split=s, lidar_origin="ego") for s in AV2_SPLITS
+    ]
+    with pytest.raises(ValueError, match="config_hash"):
+        shard_in_process(other, STORED, tmp_path / "shards")
