@@ -42,6 +42,7 @@ from hvdistill import storage
 from hvdistill.config import RUN_SECTIONS, Config, ConfigError, load_config
 from hvdistill.config.downstream import RANDOM_INIT
 from hvdistill.config.study import RANDOM_TEACHER_SUFFIX, VARIANTS
+from hvdistill.config.teacher import saved_format
 
 RUN_PREFIX = "study-"  # pretraining run names: study-<method>-s<seed>
 FINETUNE_SWEEP, PROBE_SWEEP, SUMMARY = "finetune", "probe", "study"
@@ -73,7 +74,7 @@ def study_overrides(cfg: Config, out: Path) -> list[str]:
         f"data.shards=[{out / 'shards'}]",
         f"teacher_train.output={teacher}",
         f"model.image.weights={teacher}",
-        "model.image.weights_format=torchvision",
+        f"model.image.weights_format={saved_format(cfg.model.image.arch)}",  # torchvision; a ViT: dinov2
         "model.image.random_init=false",
         f"train.output_dir={own / 'runs'}",
         f"finetune.output_dir={own / 'sweeps'}",
@@ -116,7 +117,23 @@ def make_teacher(config_path: str, overrides: list[str], cfg: Config) -> dict[st
         _check(teacher_main(["train", config_path, *overrides]), "teacher train")
     else:
         print(f"study: teacher {weights} exists; kept")
-    return json.loads(info.read_text())
+    kept = json.loads(info.read_text())
+    _refuse_another_arch(kept.get("arch"), cfg, weights)
+    return kept
+
+
+def _refuse_another_arch(kept: str | None, cfg: Config, weights: Path) -> None:
+    """Stop when the kept teacher is not of `model.image.arch`: the runs beside it are its own."""
+    wanted = cfg.model.image.arch
+    if kept is None:  # teacher files written before ViT teachers name no arch: all are ResNets
+        same = saved_format(wanted) == saved_format("resnet18")
+    else:
+        same = kept == wanted
+    if not same:
+        raise SystemExit(
+            f"hvdistill study: {weights} is a {kept or 'ResNet'} teacher, and model.image.arch is {wanted}; "
+            f"the pretraining runs beside it are that teacher's too: give another --out"
+        )
 
 
 def methods(cfg: Config) -> list[str]:

@@ -7,6 +7,10 @@ Only `hvdistill teacher train` reads it (docs/teacher.md). The network is the ba
 are the roots of `data.sources`, at the stored resolution of the `data` section.
 `target` picks what the teacher learns: the renderer's class maps (classes) or, knowing no
 classes, its depth and surface-normal maps (geometry).
+
+A ViT arch (`vit_<size>_patch<p>...`) is trained and scored at its patch: the two output-stride
+keys are ResNet dilations and are not read for a ViT (so not checked either); its crops must be
+at least one patch on each side.
 """
 
 from __future__ import annotations
@@ -15,11 +19,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from hvdistill.config.loader import check_range
+from hvdistill.config.model import vit_patch_size
 
 if TYPE_CHECKING:
     from hvdistill.config import Config
 
+ADAMW_MAX_LR = 0.01  # above this an AdamW rate is an SGD rate by mistake (AdamW's usual: 1e-4 - 1e-3)
 OUTPUT_STRIDES = (4, 8, 16, 32)  # what a torchvision ResNet reaches by dilating layer2..layer4
+RESNET_FORMAT = "torchvision"  # what a ResNet teacher is saved as: a plain torchvision state dict
+VIT_FORMAT = "dinov2"  # what a ViT teacher is saved as: the DINOv2 release's plain state dict
 SPLITS = ("train", "val")
 DEPTH_MAP_MAX_M = 65.535  # depth maps are 16-bit millimetres (hvdistill/synthetic/side_outputs.py)
 
@@ -38,11 +46,16 @@ class TeacherTrainConfig:
 
     steps: int = 300
     batch_size: int = 4
-    lr: float = 0.05  # SGD, cosine-decayed to 0 over `steps`
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    # sgd: SGD with momentum (the ResNets' recipe); adamw: AdamW (betas 0.9, 0.999), the usual
+    # optimiser of a ViT trained from scratch, with a rate about 50x smaller (e.g. lr=0.001)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.05  # peak rate, cosine-decayed to 0 over `steps`
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 1e-4  # sgd: L2 in the gradient; adamw: decoupled
     seed: int = 0
-    output_stride: int = 8  # training stride; weights are stride-free, pretraining dilates to its own
+    # a ResNet's training stride (weights are stride-free, pretraining dilates to its own);
+    # not read for a ViT, which trains at its patch
+    output_stride: int = 8
     loader_workers: int = 0  # DataLoader worker processes (0 = read in the training process)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
     output: str = "runs/teacher/teacher.pt"  # the backbone state dict; <output>.json beside it
@@ -51,6 +64,11 @@ class TeacherTrainConfig:
     eval_images: int = 96  # cap on the held-out images scored (0 = all of them)
     max_bad_fraction: float = 0.1  # stop when more of the listed pairs than this are unreadable
     log_every: int = 25  # steps between loss lines
+
+
+def saved_format(arch: str) -> str:
+    """The `model.image.weights_format` of the file a teacher of `arch` is saved as (no model import)."""
+    return VIT_FORMAT if vit_patch_size(arch) is not None else RESNET_FORMAT
 
 
 def teacher_train_problems(cfg: Config) -> list[str]:
@@ -65,17 +83,16 @@ def teacher_train_problems(cfg: Config) -> list[str]:
             p.append(f"teacher_train.{key}: {getattr(t, key)} must be >= 0")
     if t.lr <= 0:
         p.append(f"teacher_train.lr: {t.lr} must be > 0")
+    elif t.optimizer == "adamw" and t.lr > ADAMW_MAX_LR:
+        p.append(
+            f"teacher_train.lr: {t.lr} is an SGD rate; AdamW (teacher_train.optimizer=adamw) diverges "
+            f"there: set teacher_train.lr to at most {ADAMW_MAX_LR} (e.g. 0.001)"
+        )
     if t.weight_decay < 0:
         p.append(f"teacher_train.weight_decay: {t.weight_decay} must be >= 0")
     check_range(p, "teacher_train.momentum", t.momentum, 0.0, 0.999)
     check_range(p, "teacher_train.max_bad_fraction", t.max_bad_fraction, 0.0, 1.0)
-    if t.output_stride not in OUTPUT_STRIDES:
-        p.append(f"teacher_train.output_stride: {t.output_stride} is not one of {list(OUTPUT_STRIDES)}")
-    if cfg.model.image.output_stride not in OUTPUT_STRIDES:
-        p.append(
-            f"model.image.output_stride: {cfg.model.image.output_stride} is not one of "
-            f"{list(OUTPUT_STRIDES)}; the teacher is scored at the stride pretraining uses"
-        )
+    p += _stride_problems(cfg)
     if not t.output or not t.output.endswith(".pt"):
         p.append(f"teacher_train.output: {t.output!r} must name a .pt file (e.g. runs/teacher/teacher.pt)")
     p += _geometry_problems(t)
@@ -85,6 +102,30 @@ def teacher_train_problems(cfg: Config) -> list[str]:
             f"score held-out scenes (teacher_train.eval_split=val)"
         )
     return p + _source_problems(cfg)
+
+
+def _stride_problems(cfg: Config) -> list[str]:
+    """A ResNet's two dilation strides; a ViT's crop against its patch (its stride is not a key)."""
+    patch = vit_patch_size(cfg.model.image.arch)
+    if patch is not None:
+        return [
+            f"geometry.{key}: {getattr(cfg.geometry, key)} is smaller than one {patch} px patch of the "
+            f"{cfg.model.image.arch} teacher; set geometry.{key} >= {patch}"
+            for key in ("crop_height", "crop_width")
+            if getattr(cfg.geometry, key) < patch
+        ]
+    p: list[str] = []
+    if cfg.teacher_train.output_stride not in OUTPUT_STRIDES:
+        p.append(
+            f"teacher_train.output_stride: {cfg.teacher_train.output_stride} is not one of "
+            f"{list(OUTPUT_STRIDES)}"
+        )
+    if cfg.model.image.output_stride not in OUTPUT_STRIDES:
+        p.append(
+            f"model.image.output_stride: {cfg.model.image.output_stride} is not one of "
+            f"{list(OUTPUT_STRIDES)}; the teacher is scored at the stride pretraining uses"
+        )
+    return p
 
 
 def _geometry_problems(t: TeacherTrainConfig) -> list[str]:

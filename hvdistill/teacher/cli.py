@@ -5,9 +5,10 @@ trains a class-free teacher on the depth and surface-normal maps (docs/teacher.m
 
 Reads the `teacher_train`, `data`, `geometry` and `augment` sections (plus `model.image` for the
 architecture, input statistics and the stride pretraining uses), trains, writes
-`teacher_train.output` and its `.json`, and prints the `model.image.*` overrides that make
-pretraining load the result. Config mistakes, unreadable roots and too much damaged data end
-with exit status 2 and a message, never a traceback.
+`teacher_train.output` (torchvision weights for a ResNet, DINOv2-release weights for a ViT) and
+its `.json`, and prints the overrides that make pretraining load the result. Config mistakes,
+unreadable roots and too much damaged data end with exit status 2 and a message, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -31,13 +32,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def overrides_for(weights: str) -> str:
-    """The pretraining overrides that load the teacher at `weights`."""
-    return (
-        f"model.image.weights={weights} model.image.weights_format=torchvision model.image.random_init=false"
-    )
-
-
 def _scores(val: dict) -> str:
     """The held-out scores in one phrase: class metrics or geometry metrics."""
     if "miou" in val:
@@ -55,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if config and "=" in config and not config.endswith((".yaml", ".yml")):
         config, overrides = None, [config, *overrides]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from hvdistill.teacher.backbone import pretrain_overrides
     from hvdistill.teacher.train import NonFiniteTeacherLoss, TeacherDataError, train_teacher
 
     try:
@@ -64,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hvdistill teacher: {err}", file=sys.stderr)
         return 2
     print(
-        f"teacher ({result.target}): {result.steps} steps in {result.seconds:.0f} s "
+        f"teacher ({result.target}): {result.arch}, {result.steps} steps in {result.seconds:.0f} s "
         f"({result.steps_per_second:.2f} steps/s), final loss {result.final_loss:.3f}; {_scores(result.val)} "
         f"over {result.val['images']} {result.val['split']} images; {len(result.bad_pairs)} bad pairs"
     )
     print(f"wrote {result.weights} and {result.weights.removesuffix('.pt')}.json")
-    print(f"pretrain with: {overrides_for(result.weights)}")
+    print(f"pretrain with: {pretrain_overrides(result.arch, result.weights)}")
     return 0

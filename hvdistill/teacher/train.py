@@ -1,18 +1,21 @@
-"""Train the image teacher's backbone on the renderer's maps; save it as torchvision weights.
+"""Train the image teacher's backbone on the renderer's maps; save it in the format pretraining loads.
 
 The network is the backbone `model.image` describes, built by the same code the pretraining
-teacher uses (`ARCHITECTURES[arch]` with torchvision's dilation flags, its fc dropped), so the
-saved keys are the teacher's keys. A throwaway 1x1 head on its features gives per-pixel outputs
-upsampled to the crop. With `teacher_train.target=classes` they are class logits trained with
-cross-entropy, class 0 ignored; with `geometry` they are depth-bin logits and a surface normal
+teacher uses (hvdistill/teacher/backbone.py): a ResNet dilated to `teacher_train.output_stride`,
+or a ViT at its patch stride, so the saved keys are the teacher's keys. A throwaway 1x1 head on
+its features gives per-pixel outputs, upsampled to the crop from the feature cells' centres as
+pretraining upsamples them (`feature_grid`, `upsample_cells`; a ViT's token centred in the
+padding past the crop is dropped, as the pretraining teacher drops it). With
+`teacher_train.target=classes` they are class logits trained with cross-entropy, class 0
+ignored; with `geometry` they are depth-bin logits and a surface normal
 (hvdistill/teacher/geometry.py), and no class information is read at all. Inputs are
 normalised with `model.image.mean` / `std`, as the teacher does.
 
-Training runs at `teacher_train.output_stride`; the weights are stride-free, so pretraining
-dilates the same weights to `model.image.output_stride`, as it does with an ImageNet-trained
-ResNet. The held-out score is taken the way pretraining will use the file: the saved
-checkpoint is read back through `load_teacher_weights` (format torchvision, strict) into a
-backbone at `model.image.output_stride`, and the trained head is applied to its features.
+A ResNet's weights are stride-free: pretraining dilates them to `model.image.output_stride`, as
+it does with an ImageNet-trained ResNet; a ViT runs at its patch in both. The held-out score is
+taken the way pretraining will use the file: the saved checkpoint is read back through
+`load_teacher_weights` (torchvision or DINOv2 format, strict) into a fresh backbone at the
+pretraining stride, and the trained head is applied to its features.
 """
 
 from __future__ import annotations
@@ -31,17 +34,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hvdistill.config import Config
+from hvdistill.config.teacher import saved_format
 from hvdistill.eval.classes import class_map
 from hvdistill.eval.metrics import ConfusionMatrix, json_safe, scores
-from hvdistill.models.image.resnet import ARCHITECTURES, ResNet, dilation_for_output_stride
 from hvdistill.models.image.teacher import feature_grid, upsample_cells
-from hvdistill.models.image.weights import load_teacher_weights
+from hvdistill.teacher.backbone import build_at, eval_stride, read_back, save_backbone, train_stride
 from hvdistill.teacher.crops import Batch, PairViews, collate, draw_order
 from hvdistill.teacher.data import Listing, PairError, list_pairs
 from hvdistill.teacher.geometry import GeometryScores, geometry_loss, head_channels
 
 log = logging.getLogger(__name__)
-WEIGHTS_FORMAT = "torchvision"
 
 
 class TeacherDataError(RuntimeError):
@@ -57,25 +59,24 @@ class NonFiniteTeacherLoss(FloatingPointError):
 
 
 class Segmenter(nn.Module):
-    """The teacher backbone plus a 1x1 head (class logits or depth bins + normal), upsampled."""
+    """The teacher backbone (ResNet or ViT) plus a 1x1 head (class logits or depth bins + normal)."""
 
-    def __init__(self, backbone: ResNet, channels: int, mean: list[float], std: list[float]):
+    def __init__(self, backbone: nn.Module, channels: int, mean: list[float], std: list[float]):
         super().__init__()
         self.backbone = backbone
+        self.grid = feature_grid(backbone)  # cell j sits at pixel stride * j + centre, as in pretraining
         self.classifier = nn.Conv2d(backbone.out_channels, channels, kernel_size=1)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> (N, C, H, W) logits."""
-        x = (images - self.mean) / self.std  # (N, 3, H, W)
-        logits = self.classifier(self.backbone.features(x))  # (N, C, H / s, W / s)
-        grid = feature_grid(self.backbone)  # cell j sits at pixel stride * j + centre, as in pretraining
         h, w = images.shape[-2:]
-        up = upsample_cells(logits, grid.stride, grid.centre)  # (N, C, s Hf, s Wf)
-        if up.shape[-2] < h or up.shape[-1] < w:  # a crop side that is not a multiple of the stride
-            up = F.pad(up, (0, max(0, w - up.shape[-1]), 0, max(0, h - up.shape[-2])), mode="replicate")
-        return up[..., :h, :w]  # (N, C, H, W)
+        hf, wf = self.grid.cells(h), self.grid.cells(w)  # cells centred inside the crop
+        x = (images - self.mean) / self.std  # (N, 3, H, W)
+        feats = self.backbone.features(x)[..., :hf, :wf]  # (N, C_b, Hf, Wf); a ViT's padding token dropped
+        logits = self.classifier(feats)  # (N, C, Hf, Wf)
+        return upsample_cells(logits, self.grid.stride, self.grid.centre, (h, w))  # (N, C, H, W)
 
 
 @dataclass
@@ -83,6 +84,10 @@ class TeacherResult:
     """What a teacher run wrote and measured (also the content of `<output>.json`)."""
 
     weights: str
+    weights_format: str  # how pretraining reads `weights`: torchvision (a ResNet) or dinov2 (a ViT)
+    arch: str  # model.image.arch
+    train_stride: int  # px between feature cells in training (a ViT: its patch)
+    eval_stride: int  # ... when scored, as pretraining uses it
     target: str  # teacher_train.target: classes or geometry
     dataset: str
     roots: list[str]
@@ -94,13 +99,6 @@ class TeacherResult:
     bad_pairs: list[dict[str, str]]
     val: dict[str, Any]
     config: dict[str, Any]
-
-
-def build_backbone(cfg: Config, output_stride: int) -> ResNet:
-    """`model.image.arch` dilated to `output_stride`, fc removed: the pretraining teacher's build."""
-    backbone = ARCHITECTURES[cfg.model.image.arch](dilation_for_output_stride(output_stride))
-    backbone.fc = nn.Identity()  # as ImageTeacher: the teacher never classifies
-    return backbone
 
 
 def resolve_device(name: str) -> torch.device:
@@ -150,7 +148,7 @@ def head_size(cfg: Config, dataset: str) -> int:
 def _step(
     model: Segmenter, batch: Batch, opt: torch.optim.Optimizer, device: torch.device, cfg: Config
 ) -> float:
-    """One SGD step on the batch; returns its loss."""
+    """One optimiser step on the batch; returns its loss."""
     out = model(batch.images.to(device))  # (B, C, Hc, Wc)
     targets = batch.targets.to(device)  # (B, Hc, Wc) classes or (B, 4, Hc, Wc) depth + normal
     if cfg.teacher_train.target == "geometry":
@@ -163,20 +161,28 @@ def _step(
     return float(loss.detach())
 
 
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW (`teacher_train.optimizer`) over every parameter of `model`."""
+    t = cfg.teacher_train
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
 def train_segmenter(
     cfg: Config, listing: Listing, bad: BadPairs, device: torch.device
 ) -> tuple[Segmenter, float]:
-    """`teacher_train.steps` SGD steps (cosine lr); returns the model and the last logged mean loss."""
+    """`teacher_train.steps` optimiser steps (cosine lr); returns the model and the last logged mean loss."""
     t = cfg.teacher_train
     torch.manual_seed(t.seed)
     model = Segmenter(
-        build_backbone(cfg, t.output_stride),
+        build_at(cfg, train_stride(cfg)),
         head_size(cfg, listing.dataset),
         cfg.model.image.mean,
         cfg.model.image.std,
     )
     model.to(device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    opt = build_optimizer(model, cfg)
     losses: list[float] = []
     final = math.nan
     for step, batch in enumerate(_train_loader(cfg, listing), start=1):
@@ -196,22 +202,12 @@ def train_segmenter(
     return model, final
 
 
-def save_backbone(backbone: ResNet, path: Path) -> None:
-    """A plain torchvision-style state dict of CPU tensors (no fc), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
 @torch.no_grad()
 def evaluate(
     cfg: Config, weights: Path, classifier: nn.Conv2d, listing: Listing, device: torch.device
 ) -> dict:
-    """Pixel scores of the saved weights at `model.image.output_stride` on held-out views."""
-    backbone = build_backbone(cfg, cfg.model.image.output_stride)
-    report = load_teacher_weights(backbone, weights, WEIGHTS_FORMAT)  # strict, as pretraining loads it
+    """Pixel scores of the saved weights at the pretraining stride on held-out views."""
+    backbone, report = read_back(cfg, weights)  # strict, in the saved format, as pretraining loads it
     model = Segmenter(backbone, classifier.out_channels, cfg.model.image.mean, cfg.model.image.std)
     model.classifier.load_state_dict(classifier.state_dict())
     model.to(device).eval()
@@ -273,6 +269,13 @@ def train_teacher(cfg: Config) -> TeacherResult:
     bad = BadPairs(len(train.pairs) + len(train.bad), t.max_bad_fraction, train.bad)
     if not train.pairs:
         raise TeacherDataError(f"no image / side-output pairs in the {t.train_split} split of {train.roots}")
+    log.info(
+        "teacher: %s trained at stride %d, scored at stride %d, saved in %s format",
+        cfg.model.image.arch,
+        train_stride(cfg),
+        eval_stride(cfg),
+        saved_format(cfg.model.image.arch),
+    )
     start = time.perf_counter()
     model, final_loss = train_segmenter(cfg, train, bad, device)
     seconds = time.perf_counter() - start
@@ -281,6 +284,10 @@ def train_teacher(cfg: Config) -> TeacherResult:
     val = evaluate(cfg, out, model.classifier, list_pairs(cfg, t.eval_split), device)
     result = TeacherResult(
         weights=str(out),
+        weights_format=saved_format(cfg.model.image.arch),
+        arch=cfg.model.image.arch,
+        train_stride=train_stride(cfg),
+        eval_stride=eval_stride(cfg),
         target=t.target,
         dataset=train.dataset,
         roots=train.roots,

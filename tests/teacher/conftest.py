@@ -57,9 +57,10 @@ def teacher_config(root: Path, out: Path, *overrides: str, dataset: str = "nusce
     )
 
 
-def assert_loads_strictly(weights) -> dict:
-    """The saved teacher is a backbone-only tensor state dict that pretraining's image teacher loads
-    with nothing missing, unexpected or mismatched, tensor for tensor; its <output>.json."""
+def assert_loads_strictly(weights, arch: str = "resnet18", fmt: str = "torchvision") -> dict:
+    """The saved teacher is a backbone-only tensor state dict that pretraining's image teacher of
+    `arch` loads in format `fmt` with nothing missing, unexpected or mismatched, tensor for tensor;
+    its <output>.json."""
     import json
 
     import torch
@@ -71,9 +72,7 @@ def assert_loads_strictly(weights) -> dict:
     saved = torch.load(weights, map_location="cpu", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in saved.values())
     assert not any(k.startswith(("fc.", "classifier.")) for k in saved)
-    image = ImageModelConfig(
-        arch="resnet18", weights=str(weights), weights_format="torchvision", random_init=False
-    )
+    image = ImageModelConfig(arch=arch, weights=str(weights), weights_format=fmt, random_init=False)
     teacher = build_image_teacher(ModelConfig(image=image), PrecisionConfig())
     report = teacher.load_report
     assert not (report.missing or report.unexpected or report.mismatched)
