@@ -39,6 +39,9 @@ class TeacherTrainConfig:
     # classes: per-pixel cross-entropy on the class maps; geometry: no classes, depth bins
     # (cross-entropy) + surface normal (1 - cosine) from the depth and normal maps
     target: Literal["classes", "geometry"] = "classes"
+    # the dataset of data.sources whose roots the teacher reads; "" = the only one there (a config
+    # mixing datasets, such as configs/multi.yaml, names one: a teacher learns one class space)
+    dataset: str = ""
     depth_bins: int = 64  # geometry: log-spaced depth classes from depth_min to depth_max
     depth_min: float = 1.0  # metres; nearer depths fall in the first bin
     depth_max: float = 65.0  # metres (at most DEPTH_MAP_MAX_M); farther depths fall in the last bin
@@ -147,15 +150,28 @@ def _geometry_problems(t: TeacherTrainConfig) -> list[str]:
     return p
 
 
+def teacher_dataset(cfg: Config) -> str:
+    """The dataset whose data.sources roots the teacher reads (`teacher_train.dataset`, or the only one)."""
+    names = sorted({s.name for s in cfg.data.sources})
+    return cfg.teacher_train.dataset or (names[0] if len(names) == 1 else "")
+
+
 def _source_problems(cfg: Config) -> list[str]:
     """The data roots the teacher reads: at least one, all of one dataset (one class space)."""
-    names = {s.name for s in cfg.data.sources}
+    names = sorted({s.name for s in cfg.data.sources})
+    chosen = cfg.teacher_train.dataset
     if not cfg.data.sources:
         return ["data.sources: empty; name the synthetic world's root (written with `--side-outputs`)"]
-    if len(names) > 1:
+    if chosen and chosen not in names:
+        return [f"teacher_train.dataset: {chosen!r} is not a dataset of data.sources; choose one of {names}"]
+    if len(names) > 1 and not chosen:
         return [
-            f"data.sources: mixes datasets {sorted(names)}; the teacher learns one class space, so "
-            f"list the roots of one dataset (a config whose data.sources are all nuscenes or all "
-            f"semantickitti)"
+            f"data.sources: mixes datasets {names}; the teacher learns one class space, so set "
+            f"teacher_train.dataset to one of them (it reads that dataset's roots only)"
+        ]
+    if teacher_dataset(cfg) == "argoverse2" and cfg.teacher_train.target == "classes":
+        return [
+            "teacher_train.target: classes needs class maps in a labelled dataset's classes; Argoverse 2 "
+            "has none: use teacher_train.target=geometry or another teacher_train.dataset"
         ]
     return []

@@ -31,6 +31,7 @@ from PIL import Image, UnidentifiedImageError
 
 from hvdistill.config import Config, DataConfig, SourceConfig
 from hvdistill.config.data import image_pixel_limit
+from hvdistill.config.teacher import teacher_dataset
 from hvdistill.data.errors import DatasetLayoutError, SampleReadError
 from hvdistill.data.prepare import resize_image, stored_size, upsample_nearest
 from hvdistill.data.sources import build_source
@@ -99,10 +100,13 @@ def inside(root: Path, path: Path) -> bool:
 
 
 def distinct_roots(cfg: Config) -> list[SourceConfig]:
-    """One SourceConfig per distinct (dataset, root, version) of `data.sources`, in order."""
+    """One SourceConfig per distinct (dataset, root, version) of `data.sources` of the teacher's
+    dataset (`teacher_train.dataset`), in order."""
     seen: dict[tuple[str, str, str], SourceConfig] = {}
+    dataset = teacher_dataset(cfg)
     for s in cfg.data.sources:
-        seen.setdefault((s.name, str(Path(s.root)), s.version), s)
+        if s.name == dataset:
+            seen.setdefault((s.name, str(Path(s.root)), s.version), s)
     return list(seen.values())
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from hvdistill.config import RUN_SECTIONS, Config, ConfigError, load_config, problems
 from hvdistill.config.data import SourceConfig
+from hvdistill.teacher.data import distinct_roots
 
 
 def test_defaults_are_clean_and_pretraining_does_not_carry_the_section():
@@ -67,3 +68,20 @@ def test_geometry_mistakes_are_listed_with_their_fix():
 def test_the_geometry_target_is_a_valid_override():
     cfg = load_config(None, ["teacher_train.target=geometry"], sections=RUN_SECTIONS["teacher"])
     assert cfg.teacher_train.target == "geometry"
+
+
+def test_a_config_mixing_datasets_names_the_one_the_teacher_reads():
+    cfg = Config()
+    cfg.data.sources = [SourceConfig(name="nuscenes", root="a"), SourceConfig(name="argoverse2", root="b")]
+    found = problems(cfg, ["teacher_train"])
+    assert any("set teacher_train.dataset to one of them" in p for p in found), found
+    cfg.teacher_train.dataset = "semantickitti"
+    found = problems(cfg, ["teacher_train"])
+    assert any("'semantickitti' is not a dataset of data.sources" in p for p in found), found
+    cfg.teacher_train.dataset = "argoverse2"  # no class maps in a labelled class space
+    found = problems(cfg, ["teacher_train"])
+    assert any("Argoverse 2 has none: use teacher_train.target=geometry" in p for p in found), found
+    cfg.teacher_train.target = "geometry"
+    assert problems(cfg, ["teacher_train"]) == []
+    cfg.teacher_train.dataset = "nuscenes"
+    assert [s.name for s in distinct_roots(cfg)] == ["nuscenes"]  # the teacher reads its dataset only
