@@ -1,4 +1,4 @@
-"""Fuzzing the shard reader with real shards written by `hvdistill shard`, damaged 320 ways.
+"""Fuzzing the shard reader with real shards (what `hvdistill shard` writes), damaged 320 ways.
 
 With a fixed seed, each case damages one shard in memory (truncation, byte flips inside every
 member kind, damaged tar headers, npy shape/dtype headers, JPEG frame sizes, PNG IHDR sizes,
@@ -8,7 +8,8 @@ sample must pass the range checks and survive augmentation + collate, and every 
 counted: decoded + bad + missing records = the records the manifest promised. A few cases, one
 per kind of damage, are also served from the tests' S3 server: the reader must yield exactly
 what it yields from local disk. The shards hold the nuScenes and the Argoverse 2 worlds' train
-splits (one CLI run), so the victims are shards of both datasets.
+splits (written by `shard_in_process`, the conversion every Ray sharding task runs), so the
+victims are shards of both datasets.
 """
 
 from __future__ import annotations
@@ -16,10 +17,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import struct
-import subprocess
-import sys
 import tarfile
 import zlib
 from dataclasses import replace
@@ -33,9 +31,9 @@ from hvdistill.data.augment import augment_sample
 from hvdistill.data.collate import collate
 from hvdistill.data.sample_checks import DecodeLimits, check_sample
 from hvdistill.data.shards import build_shard_dataset
+from sharding.job import shard_in_process
 from tests.data.shard_helpers import upload_dir
 
-REPO = Path(__file__).resolve().parents[2]
 STORED = (96, 54)  # small stored images keep the shards tiny
 CASES = 320
 SEED = 20240611
@@ -51,26 +49,21 @@ GEO = GeometryConfig(crop_height=32, crop_width=64)  # small crops: augmentation
 
 
 def build_shards(root: Path, av2_root: Path, out: Path) -> Path:
-    """Shard the synthetic worlds' train splits with the real CLI (its own process and Ray)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "hvdistill.cli",
-        "shard",
-        "--out",
-        str(out),
-        "--workers",
-        "1",
-        "--no-progress",
+    """Shard the synthetic worlds' train splits with the function every Ray sharding task runs
+    (`shard_in_process`: the same records and manifest; the CLI and Ray path has its own tests)."""
+    sources = [
+        SourceConfig(name="nuscenes", root=str(root), version="v1.0-trainval", split="train"),
+        SourceConfig(name="argoverse2", root=str(av2_root), split="train"),
     ]
-    nuscenes = f"{{name: nuscenes, root: '{root}', version: v1.0-trainval, split: train}}"
-    cmd += [f"data.sources=[{nuscenes}, {{name: argoverse2, root: '{av2_root}', split: train}}]"]
-    cmd += [f"data.stored_image_width={STORED[0]}", f"data.stored_image_height={STORED[1]}"]
     # two nuScenes cameras (Argoverse 2: its seven) and ~2 samples per shard, cut per unit or by size
-    cmd += ["data.cameras=[CAM_FRONT,CAM_BACK]", "data.shard_task_samples=2", "data.shard_size_mb=0.2"]
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    cfg = replace(
+        CFG,
+        sources=sources,
+        cameras=["CAM_FRONT", "CAM_BACK"],
+        shard_task_samples=2,
+        shard_size_mb=0.2,
+    )
+    shard_in_process(sources, cfg, out)
     return out
 
 
