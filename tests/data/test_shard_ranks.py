@@ -139,6 +139,7 @@ def test_resume_refuses_a_different_setup(shard_dir):
         batches(same, 2, 1)
 
 
+@pytest.mark.slow  # several processes or a Ray job: seconds each; `make test-all` runs it
 def test_dataset_pickles_before_iteration(shard_dir):
     ds = build_shard_dataset(ONCE, rank=0, world_size=1, shards=[shard_dir])
     ds.set_epoch(5)

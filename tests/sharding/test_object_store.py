@@ -62,6 +62,7 @@ def sharded(ray_address, s3_server, nuscenes_root, tmp_path_factory) -> tuple[st
     return prefix, local, config
 
 
+@pytest.mark.slow  # several processes or a Ray job: seconds each; `make test-all` runs it
 def test_an_s3_prefix_holds_exactly_what_a_local_directory_holds_and_verifies(sharded, s3_server, capsys):
     prefix, local, _ = sharded
     stored, expected = objects(s3_server, prefix), files(local)
@@ -111,6 +112,7 @@ def test_verify_refuses_manifest_entries_outside_the_prefix_without_opening_them
     assert not (tmp_path / "SOMEFILE").exists()
 
 
+@pytest.mark.slow  # several processes or a Ray job: seconds each; `make test-all` runs it
 def test_an_interrupted_s3_job_redoes_only_its_broken_units(sharded, s3_server, ray_address, capsys):
     prefix, _, config = sharded
     source, copy = Location(prefix), Location(prefix).parent / "resumed"

@@ -146,6 +146,7 @@ def engine_runs(train_shards, tmp_path_factory, forkable) -> Path:
     return out
 
 
+@pytest.mark.slow  # several processes or a Ray job: seconds each; `make test-all` runs it
 def test_two_ranks_match_one_process_zero0_and_zero2(engine_runs):
     load = lambda name: torch.load(engine_runs / name, weights_only=True)  # noqa: E731
     for stage in STAGES:
@@ -163,6 +164,7 @@ def test_two_ranks_match_one_process_zero0_and_zero2(engine_runs):
     assert any(not torch.equal(moved["params"][n], moved["initial"][n]) for n in moved["params"])
 
 
+@pytest.mark.slow  # several processes or a Ray job: seconds each; `make test-all` runs it
 def test_accumulated_micro_batches_average_their_gradients(engine_runs):
     """DeepSpeed divides by the accumulation steps itself: 2 micro-batches give their mean gradient."""
     result = torch.load(engine_runs / "accumulation.pt", weights_only=True)

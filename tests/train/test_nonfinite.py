@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.gloo import free_port
 from tests.train.helpers import rank_env, spawn_ranks, tiny_train_config
 
@@ -70,6 +72,7 @@ def _worker(rank: int, world: int, port: int, second_port: int, shards: str, out
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(outcome))
 
 
+@pytest.mark.slow  # several processes or a Ray job: seconds each; `make test-all` runs it
 def test_nonfinite_loss_on_one_rank_is_skipped_by_both_then_stops_both(train_shards, tmp_path, forkable):
     spawn_ranks(_worker, 2, (free_port(), str(train_shards), str(tmp_path)), timeout=300)
     outcomes = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

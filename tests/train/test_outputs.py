@@ -50,6 +50,7 @@ def test_ranks_that_share_the_store_pass_the_probe_and_leave_nothing(s3_server, 
     assert objects == []  # the probe cleaned up after itself (pyarrow may leave a prefix marker)
 
 
+@pytest.mark.slow  # several processes or a Ray job: seconds each; `make test-all` runs it
 def test_a_rank_seeing_another_store_stops_every_rank_with_one_line(s3_server, s3_bucket, tmp_path):
     other = S3ServerProcess()  # another node's idea of the endpoint: the same bucket name, another store
     try:
