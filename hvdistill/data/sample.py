@@ -43,8 +43,8 @@ class CameraFrame:
 class Sample:
     """One LiDAR sweep, its cameras, optional labels, optional precomputed pairs."""
 
-    key: str  # nuScenes sample token; SemanticKITTI "SEQ_FRAME"
-    dataset: str  # "nuscenes" | "semantickitti"
+    key: str  # nuScenes sample token; SemanticKITTI "SEQ_FRAME"; Argoverse 2 "<log id>_<t_ns>"
+    dataset: str  # "nuscenes" | "semantickitti" | "argoverse2"
     points: np.ndarray  # (N, 4) float32: x, y, z, intensity in the LiDAR frame
     lidar_to_ego: np.ndarray  # (4, 4) float64
     ego_to_global: np.ndarray  # (4, 4) float64, ego pose at the LiDAR timestamp
