@@ -19,13 +19,19 @@ def build_source(cfg: SourceConfig, cameras: list[str] | None = None) -> DataSou
     `cameras` selects and orders the cameras (nuScenes: a subset of the six; SemanticKITTI:
     image_2 / image_3; Argoverse 2: of the seven ring cameras). Names a dataset does not have
     are dropped for SemanticKITTI and Argoverse 2 (none left = their default cameras), so the
-    nuScenes camera list of `DataConfig.cameras` can be passed to every source; nuScenes
-    rejects unknown names. None = the dataset's default cameras.
+    nuScenes camera list of `DataConfig.cameras` can be passed to every source; nuScenes drops
+    the other datasets' camera names and rejects any other unknown name (a typo), so one list can
+    choose cameras of all three (`data.cameras=[CAM_FRONT,ring_front_center]`). None = the
+    dataset's default cameras.
     """
     if cfg.name == "nuscenes":
+        from hvdistill.config.data import ARGOVERSE2_RING_CAMERAS
         from hvdistill.data.sources.nuscenes import NuScenesSource
+        from hvdistill.data.sources.semantickitti import KITTI_CAMERAS
 
-        return NuScenesSource(cfg.root, cfg.version, cfg.split, cfg.split_file, cameras)
+        foreign = set(KITTI_CAMERAS) | set(ARGOVERSE2_RING_CAMERAS)
+        own = [c for c in cameras or [] if c not in foreign] or None
+        return NuScenesSource(cfg.root, cfg.version, cfg.split, cfg.split_file, own)
     if cfg.name == "semantickitti":
         from hvdistill.data.sources.semantickitti import KITTI_CAMERAS, SemanticKITTISource
 

@@ -197,3 +197,18 @@ def test_lidar_origin_ego_keeps_the_stored_frame_and_the_same_pixels(av2_root):
     pb = compute_pairs(b, sizes, RULES.min_depth, RULES.image_border)
     np.testing.assert_array_equal(pa[:, :2], pb[:, :2])  # the frame moves the points, not their pixels
     np.testing.assert_allclose(pa[:, 2:], pb[:, 2:], rtol=0, atol=1e-3)
+
+
+def test_one_camera_list_chooses_cameras_of_every_dataset(av2_root, nuscenes_root):
+    chosen = ["CAM_FRONT", "ring_front_center", "CAM_BACK", "ring_rear_left"]
+    av2 = build_source(SourceConfig(name="argoverse2", root=str(av2_root)), cameras=chosen)
+    nus = build_source(
+        SourceConfig(name="nuscenes", root=str(nuscenes_root), version="v1.0-trainval"), cameras=chosen
+    )
+    assert av2.camera_names == ["ring_front_center", "ring_rear_left"]
+    assert nus.camera_names == ["CAM_FRONT", "CAM_BACK"]
+    with pytest.raises(DatasetLayoutError, match="CAM_FRNT"):  # a typo is still refused
+        build_source(
+            SourceConfig(name="nuscenes", root=str(nuscenes_root), version="v1.0-trainval"),
+            cameras=["CAM_FRNT", "ring_front_center"],
+        )
