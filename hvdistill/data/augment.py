@@ -33,7 +33,7 @@ from hvdistill.geometry.augmentation import (
 
 @dataclass
 class AugmentedSample:
-    points: np.ndarray  # (N, 4) float32: augmented x, y, z and intensity on 0-1 (data/intensity.py)
+    points: np.ndarray  # (N, 4) float32: augmented x, y, z and intensity on 0-255 (data/intensity.py)
     labels: np.ndarray | None  # (N,) uint8
     lidar_aug: np.ndarray  # (4, 4) float64 un-augmented -> augmented LiDAR frame
     images: np.ndarray  # (n_cam, 3, Hc, Wc) float32 RGB in [0, 1]
@@ -162,7 +162,7 @@ def augment_sample(
             f"sample {sample.key}: augmentation needs pairs and superpixels (run prepare_sample)"
         )
     n_cam = len(sample.cameras)
-    # intensity on 0-1 whatever the dataset stores (hvdistill/data/intensity.py)
+    # intensity on 0-255 whatever the dataset stores (hvdistill/data/intensity.py)
     points, lidar_aug = augment_cloud(normalised_intensity(sample.points, sample.dataset), cfg, rng)
     pairs = sample.pairs.astype(np.float64)
     keep_pts = drop_cuboid(points, pairs, n_cam, cfg, rng)

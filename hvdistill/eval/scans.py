@@ -60,7 +60,7 @@ class LabelledScan:
     """One scan's points and training-class labels."""
 
     key: str
-    points: np.ndarray  # (N, 4) float32 x, y, z (LiDAR frame), intensity on 0-1 (data/intensity.py)
+    points: np.ndarray  # (N, 4) float32 x, y, z (LiDAR frame), intensity on 0-255 (data/intensity.py)
     labels: np.ndarray  # (N,) uint8 training classes, 0 = ignore
     in_view: np.ndarray | None = None  # (N,) bool point projects into a camera; None = no pairs.npy
 

@@ -5,7 +5,7 @@ import pytest
 
 from hvdistill.config import AugmentConfig, GeometryConfig
 from hvdistill.data.augment import augment_sample, sample_crop_box
-from hvdistill.data.intensity import INTENSITY_FULL_SCALE
+from hvdistill.data.intensity import COMMON_SCALE
 from hvdistill.geometry.augmentation import transform_pixels
 from tests.helpers.memory_sample import make_sample
 
@@ -63,19 +63,18 @@ def test_disabled_augmentation_is_identity_on_the_cloud():
     sample = make_sample(4)
     aug = augment_sample(sample, AugmentConfig(enabled=False), GEO, np.random.default_rng(0))
     np.testing.assert_array_equal(aug.points[:, :3], sample.points[:, :3])
-    np.testing.assert_array_equal(
-        aug.points[:, 3], sample.points[:, 3] / INTENSITY_FULL_SCALE[sample.dataset]
-    )
+    assert sample.dataset == "nuscenes"  # nuScenes intensities reach the network bit for bit
+    np.testing.assert_array_equal(aug.points[:, 3], sample.points[:, 3])
     np.testing.assert_allclose(aug.lidar_aug, np.eye(4))
 
 
-def test_intensity_reaches_the_network_on_0_1_whatever_the_dataset_stores():
+def test_intensity_reaches_the_network_on_0_255_whatever_the_dataset_stores():
     sample = make_sample(4)
     for dataset, stored in (("nuscenes", 255.0), ("argoverse2", 255.0), ("semantickitti", 1.0)):
         sample.dataset = dataset
         sample.points[:, 3] = stored  # the top of the format's scale
         aug = augment_sample(sample, AugmentConfig(enabled=False), GEO, np.random.default_rng(0))
-        np.testing.assert_allclose(aug.points[:, 3], 1.0)
+        np.testing.assert_allclose(aug.points[:, 3], COMMON_SCALE)
     sample.dataset = "unknown"
     with pytest.raises(ValueError, match="no intensity scale for dataset 'unknown'"):
         augment_sample(sample, AugmentConfig(enabled=False), GEO, np.random.default_rng(0))
