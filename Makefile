@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# av2 (a test dependency) pulls opencv-python, the GUI build, over the headless build's cv2/
+	# files; put the headless files back so cv2 never needs libGL (docs/dependencies.md)
+	$(BIN)/pip install --quiet --force-reinstall --no-deps "$$(grep -o 'opencv-python-headless==[0-9.]*' pyproject.toml)"
 	$(BIN)/pip check
 	touch $(STAMP)
 
