@@ -80,6 +80,7 @@ def assert_matches_prepared(got, expected, quality: int) -> None:
         np.testing.assert_array_equal(a.image, decode_jpeg(encode_jpeg(b.image, quality)))
 
 
+@pytest.mark.slow  # sharding through the CLI on Ray: seconds; `make test-all` runs it
 def test_two_sources_shard_to_exactly_prepare_sample(ray_address, nuscenes_root, kitti_root, tmp_path):
     out = tmp_path / "shards"
     small = "data.shard_size_mb=0.03"  # several shards per chunk

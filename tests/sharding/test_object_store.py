@@ -81,6 +81,7 @@ def test_an_s3_prefix_holds_exactly_what_a_local_directory_holds_and_verifies(sh
     assert "OK, 6 samples in 6 shards, decoded" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # sharding through the CLI on Ray: seconds; `make test-all` runs it
 def test_verify_refuses_manifest_entries_outside_the_prefix_without_opening_them(
     sharded, s3_server, tmp_path, monkeypatch, capsys, caplog
 ):
