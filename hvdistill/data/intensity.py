@@ -34,9 +34,12 @@ def intensity_scale(dataset: str) -> float:
 
 
 def normalised_intensity(points: np.ndarray, dataset: str) -> np.ndarray:
-    """(N, 4) float32 x, y, z, intensity as stored -> a copy with intensity on 0-COMMON_SCALE."""
+    """(N, 4) float32 x, y, z, intensity as stored -> intensity on 0-COMMON_SCALE: `points`
+    itself where the dataset already stores that scale (nuScenes, Argoverse 2; no copy on the
+    hot path), else a rescaled copy. Never modifies `points`."""
+    factor = COMMON_SCALE / intensity_scale(dataset)
+    if factor == 1.0:
+        return points
     out = np.array(points, dtype=np.float32, copy=True)  # (N, 4)
-    factor = COMMON_SCALE / intensity_scale(dataset)  # 1.0 for nuScenes and Argoverse 2: unchanged
-    if factor != 1.0:
-        out[:, 3] *= np.float32(factor)
+    out[:, 3] *= np.float32(factor)
     return out
